@@ -1,0 +1,24 @@
+package transport
+
+import "errors"
+
+// Errors a client can meet while connecting to a bridge. Each says what
+// happened and what the user can do about it; test with errors.Is.
+var (
+	// ErrNotBridge means the TLS handshake succeeded but the server never
+	// proved that it holds the bridge's key. A Mirage bridge shows anyone it
+	// cannot authenticate its face, an ordinary website, so a wrong key=, a
+	// short id the bridge does not know, a clock far from the bridge's, or
+	// an address that is the real website all look exactly like this. It is
+	// fatal for this bridge line: retrying will not help until it is fixed.
+	ErrNotBridge = errors.New("transport: the server did not prove it is this bridge " +
+		"(it answered like an ordinary website): check key= and id= in your link or bridge line, " +
+		"that the address is the bridge's, and that this computer's clock is right")
+
+	// ErrNotTLS13 means the server negotiated a TLS version older than 1.3,
+	// which no Mirage bridge does: the address is not a Mirage bridge.
+	ErrNotTLS13 = errors.New("transport: the server did not speak TLS 1.3, so it is not a Mirage bridge: check the address")
+
+	// ErrClosed is returned by operations on a closed Client or Server.
+	ErrClosed = errors.New("transport: closed")
+)

@@ -1,0 +1,210 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The face is what every peer that does not authenticate meets, and the
+// only thing it meets: the bridge's own website (SiteFace) or another
+// website the bridge passes bytes to (CoverFace). Nothing of Mirage's own,
+// no error, alert, delay or close, reaches such a peer.
+
+// SiteFace makes the bridge an HTTPS website. Clients and strangers meet
+// one and the same TLS configuration; only after the handshake does an
+// authenticated connection become a tunnel. Strangers are served exactly
+// as ServeTLS of an http.Server with this TLSConfig and Handler serves them.
+type SiteFace struct {
+	// TLSConfig holds the site's certificate (Certificates or
+	// GetCertificate: files, ACME or self-signed are the caller's
+	// business). If NextProtos is empty, "h2" and "http/1.1" are offered.
+	TLSConfig *tls.Config
+	// Handler serves the site's content.
+	Handler http.Handler
+	// Server, if not nil, is a template for the http.Server that serves
+	// strangers: timeouts, header limits, ErrorLog. Its Handler and
+	// TLSConfig are ignored. nil means NewSiteServer's defaults.
+	Server *http.Server
+}
+
+// NewSiteServer returns the http.Server settings a site face uses by
+// default: bounded header, idle and handshake times, and no error log (the
+// standard one prints client addresses). Tests that compare the face with
+// a plain HTTPS server build that server with this function too.
+func NewSiteServer(handler http.Handler, tlsConfig *tls.Config) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 20 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+}
+
+// siteTLSConfig returns the TLS configuration both the face and the tunnel
+// use, with the ALPN list ServeTLS would add.
+func siteTLSConfig(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	if len(c.NextProtos) == 0 {
+		c.NextProtos = []string{"h2", "http/1.1"}
+	}
+	return c
+}
+
+// siteServer runs the face's http.Server over connections handed to it.
+type siteServer struct {
+	srv *http.Server
+	ln  *handoverListener
+}
+
+func startSiteServer(f *SiteFace, tlsConfig *tls.Config) *siteServer {
+	srv := NewSiteServer(f.Handler, tlsConfig)
+	if f.Server != nil {
+		t := f.Server
+		srv.ReadTimeout, srv.ReadHeaderTimeout = t.ReadTimeout, t.ReadHeaderTimeout
+		srv.WriteTimeout, srv.IdleTimeout = t.WriteTimeout, t.IdleTimeout
+		srv.MaxHeaderBytes = t.MaxHeaderBytes
+		if t.ErrorLog != nil {
+			srv.ErrorLog = t.ErrorLog
+		}
+	}
+	s := &siteServer{srv: srv, ln: newHandoverListener()}
+	// ServeTLS wraps each handed-over connection in tls.Server itself,
+	// with HTTP/2 set up exactly as for any Go HTTPS server.
+	go s.srv.ServeTLS(s.ln, "", "")
+	return s
+}
+
+func (s *siteServer) serve(c net.Conn) {
+	if !s.ln.hand(c) {
+		c.Close()
+	}
+}
+
+func (s *siteServer) close() {
+	s.ln.Close()
+	s.srv.Close()
+}
+
+// handoverListener is a net.Listener whose connections are handed to it by
+// the server after it has looked at their first bytes.
+type handoverListener struct {
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newHandoverListener() *handoverListener {
+	return &handoverListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *handoverListener) hand(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *handoverListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoverListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoverListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4zero} }
+
+// CoverFace makes the bridge pass every stranger's connection to another
+// website, byte for byte both ways, starting with the bytes already read,
+// ending the way the cover ends it.
+type CoverFace struct {
+	// Address is the cover's "host:port".
+	Address string
+	// Dial connects to the cover. nil means a net.Dialer with DialTimeout.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// DialTimeout bounds the dial. Zero means 10 seconds.
+	DialTimeout time.Duration
+}
+
+// splice passes c, whose first bytes were already read into prefix, to the
+// cover and copies both ways until both directions end.
+func (f *CoverFace) splice(c net.Conn, prefix []byte) {
+	defer c.Close()
+	timeout := orDefault(f.DialTimeout, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	dial := f.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	cover, err := dial(ctx, "tcp", f.Address)
+	if err != nil {
+		// Nothing better to do: a website that is down refuses too.
+		resetConn(c)
+		return
+	}
+	defer cover.Close()
+	if len(prefix) > 0 {
+		if _, err := cover.Write(prefix); err != nil {
+			resetConn(c)
+			return
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pipe(c, cover) // stranger to cover
+	}()
+	pipe(cover, c) // cover to stranger
+	wg.Wait()
+}
+
+// pipe copies src to dst until src ends, then ends dst the same way: a FIN
+// becomes a half-close, a reset becomes a reset. Between two TCP
+// connections io.Copy uses splice(2), so the bytes never enter user space.
+func pipe(dst, src net.Conn) {
+	_, err := io.Copy(dst, src)
+	switch {
+	case err == nil:
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+			return
+		}
+		dst.Close()
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		// src was reset (or dst reset us while we wrote): pass it on.
+		resetConn(dst)
+		resetConn(src)
+	default:
+		dst.Close()
+		src.Close()
+	}
+}
+
+// resetConn closes c with a TCP RST instead of a FIN, as the kernel does
+// when a socket with SO_LINGER 0 is closed.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}

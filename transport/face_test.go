@@ -1,0 +1,259 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/keys"
+)
+
+// probeCase is one kind of visitor a censor may send to a suspected bridge.
+type probeCase struct {
+	name string
+	data func(t *testing.T, b *testBridge) []byte
+}
+
+// genuineHello records a ClientHello from a real client of bridge b,
+// optionally mutated.
+func genuineHello(mutate func(*ClientConfig)) func(t *testing.T, b *testBridge) []byte {
+	return func(t *testing.T, b *testBridge) []byte {
+		cfg := b.clientConfig()
+		if mutate != nil {
+			mutate(cfg)
+		}
+		return recordHello(t, cfg)
+	}
+}
+
+func fixedBytes(p []byte) func(*testing.T, *testBridge) []byte {
+	return func(*testing.T, *testBridge) []byte { return p }
+}
+
+// goTLSHello records the ClientHello of Go's own TLS client.
+func goTLSHello(t *testing.T, _ *testBridge) []byte {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true})
+		tc.SetDeadline(time.Now().Add(2 * time.Second))
+		tc.Handshake()
+		tc.Close()
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 4096)
+	n, _ := c.Read(buf)
+	return buf[:n]
+}
+
+func probeCases() []probeCase {
+	other, _ := keys.GenerateKey(nil)
+	return []probeCase{
+		{"silence", fixedBytes(nil)},
+		{"random-1", fixedBytes(payload(1, 1))},
+		{"random-7", fixedBytes(payload(7, 7))},
+		{"random-517", fixedBytes(payload(517, 517))},
+		{"random-10000", fixedBytes(payload(10000, 10000))},
+		{"plain-http", fixedBytes([]byte("GET / HTTP/1.1\r\nHost: " + testSNI + "\r\n\r\n"))},
+		{"lone-record-header", fixedBytes([]byte{0x16, 0x03, 0x01, 0x02, 0x00})},
+		{"bad-tls-version", fixedBytes([]byte{0x16, 0x09, 0x09, 0x00, 0x05, 1, 0, 0, 1, 0})},
+		{"go-tls-client", goTLSHello},
+		{"truncated-hello", func(t *testing.T, b *testBridge) []byte {
+			h := genuineHello(nil)(t, b)
+			return h[:len(h)/2]
+		}},
+		{"flipped-byte-hello", func(t *testing.T, b *testBridge) []byte {
+			h := bytes.Clone(genuineHello(nil)(t, b))
+			h[len(h)/3] ^= 0x01
+			return h
+		}},
+		{"flipped-tag-hello", func(t *testing.T, b *testBridge) []byte {
+			h := bytes.Clone(genuineHello(nil)(t, b))
+			h[5+4+2+32+1] ^= 0x80 // first byte of the session_id
+			return h
+		}},
+		{"wrong-key-hello", genuineHello(func(c *ClientConfig) { c.PublicKey = other.Public() })},
+		{"stale-timestamp-hello", genuineHello(func(c *ClientConfig) {
+			c.Now = func() time.Time { return time.Now().Add(-5 * time.Minute) }
+		})},
+		{"replayed-hello", func(t *testing.T, b *testBridge) []byte {
+			h := genuineHello(nil)(t, b)
+			// The first use is genuine and accepted; the probe is the replay.
+			probe(t, b.addr, h, 300*time.Millisecond)
+			return h
+		}},
+	}
+}
+
+// TestSiteFaceProbes proves that for every kind of probe, the bridge in
+// site mode answers exactly as the plain website with the same certificate,
+// handler and settings does: the same bytes (for TLS, the same records),
+// ending the same way.
+func TestSiteFaceProbes(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	plain := startPlainSite(t)
+	runProbes(t, b, plain)
+}
+
+// TestCoverFaceProbes proves the same for cover mode: the bridge answers
+// every probe as the cover itself does when dialed directly.
+func TestCoverFaceProbes(t *testing.T) {
+	cover := startPlainSite(t)
+	b := startBridge(t, &CoverFace{Address: cover}, echoHandler, func(c *ServerConfig) {
+		// The cover's own timers start only when the bridge hands the
+		// connection over; keep our wait short so silence ends alike.
+		c.HandshakeTimeout = 500 * time.Millisecond
+	})
+	runProbes(t, b, cover)
+}
+
+func runProbes(t *testing.T, b *testBridge, direct string) {
+	for _, pc := range probeCases() {
+		t.Run(pc.name, func(t *testing.T) {
+			t.Parallel()
+			data := pc.data(t, b)
+			const wait = 3500 * time.Millisecond
+			var viaBridge, viaDirect probeResult
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { defer wg.Done(); viaBridge = probe(t, b.addr, data, wait) }()
+			go func() { defer wg.Done(); viaDirect = probe(t, direct, data, wait) }()
+			wg.Wait()
+			if got, want := viaBridge.shape(), viaDirect.shape(); got != want {
+				t.Errorf("bridge answered\n  %s\nthe face alone answered\n  %s", got, want)
+			}
+		})
+	}
+}
+
+// TestCoverEndings proves the cover face ends connections the way the cover
+// does: a FIN as a half-close (the stranger may still send, and the cover
+// still reads), a reset as a reset.
+func TestCoverEndings(t *testing.T) {
+	cases := map[string]func(c *net.TCPConn){
+		// Answers, half-closes, then echoes what it reads after that.
+		"half-close": func(c *net.TCPConn) {
+			io.WriteString(c, "greeting\n")
+			c.CloseWrite()
+			io.Copy(io.Discard, c)
+		},
+		"reset": func(c *net.TCPConn) {
+			buf := make([]byte, 10)
+			c.Read(buf)
+			c.SetLinger(0)
+			c.Close()
+		},
+		"answer-and-close": func(c *net.TCPConn) {
+			buf := make([]byte, 100)
+			n, _ := c.Read(buf)
+			c.Write(bytes.ToUpper(buf[:n]))
+			c.Close()
+		},
+	}
+	for name, serve := range cases {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.AcceptTCP()
+					if err != nil {
+						return
+					}
+					go func() { defer c.Close(); serve(c) }()
+				}
+			}()
+			b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
+			data := []byte("GET / HTTP/1.0\r\n\r\n")
+			viaBridge := probe(t, b.addr, data, 2*time.Second)
+			direct := probe(t, ln.Addr().String(), data, 2*time.Second)
+			if viaBridge.shape() != direct.shape() {
+				t.Fatalf("bridge: %s\ndirect: %s", viaBridge.shape(), direct.shape())
+			}
+			if name == "reset" && direct.end != "reset" {
+				t.Fatalf("test cover did not reset: %s", direct.shape())
+			}
+		})
+	}
+}
+
+// TestCoverHalfCloseKeepsReading proves that after the cover half-closes,
+// bytes the stranger sends still reach the cover.
+func TestCoverHalfCloseKeepsReading(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		data, _ := io.ReadAll(c)
+		got <- data
+	}()
+	b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
+	c, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "not tls")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("waiting for the cover's FIN: %v", err)
+	}
+	io.WriteString(c, " and more")
+	c.(*net.TCPConn).CloseWrite()
+	if data := <-got; string(data) != "not tls and more" {
+		t.Fatalf("cover read %q", data)
+	}
+}
+
+// TestClientHelloIsABrowsers proves the tag does not change the shape of
+// the ClientHello: apart from random, session_id and key shares (all random
+// by nature), two hellos of the same fingerprint are the same length, so
+// the tag adds or removes nothing.
+func TestClientHelloCarriesTagOnly(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	h := recordHello(t, b.clientConfig())
+	if h[0] != 0x16 || h[5] != 0x01 {
+		t.Fatalf("not a ClientHello: % x", h[:6])
+	}
+	if sidLen := h[5+4+2+32]; sidLen != 32 {
+		t.Fatalf("session_id length %d, want 32", sidLen)
+	}
+	// The tag verifies against the server's key: the bridge accepts it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sess, err := Dial(ctx, b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close()
+}

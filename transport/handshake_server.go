@@ -1,0 +1,201 @@
+package transport
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/auth"
+	"github.com/mirage-pt/mirage/transport/hello"
+)
+
+// groupX25519 is the TLS named group whose key share carries the client's
+// ephemeral key (RFC 8446 4.2.7).
+const groupX25519 = 0x001d
+
+// Reasons a hello is not authenticated. They are only ever logged at debug
+// level, never sent: the peer meets the face whatever the reason.
+var (
+	errNoTag       = errors.New("no 32-byte session id")
+	errNoX25519    = errors.New("no X25519 key share")
+	errBadVersion  = errors.New("unknown tag version")
+	errClockSkew   = errors.New("timestamp outside the clock window")
+	errUnknownID   = errors.New("unknown short id")
+	errUnknownSNI  = errors.New("server name not accepted")
+	errReplayedTag = errors.New("replayed tag")
+)
+
+// serverHandshake is the state of one incoming connection while the server
+// decides what it is.
+type serverHandshake struct {
+	srv      *Server
+	raw      net.Conn
+	start    time.Time
+	consumed []byte // every byte read from raw so far
+	key      [auth.KeyLen]byte
+}
+
+// classify reads the peer's ClientHello without answering and checks its
+// tag. A nil error means an authenticated client; any error means the peer
+// must meet the face, with hs.consumed replayed to it.
+func (hs *serverHandshake) classify() error {
+	hs.raw.SetReadDeadline(hs.start.Add(hs.srv.helloWait))
+	consumed, msg, err := hello.ReadClientHello(hs.raw)
+	hs.consumed = consumed
+	hs.raw.SetReadDeadline(time.Time{})
+	if err != nil {
+		return err
+	}
+	ch, err := hello.Parse(msg)
+	if err != nil {
+		return err
+	}
+	return hs.authenticate(ch)
+}
+
+// authenticate checks everything a genuine client's hello carries. The
+// replay filter comes last, so only tags that verified are remembered and
+// a flood of garbage cannot fill it.
+func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
+	cfg := &hs.srv.cfg
+	if len(ch.SessionID) != auth.TagLen {
+		return errNoTag
+	}
+	share, ok := ch.KeyShare(groupX25519)
+	if !ok || len(share) != auth.KeyLen {
+		return errNoX25519
+	}
+	key, err := auth.ServerKey(cfg.PrivateKey[:], hs.srv.publicKey[:], share, ch.Random)
+	if err != nil {
+		return err
+	}
+	p, err := auth.Open(key, ch.Random, ch.WithZeroSessionID(), ch.SessionID)
+	if err != nil {
+		return err
+	}
+	if p.Version != auth.Version {
+		return errBadVersion
+	}
+	now := cfg.now()
+	skew := now.Sub(time.Unix(int64(p.Time), 0))
+	if skew < 0 {
+		skew = -skew
+	}
+	if skew > cfg.maxClockSkew() {
+		return errClockSkew
+	}
+	if len(hs.srv.shortIDs) > 0 {
+		if _, ok := hs.srv.shortIDs[p.ShortID]; !ok {
+			return errUnknownID
+		}
+	}
+	if len(hs.srv.serverNames) > 0 {
+		if _, ok := hs.srv.serverNames[ch.ServerName]; !ok {
+			return errUnknownSNI
+		}
+	}
+	if hs.srv.filter.Seen(ch.SessionID, now) {
+		return errReplayedTag
+	}
+	hs.key = key
+	return nil
+}
+
+// tunnel completes TLS with an authenticated client, sends the proof and
+// reads the client's opening. The connection it returns carries smux.
+func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
+	cfg := hs.srv.tunnelTLS
+	if cfg == nil { // cover face: our own TLS, certificate bound to the key
+		cert, err := boundCertificate(hs.key)
+		if err != nil {
+			return nil, err
+		}
+		cfg = &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{cert},
+			NextProtos:   []string{"h2", "http/1.1"},
+		}
+	}
+	pc := &prefixConn{Conn: hs.raw, prefix: hs.consumed}
+	tc := tls.Server(pc, cfg)
+	deadline := hs.start.Add(hs.srv.cfg.handshakeTimeout())
+	tc.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if tc.ConnectionState().Version != tls.VersionTLS13 {
+		// Only a client that sent a TLS 1.3 hello has a tag, so this
+		// cannot happen with a genuine client.
+		return nil, ErrNotTLS13
+	}
+	exporter, err := tc.ConnectionState().ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tc.Write(serverOpening(auth.ServerProof(hs.key, exporter), randRead)); err != nil {
+		return nil, fmt.Errorf("writing proof: %w", err)
+	}
+	if err := readClientOpening(tc); err != nil {
+		return nil, fmt.Errorf("reading client opening: %w", err)
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// boundCertificate makes a fresh ECDSA P-256 certificate whose signature
+// field is not a signature but HMAC-SHA256(auth key, tbsCertificate): only
+// this handshake's client can check it, and no two connections share a
+// certificate a censor could block. (In TLS 1.3 the certificate is
+// encrypted; the binding only matters to the client.) P-256 because browser
+// hellos do not offer Ed25519 signatures; the key still signs
+// CertificateVerify, so it must be a real key.
+func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	var outer struct {
+		TBS       asn1.RawValue
+		Algorithm asn1.RawValue
+		Signature asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &outer); err != nil {
+		return tls.Certificate{}, err
+	}
+	sig := auth.CertSignature(key, outer.TBS.FullBytes)
+	outer.Signature = asn1.BitString{Bytes: sig[:], BitLength: 8 * len(sig)}
+	bound, err := asn1.Marshal(outer)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{bound}, PrivateKey: priv}, nil
+}

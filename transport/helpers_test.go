@@ -1,0 +1,304 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/hello"
+	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/link"
+)
+
+const testSNI = "www.example.com"
+
+var (
+	certOnce sync.Once
+	testCert tls.Certificate
+)
+
+// siteCertificate returns a self-signed RSA certificate for testSNI. RSA,
+// because RSA-PSS signatures have a fixed length, so two handshakes with
+// the same server produce records of the same sizes and the face tests
+// can compare them.
+func siteCertificate(t testing.TB) tls.Certificate {
+	certOnce.Do(func() {
+		priv, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			panic(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(42),
+			Subject:      pkix.Name{CommonName: testSNI},
+			DNSNames:     []string{testSNI},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(24 * time.Hour),
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+		if err != nil {
+			panic(err)
+		}
+		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+	})
+	return testCert
+}
+
+// siteHandler is the content of the test website.
+var siteHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Date", "Mon, 02 Jan 2006 15:04:05 GMT") // fixed, so answers compare
+	fmt.Fprintf(w, "<html><body>Hello from %s, you asked for %s over %s</body></html>\n", r.Host, r.URL.Path, r.Proto)
+})
+
+// testFaceServer is the http.Server template for the site face in tests:
+// short timeouts so that silence tests finish quickly.
+func testFaceServer() *http.Server {
+	s := NewSiteServer(nil, nil)
+	s.ReadHeaderTimeout = 1500 * time.Millisecond
+	return s
+}
+
+type testBridge struct {
+	addr    string
+	params  link.Params
+	server  *Server
+	private keys.PrivateKey
+}
+
+// echoHandler replies OK to every request and echoes the stream back,
+// half-closing when the client does.
+func echoHandler(st *Stream) {
+	if err := st.Reply(StatusOK); err != nil {
+		return
+	}
+	io.Copy(st, st)
+	st.CloseWrite()
+	// Drain until the client closes, so the echo is not cut short.
+	io.Copy(io.Discard, st)
+}
+
+// startBridge runs a bridge on loopback with the given face and handler.
+// configure may adjust the config before the server starts.
+func startBridge(t testing.TB, face any, handler func(*Stream), configure func(*ServerConfig)) *testBridge {
+	t.Helper()
+	priv, err := keys.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := keys.NewShortID(nil)
+	cfg := ServerConfig{
+		PrivateKey:  priv,
+		ShortIDs:    []keys.ShortID{id},
+		ServerNames: []string{testSNI},
+		Handler:     handler,
+	}
+	switch f := face.(type) {
+	case *SiteFace:
+		cfg.Site = f
+	case *CoverFace:
+		cfg.Cover = f
+	default:
+		t.Fatalf("unknown face %T", face)
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &testBridge{
+		addr:    ln.Addr().String(),
+		server:  srv,
+		private: priv,
+		params:  link.Params{PublicKey: priv.Public(), ServerName: testSNI, ShortID: id},
+	}
+}
+
+func newSiteFace(t testing.TB) *SiteFace {
+	return &SiteFace{
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{siteCertificate(t)}},
+		Handler:   siteHandler,
+		Server:    testFaceServer(),
+	}
+}
+
+// startPlainSite runs the face's website on its own, as a plain Go HTTPS
+// server with the same certificate, handler and settings: what the bridge
+// must be indistinguishable from.
+func startPlainSite(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := testFaceServer()
+	srv := NewSiteServer(siteHandler, &tls.Config{Certificates: []tls.Certificate{siteCertificate(t)}})
+	srv.ReadHeaderTimeout = tmpl.ReadHeaderTimeout
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+func (b *testBridge) clientConfig() *ClientConfig {
+	return &ClientConfig{Address: b.addr, Params: b.params, HandshakeTimeout: 5 * time.Second}
+}
+
+// payload returns n deterministic pseudo-random bytes for seed.
+func payload(n int, seed uint64) []byte {
+	r := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := 0; j < 8; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	for i := n &^ 7; i < n; i++ {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// roundTrip writes data to c while reading the echo, and checks that what
+// came back hashes to what was sent.
+func roundTrip(c net.Conn, data []byte) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		errc <- err
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if werr := <-errc; werr != nil {
+		return fmt.Errorf("write: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", n, err)
+	}
+	want := sha256.Sum256(data)
+	if !bytes.Equal(h.Sum(nil), want[:]) || n != int64(len(data)) {
+		return fmt.Errorf("echo of %d bytes came back as %d bytes with another hash", len(data), n)
+	}
+	return nil
+}
+
+// probeResult is what a prober learns from one connection: the bytes that
+// came back and how the connection ended.
+type probeResult struct {
+	data []byte
+	end  string // "eof", "reset", "open" (still open when we stopped waiting), or another error
+}
+
+// probe connects to addr, sends data (nothing for silence), and reads what
+// comes back for up to wait.
+func probe(t testing.TB, addr string, data []byte, wait time.Duration) probeResult {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if len(data) > 0 {
+		if _, err := c.Write(data); err != nil {
+			return probeResult{end: "write error: " + err.Error()}
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	got, err := io.ReadAll(c)
+	var ne net.Error
+	switch {
+	case err == nil:
+		return probeResult{got, "eof"}
+	case errors.Is(err, syscall.ECONNRESET):
+		return probeResult{got, "reset"}
+	case errors.As(err, &ne) && ne.Timeout():
+		return probeResult{got, "open"}
+	}
+	return probeResult{got, err.Error()}
+}
+
+// shape describes an answer for comparison. TLS answers carry fresh random
+// values and keys, so for them only the record types and lengths must
+// match; anything else must match byte for byte.
+func (p probeResult) shape() string {
+	d := p.data
+	if len(d) < 5 || d[0] < 0x14 || d[0] > 0x17 || d[1] != 3 {
+		return fmt.Sprintf("bytes %q, end %s", d, p.end)
+	}
+	var s bytes.Buffer
+	for len(d) >= 5 {
+		n := int(d[3])<<8 | int(d[4])
+		fmt.Fprintf(&s, "[%02x %02x%02x len %d] ", d[0], d[1], d[2], n)
+		if len(d) < 5+n {
+			fmt.Fprintf(&s, "(truncated) ")
+			d = nil
+			break
+		}
+		if d[0] == 0x15 { // alerts are short and deterministic: compare them
+			fmt.Fprintf(&s, "alert %x ", d[5:5+n])
+		}
+		d = d[5+n:]
+	}
+	fmt.Fprintf(&s, "+%d bytes, end %s", len(d), p.end)
+	return s.String()
+}
+
+// recordHello captures the first TLS records a real client sends: it
+// listens, accepts one connection, reads the ClientHello and closes.
+func recordHello(t testing.TB, cfg *ClientConfig) []byte {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		consumed, _, _ := hello.ReadClientHello(c)
+		got <- consumed
+	}()
+	cc := *cfg
+	cc.Address = ln.Addr().String()
+	cc.HandshakeTimeout = 2 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	Dial(ctx, &cc) // fails: the recorder never answers
+	h := <-got
+	if len(h) == 0 {
+		t.Fatal("recorded no ClientHello")
+	}
+	return h
+}

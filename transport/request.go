@@ -1,0 +1,322 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+)
+
+// Every smux stream starts with a request from the client and a reply from
+// the server, before any data (PROTOCOL.md, "Streams"):
+//
+//	request = version(1) = 0x01 | command(1) | address (CONNECT only)
+//	address = type(1) | addr | port(2, BE)
+//	          type 0x01: IPv4, 4 bytes; 0x03: domain, len(1) + 1..255 bytes; 0x04: IPv6, 16 bytes
+//	reply   = version(1) = 0x01 | status(1)
+//
+// The address encoding and the status codes are SOCKS5's (RFC 1928), so the
+// client can pass a server's answer to a SOCKS application unchanged.
+
+const requestVersion = 1
+
+// Command says what a stream is for.
+type Command byte
+
+// Commands a client may request.
+const (
+	CmdConnect Command = 0x01 // a TCP connection to Request.Addr
+	CmdDefault Command = 0x02 // the server's default target (tor's ORPort in PT mode, -forward)
+	CmdUDP     Command = 0x03 // a UDP relay: datagrams framed by WriteDatagram/ReadDatagram
+)
+
+func (c Command) String() string {
+	switch c {
+	case CmdConnect:
+		return "connect"
+	case CmdDefault:
+		return "default"
+	case CmdUDP:
+		return "udp"
+	}
+	return fmt.Sprintf("command(%#x)", byte(c))
+}
+
+// Address types, as in SOCKS5.
+const (
+	atypIPv4   = 0x01
+	atypDomain = 0x03
+	atypIPv6   = 0x04
+)
+
+// MaxAddrLen is the longest encoded address: type, length, 255-byte domain, port.
+const MaxAddrLen = 1 + 1 + 255 + 2
+
+// Addr is a destination: a domain name or an IP address, and a port.
+type Addr struct {
+	Host string // domain name, or an IP literal (without brackets)
+	Port uint16
+}
+
+// ParseAddr parses "host:port".
+func ParseAddr(hostport string) (Addr, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return Addr{}, fmt.Errorf("transport: address %q: %w", hostport, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return Addr{}, fmt.Errorf("transport: address %q: bad port", hostport)
+	}
+	a := Addr{Host: host, Port: uint16(p)}
+	if _, err := a.appendTo(nil); err != nil {
+		return Addr{}, err
+	}
+	return a, nil
+}
+
+// String returns "host:port", with IPv6 literals in brackets.
+func (a Addr) String() string {
+	return net.JoinHostPort(a.Host, strconv.Itoa(int(a.Port)))
+}
+
+// appendTo appends the wire encoding of a.
+func (a Addr) appendTo(b []byte) ([]byte, error) {
+	if ip, err := netip.ParseAddr(a.Host); err == nil && ip.Zone() == "" {
+		if ip.Is4() || ip.Is4In6() {
+			v4 := ip.Unmap().As4()
+			b = append(append(b, atypIPv4), v4[:]...)
+		} else {
+			v6 := ip.As16()
+			b = append(append(b, atypIPv6), v6[:]...)
+		}
+	} else {
+		if len(a.Host) == 0 || len(a.Host) > 255 {
+			return nil, fmt.Errorf("transport: host name of %d bytes (must be 1 to 255)", len(a.Host))
+		}
+		b = append(append(b, atypDomain, byte(len(a.Host))), a.Host...)
+	}
+	return binary.BigEndian.AppendUint16(b, a.Port), nil
+}
+
+// readAddr reads one encoded address from r. It reads no more than the
+// address, and at most MaxAddrLen bytes.
+func readAddr(r io.Reader) (Addr, error) {
+	var buf [MaxAddrLen]byte
+	if _, err := io.ReadFull(r, buf[:1]); err != nil {
+		return Addr{}, err
+	}
+	var host string
+	switch buf[0] {
+	case atypIPv4:
+		if _, err := io.ReadFull(r, buf[:4+2]); err != nil {
+			return Addr{}, err
+		}
+		host = netip.AddrFrom4([4]byte(buf[:4])).String()
+		return Addr{Host: host, Port: binary.BigEndian.Uint16(buf[4:])}, nil
+	case atypIPv6:
+		if _, err := io.ReadFull(r, buf[:16+2]); err != nil {
+			return Addr{}, err
+		}
+		host = netip.AddrFrom16([16]byte(buf[:16])).String()
+		return Addr{Host: host, Port: binary.BigEndian.Uint16(buf[16:])}, nil
+	case atypDomain:
+		if _, err := io.ReadFull(r, buf[:1]); err != nil {
+			return Addr{}, err
+		}
+		n := int(buf[0])
+		if n == 0 {
+			return Addr{}, errors.New("transport: empty host name in request")
+		}
+		if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
+			return Addr{}, err
+		}
+		return Addr{Host: string(buf[:n]), Port: binary.BigEndian.Uint16(buf[n:])}, nil
+	}
+	return Addr{}, &StatusError{Status: StatusAddrTypeNotSupported, Msg: fmt.Sprintf("address type %#x", buf[0])}
+}
+
+// Request is what a client asks of a stream.
+type Request struct {
+	Command Command
+	Addr    Addr // for CmdConnect; empty otherwise
+}
+
+func (r Request) String() string {
+	if r.Command == CmdConnect {
+		return "connect " + r.Addr.String()
+	}
+	return r.Command.String()
+}
+
+// MarshalBinary returns the wire encoding of r.
+func (r Request) MarshalBinary() ([]byte, error) {
+	b := []byte{requestVersion, byte(r.Command)}
+	switch r.Command {
+	case CmdConnect:
+		return r.Addr.appendTo(b)
+	case CmdDefault, CmdUDP:
+		return b, nil
+	}
+	return nil, fmt.Errorf("transport: unknown command %#x", byte(r.Command))
+}
+
+// ReadRequest reads one request from r, reading no byte past it. An
+// unsupported version, command or address type is a *StatusError carrying
+// the status to reply with.
+func ReadRequest(r io.Reader) (Request, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Request{}, fmt.Errorf("transport: reading request: %w", err)
+	}
+	if hdr[0] != requestVersion {
+		return Request{}, &StatusError{Status: StatusGeneralFailure, Msg: fmt.Sprintf("request version %d", hdr[0])}
+	}
+	req := Request{Command: Command(hdr[1])}
+	switch req.Command {
+	case CmdConnect:
+		a, err := readAddr(r)
+		if err != nil {
+			return Request{}, fmt.Errorf("transport: reading request address: %w", err)
+		}
+		req.Addr = a
+	case CmdDefault, CmdUDP:
+	default:
+		return Request{}, &StatusError{Status: StatusCommandNotSupported, Msg: req.Command.String()}
+	}
+	return req, nil
+}
+
+// Status is the server's answer to a request. The values are SOCKS5 reply codes.
+type Status byte
+
+// Statuses a server may reply with.
+const (
+	StatusOK                   Status = 0x00
+	StatusGeneralFailure       Status = 0x01
+	StatusNotAllowed           Status = 0x02 // refused by the server's egress policy
+	StatusNetworkUnreachable   Status = 0x03
+	StatusHostUnreachable      Status = 0x04 // includes "no such host"
+	StatusConnectionRefused    Status = 0x05
+	StatusTimeout              Status = 0x06 // SOCKS5 calls it "TTL expired"
+	StatusCommandNotSupported  Status = 0x07
+	StatusAddrTypeNotSupported Status = 0x08
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusGeneralFailure:
+		return "general failure"
+	case StatusNotAllowed:
+		return "not allowed by the bridge's policy"
+	case StatusNetworkUnreachable:
+		return "network unreachable"
+	case StatusHostUnreachable:
+		return "host unreachable"
+	case StatusConnectionRefused:
+		return "connection refused"
+	case StatusTimeout:
+		return "timed out"
+	case StatusCommandNotSupported:
+		return "command not supported"
+	case StatusAddrTypeNotSupported:
+		return "address type not supported"
+	}
+	return fmt.Sprintf("status(%#x)", byte(s))
+}
+
+// StatusError is a request the server did not carry out, with the reason.
+type StatusError struct {
+	Status Status
+	Msg    string // detail, may be empty
+}
+
+func (e *StatusError) Error() string {
+	if e.Msg == "" {
+		return "transport: bridge answered: " + e.Status.String()
+	}
+	return "transport: bridge answered: " + e.Status.String() + " (" + e.Msg + ")"
+}
+
+func marshalReply(s Status) []byte { return []byte{requestVersion, byte(s)} }
+
+// readReply reads the server's reply; a status other than OK is a *StatusError.
+func readReply(r io.Reader) error {
+	var b [2]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("transport: reading the bridge's reply: %w", err)
+	}
+	if b[0] != requestVersion {
+		return fmt.Errorf("transport: reply version %d from bridge, want %d", b[0], requestVersion)
+	}
+	if s := Status(b[1]); s != StatusOK {
+		return &StatusError{Status: s}
+	}
+	return nil
+}
+
+// UDP relay streams carry datagrams, each framed as
+//
+//	length(2, BE) | address | payload
+//
+// where length counts address and payload. Client to server, the address is
+// the destination; server to client, it is the source.
+
+// MaxDatagramLen bounds the framed length of a datagram (address + payload).
+const MaxDatagramLen = 65535
+
+// WriteDatagram writes one framed datagram to w in a single Write.
+func WriteDatagram(w io.Writer, addr Addr, payload []byte) error {
+	b := make([]byte, 2, 2+MaxAddrLen+len(payload))
+	b, err := addr.appendTo(b)
+	if err != nil {
+		return err
+	}
+	b = append(b, payload...)
+	if len(b)-2 > MaxDatagramLen {
+		return fmt.Errorf("transport: datagram of %d bytes is too long", len(payload))
+	}
+	binary.BigEndian.PutUint16(b, uint16(len(b)-2))
+	_, err = w.Write(b)
+	return err
+}
+
+// ReadDatagram reads one framed datagram from r into buf, which should be at
+// least MaxDatagramLen+2 bytes; it returns the address and the payload (a
+// slice of buf).
+func ReadDatagram(r io.Reader, buf []byte) (Addr, []byte, error) {
+	if len(buf) < 2+MaxDatagramLen {
+		return Addr{}, nil, errors.New("transport: datagram buffer too small")
+	}
+	if _, err := io.ReadFull(r, buf[:2]); err != nil {
+		return Addr{}, nil, err
+	}
+	n := int(binary.BigEndian.Uint16(buf))
+	frame := buf[2 : 2+n]
+	if _, err := io.ReadFull(r, frame); err != nil {
+		return Addr{}, nil, fmt.Errorf("transport: truncated datagram: %w", err)
+	}
+	fr := &sliceReader{b: frame}
+	addr, err := readAddr(fr)
+	if err != nil {
+		return Addr{}, nil, fmt.Errorf("transport: datagram address: %w", err)
+	}
+	return addr, fr.b, nil
+}
+
+// sliceReader reads from a byte slice and leaves the rest in b.
+type sliceReader struct{ b []byte }
+
+func (s *sliceReader) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, s.b)
+	s.b = s.b[n:]
+	return n, nil
+}

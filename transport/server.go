@@ -1,0 +1,300 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xtaci/smux"
+
+	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/replay"
+)
+
+// Server is a Mirage bridge: it accepts connections, gives authenticated
+// clients a multiplexed tunnel and everyone else the face. Create it with
+// NewServer; its methods are safe for concurrent use.
+type Server struct {
+	cfg         ServerConfig
+	publicKey   keys.PublicKey
+	shortIDs    map[keys.ShortID]struct{}
+	serverNames map[string]struct{}
+	filter      *replay.Filter
+	tunnelTLS   *tls.Config // site face: the site's own config; cover face: nil (per-connection)
+	site        *siteServer
+	log         *slog.Logger
+	pending     chan struct{} // semaphore of connections being classified
+	helloWait   time.Duration // how long to wait for a ClientHello
+
+	sessionIDs atomic.Uint64
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{} // authenticated carriers, closed on Close
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// NewServer checks cfg and returns a server ready to Serve.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		publicKey: cfg.PrivateKey.Public(),
+		log:       loggerOrDiscard(cfg.Logger),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+	}
+	if len(cfg.ShortIDs) > 0 {
+		s.shortIDs = make(map[keys.ShortID]struct{})
+		for _, id := range cfg.ShortIDs {
+			s.shortIDs[id] = struct{}{}
+		}
+	}
+	if len(cfg.ServerNames) > 0 {
+		s.serverNames = make(map[string]struct{})
+		for _, n := range cfg.ServerNames {
+			s.serverNames[strings.ToLower(n)] = struct{}{}
+		}
+	}
+	s.filter = cfg.ReplayFilter
+	if s.filter == nil {
+		s.filter = replay.New(2*cfg.maxClockSkew(), replayFilterSize)
+	}
+	n := cfg.MaxPendingHandshakes
+	if n <= 0 {
+		n = DefaultMaxPendingHandshakes
+	}
+	s.pending = make(chan struct{}, n)
+	if cfg.Site != nil {
+		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
+		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
+	}
+	s.helloWait = cfg.handshakeTimeout()
+	if s.site != nil {
+		// A slow stranger must be dropped when the website would drop it,
+		// not later: never wait longer than the site's own TLS handshake
+		// timeout (which net/http takes from these three).
+		for _, d := range []time.Duration{s.site.srv.ReadTimeout, s.site.srv.ReadHeaderTimeout, s.site.srv.WriteTimeout} {
+			if d > 0 && d < s.helloWait {
+				s.helloWait = d
+			}
+		}
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until ln fails or the server is closed.
+// It returns ErrClosed after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		// Wait for a free classification slot before accepting, so an
+		// overload waits in the kernel's backlog instead of in memory.
+		s.pending <- struct{}{}
+		c, err := ln.Accept()
+		if err != nil {
+			<-s.pending
+			if s.isClosed() {
+				return ErrClosed
+			}
+			if isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go s.handle(c)
+	}
+}
+
+// isTemporary reports accept errors worth retrying after a pause, such as
+// running out of file descriptors (EMFILE), which net reports as temporary.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// handle classifies one connection and passes it on.
+func (s *Server) handle(raw net.Conn) {
+	defer s.wg.Done()
+	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
+	err := hs.classify()
+	<-s.pending
+	if err != nil {
+		s.log.Debug("stranger meets the face", "reason", err.Error())
+		s.toFace(hs)
+		return
+	}
+	id := s.sessionIDs.Add(1)
+	log := s.log.With("session", id)
+	tc, err := hs.tunnel(context.Background())
+	if err != nil {
+		log.Info("authenticated handshake failed", "error", err.Error())
+		raw.Close()
+		return
+	}
+	if !s.track(tc, true) {
+		tc.Close()
+		return
+	}
+	defer s.track(tc, false)
+	log.Debug("session open")
+	s.serveSession(tc, id, log)
+	log.Debug("session closed")
+}
+
+func (s *Server) toFace(hs *serverHandshake) {
+	if s.site != nil {
+		s.site.serve(&prefixConn{Conn: hs.raw, prefix: hs.consumed, elapsed: time.Since(hs.start)})
+		return
+	}
+	s.cfg.Cover.splice(hs.raw, hs.consumed)
+}
+
+// serveSession runs smux over an authenticated connection and hands each
+// stream to the handler.
+func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
+	sess, err := smux.Server(newBatchConn(tc), muxConfig())
+	if err != nil {
+		tc.Close()
+		return
+	}
+	defer sess.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveStream(st, id, log)
+		}()
+	}
+}
+
+func (s *Server) serveStream(st *smux.Stream, id uint64, log *slog.Logger) {
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout()))
+	req, err := ReadRequest(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		var se *StatusError
+		if errors.As(err, &se) {
+			st.Write(marshalReply(se.Status))
+		}
+		log.Debug("bad stream request", "stream", st.ID(), "error", err.Error())
+		return
+	}
+	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID()}
+	s.cfg.Handler(stream)
+	if !stream.replied.Load() {
+		stream.Reply(StatusGeneralFailure)
+	}
+}
+
+func (s *Server) track(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closed {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		return true
+	}
+	delete(s.conns, c)
+	return true
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Close stops all listeners, closes every session and the face, and waits
+// for connection handlers to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	if s.site != nil {
+		s.site.close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// Stream is one stream an authenticated client opened. Its Request says
+// what the client wants; the handler answers with Reply before any data.
+// Read, Write and Close are those of a net.Conn; RemoteAddr is the
+// client's address (for pt.DialOr only: never log it).
+type Stream struct {
+	net.Conn
+	Request  Request
+	Session  uint64 // number of the session, for logs
+	StreamID uint32 // number of the stream within the session, for logs
+
+	replied atomic.Bool
+}
+
+// Reply sends the status of the request. It must be called exactly once,
+// before any data is written; later calls return an error.
+func (st *Stream) Reply(status Status) error {
+	if st.replied.Swap(true) {
+		return errors.New("transport: stream already replied")
+	}
+	st.Conn.SetWriteDeadline(time.Now().Add(DefaultRequestTimeout))
+	defer st.Conn.SetWriteDeadline(time.Time{})
+	if _, err := st.Conn.Write(marshalReply(status)); err != nil {
+		return fmt.Errorf("transport: writing reply: %w", err)
+	}
+	return nil
+}
+
+// CloseWrite half-closes the stream: the client reads EOF, and may go on
+// writing.
+func (st *Stream) CloseWrite() error {
+	if cw, ok := st.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return st.Conn.Close()
+}
