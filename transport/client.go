@@ -67,7 +67,9 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 
 // OpenStream opens a stream, sends req and waits for the bridge's answer.
 // A refusal is a *StatusError carrying the bridge's status. The returned
-// conn also has CloseWrite.
+// conn also has CloseWrite. Any other failure means the session is dead
+// (smux does not close a session whose carrier failed, so this does), and
+// IsClosed reports true from then on.
 func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error) {
 	b, err := req.MarshalBinary()
 	if err != nil {
@@ -75,22 +77,29 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 	}
 	st, err := s.mux.OpenStream()
 	if err != nil {
+		s.mux.Close()
 		return nil, fmt.Errorf("transport: opening stream: %w", err)
 	}
 	st.SetDeadline(deadlineFrom(ctx, s.requestTimeout))
 	// Cancelling ctx aborts the wait for the reply.
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if _, err := st.Write(b); err != nil {
-		st.Close()
-		return nil, fmt.Errorf("transport: sending request: %w", err)
-	}
-	if err := readReply(st); err != nil {
+	fail := func(err error) (net.Conn, error) {
 		st.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		var se *StatusError
+		if !errors.As(err, &se) {
+			s.mux.Close()
+		}
 		return nil, err
+	}
+	if _, err := st.Write(b); err != nil {
+		return fail(fmt.Errorf("transport: sending request: %w", err))
+	}
+	if err := readReply(st); err != nil {
+		return fail(err)
 	}
 	if !stop() {
 		st.Close()

@@ -22,6 +22,14 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 && n < len(p) {
+			// A read on the bare socket would have returned the bytes
+			// that arrived after the prefix too. Take them now, without
+			// waiting, so the kernel holds exactly what it would hold
+			// for a server that had read the socket itself: whether a
+			// close with unread data sends RST or FIN depends on it.
+			n += readAvailable(unwrapConn(c.Conn), p[n:])
+		}
 		return n, nil
 	}
 	return c.Conn.Read(p)

@@ -158,24 +158,40 @@ func (f *CoverFace) splice(c net.Conn, prefix []byte) {
 	cover, err := dial(ctx, "tcp", f.Address)
 	if err != nil {
 		// Nothing better to do: a website that is down refuses too.
-		resetConn(c)
+		resetConn(unwrapConn(c))
 		return
 	}
 	defer cover.Close()
 	if len(prefix) > 0 {
 		if _, err := cover.Write(prefix); err != nil {
-			resetConn(c)
+			resetConn(unwrapConn(c))
 			return
 		}
 	}
+	// Copy between the bare TCP connections, so that the kernel can
+	// splice and a reset can be passed on; c itself is still closed by
+	// the deferred Close, so wrappers (connection limits) see the end.
+	stranger := unwrapConn(c)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		pipe(c, cover) // stranger to cover
+		pipe(stranger, cover) // stranger to cover
 	}()
-	pipe(cover, c) // cover to stranger
+	pipe(cover, stranger) // cover to stranger
 	wg.Wait()
+}
+
+// unwrapConn returns the connection under wrappers that expose it with a
+// NetConn method, as *tls.Conn does.
+func unwrapConn(c net.Conn) net.Conn {
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return c
+		}
+		c = u.NetConn()
+	}
 }
 
 // pipe copies src to dst until src ends, then ends dst the same way: a FIN

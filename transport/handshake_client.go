@@ -59,7 +59,8 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.
 	// Browser hellos offer renegotiation, and utls refuses to export keying
 	// material while it is allowed. TLS 1.3 has no renegotiation anyway.
 	ucfg.Renegotiation = utls.RenegotiateNever
-	exporter, err := uc.ConnectionState().ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
+	state = uc.ConnectionState()
+	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
 		return nil, fmt.Errorf("transport: TLS exporter: %w", err)
 	}
@@ -71,7 +72,9 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.
 	}
 	proof, err := readServerOpening(uc)
 	if err != nil {
-		if errors.Is(err, errBadOpening) {
+		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// A website that got our opening instead of a request
+			// closes the connection: this is not the bridge.
 			return nil, ErrNotBridge
 		}
 		var ne net.Error

@@ -135,12 +135,13 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
-	if tc.ConnectionState().Version != tls.VersionTLS13 {
+	state := tc.ConnectionState()
+	if state.Version != tls.VersionTLS13 {
 		// Only a client that sent a TLS 1.3 hello has a tag, so this
 		// cannot happen with a genuine client.
 		return nil, ErrNotTLS13
 	}
-	exporter, err := tc.ConnectionState().ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
+	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
 		return nil, err
 	}

@@ -12,10 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -107,6 +109,7 @@ func startBridge(t testing.TB, face any, handler func(*Stream), configure func(*
 		ShortIDs:    []keys.ShortID{id},
 		ServerNames: []string{testSNI},
 		Handler:     handler,
+		Logger:      testLogger(t),
 	}
 	switch f := face.(type) {
 	case *SiteFace:
@@ -301,4 +304,16 @@ func recordHello(t testing.TB, cfg *ClientConfig) []byte {
 		t.Fatal("recorded no ClientHello")
 	}
 	return h
+}
+
+// testLogger logs through t, so a failing test shows the server's view.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

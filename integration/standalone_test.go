@@ -1,0 +1,255 @@
+package integration_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// origin is a loopback HTTP server with one blob of random bytes.
+type origin struct {
+	addr string
+	hash string
+	size int
+}
+
+func startOrigin(t *testing.T, size int) *origin {
+	t.Helper()
+	blob := make([]byte, size)
+	rand.Read(blob)
+	sum := sha256.Sum256(blob)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(w, r, "blob", time.Time{}, bytes.NewReader(blob))
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &origin{addr: ln.Addr().String(), hash: hex.EncodeToString(sum[:]), size: size}
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestStandaloneCurl proves the user's path end to end with real curl:
+// curl → mirage-client (SOCKS5 with remote DNS, HTTP proxy with an
+// absolute URI, HTTP CONNECT) → mirage-server → a loopback origin, 8 MiB
+// hash-checked each way; then the bridge restarts and the same client
+// carries on without a restart of its own.
+func TestStandaloneCurl(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	o := startOrigin(t, 8<<20)
+	state := t.TempDir()
+	b := startServer(t, state, "-allow-private")
+	client, proxy := startClient(t, b.link)
+	url := "http://" + o.addr + "/blob"
+	fetch := func(how string, args ...string) {
+		t.Helper()
+		out, err := runCmd(t, 60*time.Second, curl, append([]string{"-sS", "--fail", "--max-time", "50"}, append(args, url)...)...)
+		if err != nil {
+			t.Fatalf("%s: %v", how, err)
+		}
+		if got := sha256Hex(out); got != o.hash || len(out) != o.size {
+			t.Fatalf("%s: got %d bytes hashing to %s, want %d bytes %s", how, len(out), got, o.size, o.hash)
+		}
+	}
+	fetch("socks5-hostname", "--socks5-hostname", proxy)
+	fetch("http proxy", "--proxy", "http://"+proxy)
+	fetch("http connect", "--proxytunnel", "--proxy", "http://"+proxy)
+
+	// Restart the bridge on the same address with the same state.
+	b.stop()
+	p := startProc(t, "mirage-server (restarted)", serverBin, nil,
+		"-state", state, "-listen", b.addr, "-allow-private", "-log-level", "debug")
+	if l := p.waitOutput(t, linkRE, 20*time.Second); l != b.link {
+		t.Fatalf("restarted bridge printed another link:\n%s\n%s", l, b.link)
+	}
+	waitListening(t, b.addr, 10*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := runCmd(t, 20*time.Second, curl, "-sS", "--fail", "--max-time", "15", "--socks5-hostname", proxy, url)
+		if err == nil && sha256Hex(out) == o.hash {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no fetch through the restarted bridge within 30 s: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	checkNoAddresses(t, client.out.String(), p.out.String(), b.out.String())
+}
+
+// ipPortRE finds an IP address with a port in log text.
+var ipPortRE = regexp.MustCompile(`\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}:\d+|\[[0-9a-fA-F:]+\]:\d+`)
+
+// checkNoAddresses fails if any log line names an address with a port
+// (a client's, or a destination's). The link, printed on stdout for the
+// operator, is not a log line.
+func checkNoAddresses(t *testing.T, outputs ...string) {
+	t.Helper()
+	for _, out := range outputs {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "mirage://") || strings.HasPrefix(strings.TrimSpace(line), "#") {
+				continue
+			}
+			if m := ipPortRE.FindString(line); m != "" {
+				t.Errorf("log line names an address (%s): %s", m, line)
+			}
+		}
+	}
+}
+
+// TestEgressPolicy proves the bridge is not an open proxy into its own
+// network: without -allow-private a loopback destination is refused, and
+// the refusal reaches curl at once as a SOCKS error ("not allowed"), not a
+// reset later; with -allow-private, a closed port comes back as "refused".
+func TestEgressPolicy(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	o := startOrigin(t, 1000)
+	b := startServer(t, "")
+	_, proxy := startClient(t, b.link)
+	start := time.Now()
+	_, err := runCmd(t, 30*time.Second, curl, "-sS", "--max-time", "20", "--socks5-hostname", proxy, "http://"+o.addr+"/blob")
+	if err == nil {
+		t.Fatal("the bridge let a client reach its loopback origin without -allow-private")
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), "not allowed") {
+		t.Fatalf("curl's error does not say the connection was not allowed: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("refusal took %v", d)
+	}
+
+	b2 := startServer(t, "", "-allow-private")
+	_, proxy2 := startClient(t, b2.link)
+	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	_, err = runCmd(t, 30*time.Second, curl, "-sS", "--max-time", "20", "--socks5-hostname", proxy2, "http://"+closed+"/")
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "refused") {
+		t.Fatalf("a closed port: curl error %v, want connection refused", err)
+	}
+}
+
+// TestUDPAssociate proves SOCKS5 UDP ASSOCIATE through the tunnel: a
+// datagram to a loopback UDP echo server comes back with the echo's
+// address as its source.
+func TestUDPAssociate(t *testing.T) {
+	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := echo.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			echo.WriteTo(buf[:n], from)
+		}
+	}()
+	b := startServer(t, "", "-allow-private")
+	_, proxy := startClient(t, b.link)
+
+	ctrl, err := net.DialTimeout("tcp", proxy, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	ctrl.SetDeadline(time.Now().Add(30 * time.Second))
+	ctrl.Write([]byte{5, 1, 0})
+	resp := make([]byte, 2)
+	if _, err := io.ReadFull(ctrl, resp); err != nil || resp[1] != 0 {
+		t.Fatalf("greeting: %v % x", err, resp)
+	}
+	ctrl.Write([]byte{5, 3, 0, 1, 0, 0, 0, 0, 0, 0}) // UDP ASSOCIATE, client address unknown
+	rep := make([]byte, 10)
+	if _, err := io.ReadFull(ctrl, rep); err != nil || rep[1] != 0 || rep[3] != 1 {
+		t.Fatalf("UDP ASSOCIATE reply: %v % x", err, rep)
+	}
+	relay := &net.UDPAddr{IP: net.IP(rep[4:8]), Port: int(binary.BigEndian.Uint16(rep[8:10]))}
+	uc, err := net.DialUDP("udp", nil, relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	ea := echo.LocalAddr().(*net.UDPAddr)
+	hdr := []byte{0, 0, 0, 1}
+	hdr = append(hdr, ea.IP.To4()...)
+	hdr = binary.BigEndian.AppendUint16(hdr, uint16(ea.Port))
+	msg := []byte("ping through mirage")
+	got := make([]byte, 2048)
+	for attempt := 0; ; attempt++ {
+		uc.Write(append(bytes.Clone(hdr), msg...))
+		uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := uc.Read(got)
+		if err == nil {
+			if !bytes.Equal(got[:n], append(bytes.Clone(hdr), msg...)) {
+				t.Fatalf("echo came back as % x", got[:n])
+			}
+			return
+		}
+		if attempt == 10 {
+			t.Fatalf("no echo after %d tries: %v", attempt+1, err)
+		}
+	}
+}
+
+// TestServerState proves the operator's files: keys made once and kept
+// (0600), client.link and bridgeline.txt written and matching the printed
+// link, and a damaged state file is an error naming the file, never a
+// silent new identity.
+func TestServerState(t *testing.T) {
+	state := t.TempDir()
+	b := startServer(t, state)
+	b.stop()
+	link, err := os.ReadFile(filepath.Join(state, "client.link"))
+	if err != nil || strings.TrimSpace(string(link)) != b.link {
+		t.Fatalf("client.link = %q (%v), printed %q", link, err, b.link)
+	}
+	bl, err := os.ReadFile(filepath.Join(state, "bridgeline.txt"))
+	if err != nil || !strings.Contains(string(bl), "key=") || !strings.Contains(string(bl), "sni=") {
+		t.Fatalf("bridgeline.txt = %q (%v)", bl, err)
+	}
+	entries, _ := os.ReadDir(state)
+	for _, e := range entries {
+		info, _ := e.Info()
+		if strings.Contains(e.Name(), "state") && info.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", e.Name(), info.Mode().Perm())
+		}
+	}
+	var stateFile string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".json") {
+			stateFile = filepath.Join(state, e.Name())
+		}
+	}
+	if stateFile == "" {
+		t.Fatalf("no state file in %v", entries)
+	}
+	os.WriteFile(stateFile, []byte("{garbage"), 0o600)
+	out, err := runCmd(t, 20*time.Second, serverBin, "-state", state, "-listen", "127.0.0.1:0")
+	if err == nil {
+		t.Fatalf("server started with a damaged state file:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), filepath.Base(stateFile)) {
+		t.Fatalf("error does not name the damaged file: %v", err)
+	}
+}

@@ -1,0 +1,44 @@
+// Package pt (import it as mpt) is the glue between Mirage's transport and
+// Tor's pluggable-transport protocol, spoken through goptlib: it turns the
+// environment tor sets into listeners and configs, reports CMETHOD and
+// SMETHOD lines (and their errors), dials tor's ORPort through the
+// ExtORPort, and ends when tor says so. In managed mode stdout belongs to
+// this protocol: nothing here, and nothing the binaries do in managed mode,
+// writes anything else to it.
+package pt
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// ManagedMode reports whether tor started this process as a managed
+// pluggable transport.
+func ManagedMode() bool { return os.Getenv("TOR_PT_MANAGED_TRANSPORT_VER") != "" }
+
+// waitForExit blocks until ctx ends, the process gets SIGTERM or SIGINT,
+// or, when tor asks for it with TOR_PT_EXIT_ON_STDIN_CLOSE=1, stdin
+// closes (tor exiting or dying closes it). It returns what ended the wait.
+func waitForExit(ctx context.Context, stdin io.Reader) string {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	stdinClosed := make(chan struct{})
+	if os.Getenv("TOR_PT_EXIT_ON_STDIN_CLOSE") == "1" && stdin != nil {
+		go func() {
+			io.Copy(io.Discard, stdin)
+			close(stdinClosed)
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return "context done"
+	case s := <-sig:
+		return s.String()
+	case <-stdinClosed:
+		return "stdin closed"
+	}
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/mirage-pt/mirage/transport"
+	"github.com/mirage-pt/mirage/transport/keys"
+)
+
+// faceOptions are the flags (or ServerTransportOptions) that choose what
+// strangers meet.
+type faceOptions struct {
+	domain   string   // ACME certificate for this name
+	certFile string   // certificate files
+	keyFile  string   //
+	cover    string   // host:port of a site to borrow
+	sni      []string // names clients send; the first goes into links
+	upstream string   // reverse-proxy the site to this URL
+	www      string   // serve this directory
+}
+
+// face is the result: exactly one of site and cover, the server names, and
+// warnings for the operator.
+type face struct {
+	site     *transport.SiteFace
+	cover    *transport.CoverFace
+	names    []string
+	warnings []string
+}
+
+// Files of the self-signed site face in the state directory.
+const (
+	selfSignedCertFile = "selfsigned-cert.pem"
+	selfSignedKeyFile  = "selfsigned-key.pem"
+	autocertDir        = "autocert"
+	defaultSelfSignSNI = "localhost"
+)
+
+func (o *faceOptions) check() error {
+	n := 0
+	for _, set := range []bool{o.domain != "", o.certFile != "" || o.keyFile != "", o.cover != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("choose one face: -domain, -cert/-key, or -cover")
+	}
+	if (o.certFile == "") != (o.keyFile == "") {
+		return errors.New("-cert and -key go together: give both files")
+	}
+	if o.cover != "" {
+		if _, _, err := net.SplitHostPort(o.cover); err != nil {
+			return fmt.Errorf("-cover %q: want host:port, e.g. www.example.com:443", o.cover)
+		}
+		if o.upstream != "" || o.www != "" {
+			return errors.New("-cover borrows another site: -upstream and -www do not apply")
+		}
+	}
+	if o.upstream != "" && o.www != "" {
+		return errors.New("choose one site content: -upstream or -www")
+	}
+	return nil
+}
+
+// buildFace makes the face the options describe. stateDir holds the ACME
+// cache and the self-signed certificate.
+func buildFace(o faceOptions, stateDir string) (*face, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	f := &face{names: o.sni}
+	if o.cover != "" {
+		host, _, _ := net.SplitHostPort(o.cover)
+		if len(f.names) == 0 {
+			if net.ParseIP(host) != nil {
+				return nil, fmt.Errorf("-cover %s is an IP address: give -sni with the name clients should send", o.cover)
+			}
+			f.names = []string{host}
+		}
+		f.cover = &transport.CoverFace{Address: o.cover}
+		f.warnings = append(f.warnings, "cover mode borrows "+o.cover+
+			": the bridge's IP address does not belong to that site, which a careful censor can notice; a site face (-domain) is stronger")
+		return f, nil
+	}
+	handler, err := siteHandler(o)
+	if err != nil {
+		return nil, err
+	}
+	var tlsConfig *tls.Config
+	switch {
+	case o.domain != "":
+		m := &autocert.Manager{
+			Prompt:     autocert.AcceptTOS,
+			HostPolicy: autocert.HostWhitelist(o.domain),
+			Cache:      autocert.DirCache(filepath.Join(stateDir, autocertDir)),
+		}
+		// TLSConfig answers TLS-ALPN-01 challenges on this same port.
+		tlsConfig = m.TLSConfig()
+		if len(f.names) == 0 {
+			f.names = []string{o.domain}
+		}
+	case o.certFile != "":
+		cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("loading -cert %s and -key %s: %w", o.certFile, o.keyFile, err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		if len(f.names) == 0 {
+			leaf, err := x509.ParseCertificate(cert.Certificate[0])
+			if err == nil && len(leaf.DNSNames) > 0 {
+				f.names = []string{leaf.DNSNames[0]}
+			} else {
+				return nil, errors.New("the certificate names no DNS name: give -sni with the name clients should send")
+			}
+		}
+	default:
+		if len(f.names) == 0 {
+			f.names = []string{defaultSelfSignSNI}
+		}
+		cert, err := loadOrCreateSelfSigned(stateDir, f.names)
+		if err != nil {
+			return nil, err
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		f.warnings = append(f.warnings, "the site face uses a self-signed certificate: anyone who probes the bridge can see that, "+
+			"and few real websites do it; use -domain NAME (free ACME certificate) or -cert/-key for a bridge people rely on")
+	}
+	tlsConfig.NextProtos = append([]string{"h2", "http/1.1"}, tlsConfig.NextProtos...)
+	f.site = &transport.SiteFace{TLSConfig: tlsConfig, Handler: handler}
+	return f, nil
+}
+
+// siteHandler returns the site's content: a reverse proxy, a directory, or
+// the built-in page.
+func siteHandler(o faceOptions) (http.Handler, error) {
+	switch {
+	case o.upstream != "":
+		u, err := url.Parse(o.upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("-upstream %q: want an http:// or https:// URL, e.g. http://127.0.0.1:8080", o.upstream)
+		}
+		return &httputil.ReverseProxy{
+			Rewrite: func(r *httputil.ProxyRequest) {
+				r.SetURL(u)
+				r.Out.Host = r.In.Host // the site answers for its own name
+				// No X-Forwarded-For: visitors' addresses stay here.
+			},
+			ErrorLog: discardLog,
+		}, nil
+	case o.www != "":
+		st, err := os.Stat(o.www)
+		if err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("-www %q is not a directory", o.www)
+		}
+		return http.FileServer(http.Dir(o.www)), nil
+	}
+	return builtinSite{}, nil
+}
+
+// builtinSite is a small static page, for bridges with nothing else to show.
+type builtinSite struct{}
+
+const builtinPage = `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Welcome</title>
+<style>body{font-family:sans-serif;max-width:40em;margin:4em auto;color:#333}</style></head>
+<body><h1>Welcome</h1><p>This site is under construction. Please check back soon.</p></body>
+</html>
+`
+
+func (builtinSite) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" && r.URL.Path != "/index.html" {
+		http.NotFound(w, r)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Write([]byte(builtinPage))
+}
+
+// loadOrCreateSelfSigned keeps one self-signed certificate in the state
+// directory: a certificate that changed at every restart would itself be
+// a sign that this is no ordinary website.
+func loadOrCreateSelfSigned(stateDir string, names []string) (tls.Certificate, error) {
+	certPath := filepath.Join(stateDir, selfSignedCertFile)
+	keyPath := filepath.Join(stateDir, selfSignedKeyFile)
+	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err == nil && time.Now().Before(leaf.NotAfter.Add(-24*time.Hour)) && sameNames(leaf.DNSNames, names) {
+			return cert, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, fmt.Errorf("self-signed certificate in %s is damaged (%v): remove %s and %s to make a new one",
+			stateDir, err, certPath, keyPath)
+	}
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: names[0]},
+		DNSNames:              names,
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := keys.WriteFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := keys.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.LoadX509KeyPair(certPath, keyPath)
+}
+
+func sameNames(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !strings.EqualFold(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,371 @@
+// Command mirage-server runs a Mirage bridge: on its own, as a proxy for
+// mirage-client users, or under tor as a managed pluggable transport.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/mdp/qrterminal/v3"
+	"golang.org/x/term"
+
+	mpt "github.com/mirage-pt/mirage/pt"
+	"github.com/mirage-pt/mirage/transport"
+	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/safelog"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
+// Files the bridge writes into its state directory for the operator.
+const (
+	linkFile       = "client.link"
+	bridgeLineFile = "bridgeline.txt"
+)
+
+var discardLog = log.New(io.Discard, "", 0)
+
+// config is everything the flags say.
+type config struct {
+	stateDir      string
+	listen        string
+	face          faceOptions
+	forward       string
+	allowPrivate  bool
+	linkHost      string
+	label         string
+	unsafeLogging bool
+	logLevel      slog.Level
+	logFile       string
+	maxConns      int
+	maxHandshakes int
+	showVersion   bool
+}
+
+const usageText = `Usage: mirage-server [flags]
+
+Runs a Mirage bridge. To everyone who is not a Mirage client, the bridge is
+an ordinary HTTPS website: its own (the default) or another one it borrows
+(-cover). On first run it makes a key pair in -state, writes the client link
+to DIR/client.link and the Tor bridge-line arguments to DIR/bridgeline.txt,
+and prints the link (with a QR code on a terminal).
+
+Examples:
+  # Try it out: self-signed site on :8443, link printed.
+  mirage-server
+  # A real site with a free ACME certificate (needs ports 443, DNS pointing here):
+  mirage-server -listen :443 -domain bridge.example.com -upstream http://127.0.0.1:8080
+  # Borrow another site's face (no domain needed):
+  mirage-server -listen :443 -cover www.example.com:443
+  # Every client stream goes to one place (e.g. a local SOCKS server):
+  mirage-server -forward 127.0.0.1:1080 -allow-private
+
+Under tor (ServerTransportPlugin mirage exec /usr/bin/mirage-server), the
+face is set with ServerTransportOptions: mirage cover=HOST:PORT, domain=NAME,
+cert=FILE key=FILE, sni=NAME, upstream=URL, www=DIR; the bridge line is
+written to TOR_PT_STATE_LOCATION/mirage_bridgeline.txt.
+
+Flags:
+`
+
+func defaultStateDir() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "mirage-server-state"
+	}
+	return filepath.Join(dir, "mirage-server")
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("mirage-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
+	var sni, level string
+	fs.StringVar(&c.stateDir, "state", defaultStateDir(), "directory for the bridge's keys and certificates (kept across restarts)")
+	fs.StringVar(&c.listen, "listen", ":8443", "TCP address to listen on")
+	fs.StringVar(&c.face.domain, "domain", "", "site face with an ACME (Let's Encrypt) certificate for this domain name")
+	fs.StringVar(&c.face.certFile, "cert", "", "site face with this certificate file (PEM, with -key)")
+	fs.StringVar(&c.face.keyFile, "key", "", "private key file (PEM) for -cert")
+	fs.StringVar(&c.face.cover, "cover", "", "cover face: pass strangers to this HOST:PORT of another HTTPS site")
+	fs.StringVar(&sni, "sni", "", "comma-separated server names clients may send; the first goes into the link (default: the face's name)")
+	fs.StringVar(&c.face.upstream, "upstream", "", "site content: reverse-proxy to this URL (e.g. http://127.0.0.1:8080)")
+	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory")
+	fs.StringVar(&c.forward, "forward", "", "send every client stream to this HOST:PORT instead of where the client asks")
+	fs.BoolVar(&c.allowPrivate, "allow-private", false, "let clients reach loopback, private and link-local addresses (unsafe on a shared network)")
+	fs.StringVar(&c.linkHost, "link-host", "", "HOST[:PORT] to put in the link and bridge line (default: this machine's address and the listen port)")
+	fs.StringVar(&c.label, "label", "mirage", "label shown for the link in client apps")
+	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log client IP addresses (never do this on a real bridge)")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
+	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
+	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (all options are flags; see -help)", fs.Arg(0))
+	}
+	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: use debug, info, warn or error", level)
+	}
+	if sni != "" {
+		for _, n := range strings.Split(sni, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				c.face.sni = append(c.face.sni, n)
+			}
+		}
+	}
+	if c.forward != "" {
+		if _, _, err := net.SplitHostPort(c.forward); err != nil {
+			return nil, fmt.Errorf("-forward %q: want HOST:PORT", c.forward)
+		}
+	}
+	if c.maxConns < 1 || c.maxHandshakes < 1 {
+		return nil, errors.New("-max-conns and -max-handshakes must be at least 1")
+	}
+	return c, c.face.check()
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mirage-server:", err)
+		os.Exit(2)
+	}
+	if c.showVersion {
+		fmt.Println("mirage-server", version)
+		return
+	}
+	managed := mpt.ManagedMode()
+	logger, closeLog, err := newLogger(c, managed)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mirage-server:", err)
+		os.Exit(1)
+	}
+	defer closeLog()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if managed {
+		err = mpt.RunServer(ctx, mpt.ServerOptions{
+			Version: version, Logger: logger, Stdin: os.Stdin,
+			Configure: func(stateDir string, options map[string][]string) (*transport.ServerConfig, link.Params, error) {
+				return managedConfig(c, stateDir, options, logger)
+			},
+		})
+	} else {
+		err = run(ctx, c, os.Stdout, logger)
+	}
+	if err != nil {
+		logger.Error(err.Error())
+		if !managed {
+			fmt.Fprintln(os.Stderr, "mirage-server:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// newLogger returns the scrubbed logger. In managed mode stdout is tor's
+// and stderr may not be read, so logs go to -log or nowhere.
+func newLogger(c *config, managed bool) (*slog.Logger, func(), error) {
+	var w io.Writer = os.Stderr
+	closer := func() {}
+	if c.logFile != "" {
+		f, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening -log file: %w", err)
+		}
+		w, closer = f, func() { f.Close() }
+	} else if managed {
+		w = io.Discard
+	}
+	return slog.New(safelog.NewHandler(w, c.logLevel, c.unsafeLogging)), closer, nil
+}
+
+// run serves a standalone bridge until ctx ends.
+func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) error {
+	state, created, err := keys.LoadOrCreateState(c.stateDir, nil)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("made a new bridge identity", "state", c.stateDir)
+	}
+	f, err := buildFace(c.face, c.stateDir)
+	if err != nil {
+		return err
+	}
+	for _, w := range f.warnings {
+		log.Warn(w)
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
+	}
+	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
+	if len(state.ShortIDs) > 0 {
+		params.ShortID = state.ShortIDs[0]
+	}
+	l := &link.Link{Params: params, Address: linkAddress(c.linkHost, ln.Addr().(*net.TCPAddr)), Label: c.label}
+	if err := writeClientFiles(c.stateDir, l); err != nil {
+		ln.Close()
+		return err
+	}
+	printLink(stdout, l)
+
+	eg := newEgress(c.allowPrivate, c.forward, log)
+	srv, err := transport.NewServer(transport.ServerConfig{
+		PrivateKey:           state.PrivateKey,
+		ShortIDs:             state.ShortIDs,
+		ServerNames:          f.names,
+		Site:                 f.site,
+		Cover:                f.cover,
+		Handler:              eg.handle,
+		MaxPendingHandshakes: c.maxHandshakes,
+		Logger:               log,
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.describe())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		srv.Close()
+		return nil
+	case err := <-errc:
+		srv.Close()
+		return err
+	}
+}
+
+func (f *face) describe() string {
+	if f.cover != nil {
+		return "cover " + f.cover.Address
+	}
+	return "site " + strings.Join(f.names, ",")
+}
+
+// managedConfig builds one bridge's config under tor: the flags give
+// defaults, ServerTransportOptions override them.
+func managedConfig(c *config, stateDir string, options map[string][]string, log *slog.Logger) (*transport.ServerConfig, link.Params, error) {
+	o := c.face
+	for k, vs := range options {
+		if len(vs) != 1 {
+			return nil, link.Params{}, fmt.Errorf("ServerTransportOptions: %s given %d times", k, len(vs))
+		}
+		v := vs[0]
+		switch k {
+		case "cover":
+			o.cover = v
+		case "domain":
+			o.domain = v
+		case "cert":
+			o.certFile = v
+		case "key":
+			o.keyFile = v
+		case "sni":
+			o.sni = strings.Split(v, ",")
+		case "upstream":
+			o.upstream = v
+		case "www":
+			o.www = v
+		default:
+			return nil, link.Params{}, fmt.Errorf("ServerTransportOptions: unknown option %q (known: cover, domain, cert, key, sni, upstream, www)", k)
+		}
+	}
+	state, _, err := keys.LoadOrCreateState(stateDir, nil)
+	if err != nil {
+		return nil, link.Params{}, err
+	}
+	f, err := buildFace(o, stateDir)
+	if err != nil {
+		return nil, link.Params{}, err
+	}
+	for _, w := range f.warnings {
+		log.Warn(w)
+	}
+	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
+	if len(state.ShortIDs) > 0 {
+		params.ShortID = state.ShortIDs[0]
+	}
+	return &transport.ServerConfig{
+		PrivateKey:           state.PrivateKey,
+		ShortIDs:             state.ShortIDs,
+		ServerNames:          f.names,
+		Site:                 f.site,
+		Cover:                f.cover,
+		MaxPendingHandshakes: c.maxHandshakes,
+	}, params, nil
+}
+
+// linkAddress is the address clients dial: -link-host, or else the listen
+// address, with the first non-loopback address of this machine in place of
+// an unspecified one.
+func linkAddress(linkHost string, listen *net.TCPAddr) string {
+	port := strconv.Itoa(listen.Port)
+	if linkHost != "" {
+		if _, _, err := net.SplitHostPort(linkHost); err == nil {
+			return linkHost
+		}
+		return net.JoinHostPort(strings.Trim(linkHost, "[]"), port)
+	}
+	if !listen.IP.IsUnspecified() {
+		return net.JoinHostPort(listen.IP.String(), port)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.IsGlobalUnicast() && ipn.IP.To4() != nil {
+			return net.JoinHostPort(ipn.IP.String(), port)
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// writeClientFiles writes DIR/client.link and DIR/bridgeline.txt.
+func writeClientFiles(dir string, l *link.Link) error {
+	if err := keys.WriteFileAtomic(filepath.Join(dir, linkFile), []byte(l.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", linkFile, err)
+	}
+	line := "# Arguments of a Tor bridge line for this bridge. With tor's fingerprint of the\n" +
+		"# bridge relay, a user writes:\n" +
+		"#   " + link.BridgeLine(l.Address, "<FINGERPRINT>", l.Params) + "\n" +
+		l.Params.Args() + "\n"
+	if err := keys.WriteFileAtomic(filepath.Join(dir, bridgeLineFile), []byte(line), 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", bridgeLineFile, err)
+	}
+	return nil
+}
+
+// printLink shows the link, and a QR code of it when stdout is a terminal.
+func printLink(w io.Writer, l *link.Link) {
+	s := l.String()
+	fmt.Fprintf(w, "Mirage bridge link (give it to users of mirage-client):\n\n  %s\n\n", s)
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		qrterminal.GenerateHalfBlock(s, qrterminal.L, w)
+	}
+}
