@@ -156,4 +156,3 @@ func serveTor(info *goptlib.ServerInfo, st *transport.Stream, log *slog.Logger) 
 	}
 	transport.Relay(st, or)
 }
-

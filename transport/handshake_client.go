@@ -17,10 +17,9 @@ import (
 	"github.com/mirage-pt/mirage/transport/auth"
 )
 
-// helloIDs maps the fp= names of a link to the utls ClientHello each mimics.
+// helloIDs maps the fp= names of a link to the utls ClientHello each
+// mimics; chrome (the default) is built by chromeSpec.
 var helloIDs = map[string]utls.ClientHelloID{
-	"":        utls.HelloChrome_Auto,
-	"chrome":  utls.HelloChrome_Auto,
 	"firefox": utls.HelloFirefox_Auto,
 	"safari":  utls.HelloSafari_Auto,
 	"ios":     utls.HelloIOS_Auto,
@@ -33,10 +32,6 @@ var helloIDs = map[string]utls.ClientHelloID{
 // Nothing of the user's is sent before the proof checks out. The caller
 // sets the deadline on raw.
 func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.Conn, error) {
-	id, ok := helloIDs[cfg.Fingerprint]
-	if !ok {
-		return nil, fmt.Errorf("transport: unknown fingerprint %q", cfg.Fingerprint)
-	}
 	ucfg := &utls.Config{
 		ServerName: cfg.ServerName,
 		// The certificate is not what authenticates a bridge: the proof
@@ -44,7 +39,10 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.
 		// so a man in the middle with any certificate cannot forge it.
 		InsecureSkipVerify: true,
 	}
-	uc := utls.UClient(raw, ucfg, id)
+	uc, err := newUConn(raw, ucfg, cfg.Fingerprint)
+	if err != nil {
+		return nil, err
+	}
 	key, err := sealHello(uc, cfg)
 	if err != nil {
 		return nil, err

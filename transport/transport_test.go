@@ -308,3 +308,31 @@ func stripHost(s string) string {
 	}
 	return s[:i] + s[j:]
 }
+
+// TestEveryFingerprintConnects proves each fp= a link may name produces a
+// hello the bridge authenticates (its x25519 share found on both sides)
+// and a working tunnel, through both faces.
+func TestEveryFingerprintConnects(t *testing.T) {
+	for name, face := range faces(t) {
+		b := startBridge(t, face(), echoHandler, nil)
+		for _, fp := range []string{"chrome", "firefox", "safari", "ios", "edge"} {
+			t.Run(name+"/"+fp, func(t *testing.T) {
+				cfg := b.clientConfig()
+				cfg.Fingerprint = fp
+				sess, err := Dial(context.Background(), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer sess.Close()
+				st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				if err := roundTrip(st, payload(70000, 3)); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}

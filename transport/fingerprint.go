@@ -1,0 +1,98 @@
+package transport
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+
+	utls "github.com/refraction-networking/utls"
+)
+
+// A client's ClientHello must be, byte for byte, a browser's: its JA3/JA4
+// fingerprint is the first thing DPI checks. utls v1.8.2 knows Chrome up to
+// 133; the Chromium that Debian ships now (156, captures in
+// transport/hello/testdata) differs from it in two places only, which
+// chromeSpec adds:
+//
+//   - the trust_anchors extension (0xca34) listing the trust anchor IDs
+//     Chrome supports; and
+//   - a GREASE value and the ML-DSA schemes 0x0904-0x0906 at the front of
+//     signature_algorithms.
+//
+// TestChromeMatchesCapturedJA4 checks the result against the captures.
+
+// extTrustAnchors is the trust_anchors extension's code point.
+const extTrustAnchors = 0xca34
+
+// chromeTrustAnchors is the body of Chromium 156's trust_anchors extension,
+// the same on every captured connection.
+var chromeTrustAnchors = mustHex("00b80582df1302010582df1302060582df13020d0582df13020e0582df13020f0582df1302120582df1302130582df13021408839a648c9b2d010708839a648c9b2d010808839a648c9b2d010908839a648c9b2d010a08839a648c9b2d010b08839a648c9b2d010c08839a648c9b2d010d08839a648c9b2d011208839a648c9b2d011304d679090104d679090404d679090504d679090604d679090704d679090804d679090a04d679090b04d679090c04d679090d04d679090f")
+
+// ML-DSA signature schemes (draft-ietf-tls-mldsa) Chrome offers.
+const (
+	mldsa44 utls.SignatureScheme = 0x0904
+	mldsa65 utls.SignatureScheme = 0x0905
+	mldsa87 utls.SignatureScheme = 0x0906
+)
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// chromeSpec returns a fresh ClientHello spec of current Chrome, with the
+// extension order shuffled as Chrome shuffles it on every connection.
+func chromeSpec() (*utls.ClientHelloSpec, error) {
+	spec, err := utls.UTLSIdToSpec(utls.HelloChrome_133)
+	if err != nil {
+		return nil, err
+	}
+	var grease [1]byte
+	if _, err := rand.Read(grease[:]); err != nil {
+		return nil, err
+	}
+	// GREASE values are 0x?a?a (RFC 8701); Chrome draws one per connection.
+	g := utls.SignatureScheme(uint16(grease[0]&0xf0|0x0a)<<8 | uint16(grease[0]&0xf0|0x0a))
+	found := false
+	for i, ext := range spec.Extensions {
+		if sa, ok := ext.(*utls.SignatureAlgorithmsExtension); ok {
+			sa.SupportedSignatureAlgorithms = append([]utls.SignatureScheme{g, mldsa44, mldsa65, mldsa87},
+				sa.SupportedSignatureAlgorithms...)
+			// Put trust_anchors next to it; the order is shuffled anyway.
+			spec.Extensions = append(spec.Extensions[:i+1], append([]utls.TLSExtension{
+				&utls.GenericExtension{Id: extTrustAnchors, Data: chromeTrustAnchors},
+			}, spec.Extensions[i+1:]...)...)
+			found = true
+			break
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("transport: utls's Chrome spec has no signature_algorithms")
+	}
+	return &spec, nil
+}
+
+// newUConn returns a utls client connection that will send the ClientHello
+// of the browser fp names.
+func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
+	if fp == "" || fp == "chrome" {
+		spec, err := chromeSpec()
+		if err != nil {
+			return nil, err
+		}
+		uc := utls.UClient(raw, cfg, utls.HelloCustom)
+		if err := uc.ApplyPreset(spec); err != nil {
+			return nil, fmt.Errorf("transport: applying Chrome's ClientHello: %w", err)
+		}
+		return uc, nil
+	}
+	id, ok := helloIDs[fp]
+	if !ok {
+		return nil, fmt.Errorf("transport: unknown fingerprint %q", fp)
+	}
+	return utls.UClient(raw, cfg, id), nil
+}
