@@ -121,7 +121,9 @@ func readAddr(r io.Reader) (Addr, error) {
 		if _, err := io.ReadFull(r, buf[:16+2]); err != nil {
 			return Addr{}, err
 		}
-		host = netip.AddrFrom16([16]byte(buf[:16])).String()
+		// An IPv4-mapped address is an IPv4 address: decode it as one,
+		// so policy checks see one form only (found by FuzzReadRequest).
+		host = netip.AddrFrom16([16]byte(buf[:16])).Unmap().String()
 		return Addr{Host: host, Port: binary.BigEndian.Uint16(buf[16:])}, nil
 	case atypDomain:
 		if _, err := io.ReadFull(r, buf[:1]); err != nil {
