@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // probeCase is one kind of visitor a censor may send to a suspected bridge.
@@ -130,13 +131,13 @@ func runProbes(t *testing.T, b *testBridge, direct string) {
 			t.Parallel()
 			data := pc.data(t, b)
 			const wait = 3500 * time.Millisecond
-			var viaBridge, viaDirect probeResult
+			var viaBridge, viaDirect transporttest.ProbeResult
 			var wg sync.WaitGroup
 			wg.Add(2)
 			go func() { defer wg.Done(); viaBridge = probe(t, b.addr, data, wait) }()
 			go func() { defer wg.Done(); viaDirect = probe(t, direct, data, wait) }()
 			wg.Wait()
-			if got, want := viaBridge.shape(), viaDirect.shape(); got != want {
+			if got, want := viaBridge.Shape(), viaDirect.Shape(); got != want {
 				t.Errorf("bridge answered\n  %s\nthe face alone answered\n  %s", got, want)
 			}
 		})
@@ -187,11 +188,11 @@ func TestCoverEndings(t *testing.T) {
 			data := []byte("GET / HTTP/1.0\r\n\r\n")
 			viaBridge := probe(t, b.addr, data, 2*time.Second)
 			direct := probe(t, ln.Addr().String(), data, 2*time.Second)
-			if viaBridge.shape() != direct.shape() {
-				t.Fatalf("bridge: %s\ndirect: %s", viaBridge.shape(), direct.shape())
+			if viaBridge.Shape() != direct.Shape() {
+				t.Fatalf("bridge: %s\ndirect: %s", viaBridge.Shape(), direct.Shape())
 			}
-			if name == "reset" && direct.end != "reset" {
-				t.Fatalf("test cover did not reset: %s", direct.shape())
+			if name == "reset" && direct.End != "reset" {
+				t.Fatalf("test cover did not reset: %s", direct.Shape())
 			}
 		})
 	}

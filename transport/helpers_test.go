@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,13 +18,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mirage-pt/mirage/transport/hello"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 const testSNI = "www.example.com"
@@ -211,65 +210,14 @@ func roundTrip(c net.Conn, data []byte) error {
 	return nil
 }
 
-// probeResult is what a prober learns from one connection: the bytes that
-// came back and how the connection ended.
-type probeResult struct {
-	data []byte
-	end  string // "eof", "reset", "open" (still open when we stopped waiting), or another error
-}
-
-// probe connects to addr, sends data (nothing for silence), and reads what
-// comes back for up to wait.
-func probe(t testing.TB, addr string, data []byte, wait time.Duration) probeResult {
+// probe connects to addr, sends data and reads the answer for up to wait.
+func probe(t testing.TB, addr string, data []byte, wait time.Duration) transporttest.ProbeResult {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := transporttest.Probe(addr, data, wait)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if len(data) > 0 {
-		if _, err := c.Write(data); err != nil {
-			return probeResult{end: "write error: " + err.Error()}
-		}
-	}
-	c.SetReadDeadline(time.Now().Add(wait))
-	got, err := io.ReadAll(c)
-	var ne net.Error
-	switch {
-	case err == nil:
-		return probeResult{got, "eof"}
-	case errors.Is(err, syscall.ECONNRESET):
-		return probeResult{got, "reset"}
-	case errors.As(err, &ne) && ne.Timeout():
-		return probeResult{got, "open"}
-	}
-	return probeResult{got, err.Error()}
-}
-
-// shape describes an answer for comparison. TLS answers carry fresh random
-// values and keys, so for them only the record types and lengths must
-// match; anything else must match byte for byte.
-func (p probeResult) shape() string {
-	d := p.data
-	if len(d) < 5 || d[0] < 0x14 || d[0] > 0x17 || d[1] != 3 {
-		return fmt.Sprintf("bytes %q, end %s", d, p.end)
-	}
-	var s bytes.Buffer
-	for len(d) >= 5 {
-		n := int(d[3])<<8 | int(d[4])
-		fmt.Fprintf(&s, "[%02x %02x%02x len %d] ", d[0], d[1], d[2], n)
-		if len(d) < 5+n {
-			fmt.Fprintf(&s, "(truncated) ")
-			d = nil
-			break
-		}
-		if d[0] == 0x15 { // alerts are short and deterministic: compare them
-			fmt.Fprintf(&s, "alert %x ", d[5:5+n])
-		}
-		d = d[5+n:]
-	}
-	fmt.Fprintf(&s, "+%d bytes, end %s", len(d), p.end)
-	return s.String()
+	return r
 }
 
 // recordHello captures the first TLS records a real client sends: it
