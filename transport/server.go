@@ -173,6 +173,12 @@ func (s *Server) toFace(hs *serverHandshake) {
 		s.site.serve(&prefixConn{Conn: hs.raw, prefix: hs.consumed, elapsed: time.Since(hs.start)})
 		return
 	}
+	// Track the spliced connection so Close can end it.
+	if !s.track(hs.raw, true) {
+		hs.raw.Close()
+		return
+	}
+	defer s.track(hs.raw, false)
 	s.cfg.Cover.splice(hs.raw, hs.consumed)
 }
 
@@ -240,8 +246,9 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Close stops all listeners, closes every session and the face, and waits
-// for connection handlers to return.
+// Close stops all listeners, closes every session, every connection passed
+// to the cover and the site face, and waits for connection handlers to
+// return.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
