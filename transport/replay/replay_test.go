@@ -1,0 +1,319 @@
+package replay
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"testing"
+	"time"
+)
+
+const ttl = 4 * time.Minute
+
+// t0 is an arbitrary start; tests use wall-clock times without monotonic
+// readings so that every comparison is deterministic.
+var t0 = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// tagOf returns a distinct 32-byte tag for each (stream, i).
+func tagOf(stream, i uint64) []byte {
+	var t [32]byte
+	binary.BigEndian.PutUint64(t[0:], stream)
+	binary.BigEndian.PutUint64(t[8:], i)
+	copy(t[16:], "mirage-replay-test")
+	return t[:]
+}
+
+func TestFirstFalseThenTrue(t *testing.T) {
+	f := New(ttl, 1000)
+	tag := tagOf(0, 1)
+	if f.Seen(tag, t0) {
+		t.Fatal("first Seen = true, want false")
+	}
+	if !f.Seen(tag, t0) {
+		t.Fatal("second Seen at the same time = false, want true")
+	}
+	if !f.Seen(tag, t0.Add(time.Second)) {
+		t.Fatal("third Seen = false, want true")
+	}
+	if f.Seen(tagOf(0, 2), t0) {
+		t.Fatal("another tag reported as seen")
+	}
+}
+
+func TestRememberedForTTLThenForgotten(t *testing.T) {
+	// Record the tag at several offsets into a generation, including the
+	// very start and just before its end: the promise holds for all.
+	for _, off := range []time.Duration{0, time.Nanosecond, ttl / 2, ttl - time.Nanosecond} {
+		t.Run(fmt.Sprint(off), func(t *testing.T) {
+			f := New(ttl, 1000)
+			f.Seen(tagOf(9, 9), t0) // starts the first generation at t0
+			at := t0.Add(off)
+			tag := tagOf(1, 1)
+			if f.Seen(tag, at) {
+				t.Fatal("first Seen = true")
+			}
+			// Other traffic drives rotations in between, as on a bridge.
+			for i := range uint64(10) {
+				f.Seen(tagOf(2, i), at.Add(time.Duration(i)*ttl/10))
+			}
+			if !f.Seen(tag, at.Add(ttl-time.Nanosecond)) {
+				t.Fatal("tag forgotten just before ttl")
+			}
+			// The check above recorded the tag again; it must still be
+			// gone by 2·ttl after that.
+			if f.Seen(tag, at.Add(3*ttl)) {
+				t.Fatal("tag still remembered 3·ttl after it was recorded")
+			}
+		})
+	}
+}
+
+func TestForgottenAfterTwoTTLWithSteadyTraffic(t *testing.T) {
+	// Unlike the jump in the previous test, which clears everything at once,
+	// here calls arrive every ttl/4 so the tag goes through the normal
+	// current -> previous -> dropped rotation.
+	f := New(ttl, 1000)
+	tag := tagOf(1, 1)
+	f.Seen(tag, t0)
+	var last time.Time
+	for i := uint64(1); i <= 8; i++ {
+		last = t0.Add(time.Duration(i) * ttl / 4)
+		f.Seen(tagOf(2, i), last)
+	}
+	if f.Seen(tag, last) { // last = t0 + 2·ttl
+		t.Fatal("tag still remembered 2·ttl after it was recorded")
+	}
+}
+
+func TestConcurrentNoFalseNegatives(t *testing.T) {
+	const goroutines, perG = 8, 2000
+	f := New(ttl, 1<<15)
+	f.Seen(tagOf(99, 0), t0)
+	// Each goroutine records its tags at times spread over one ttl (so the
+	// filter rotates while others are inserting, and the clock seen by the
+	// filter jumps back and forth between goroutines), then checks each just
+	// before its ttl runs out.
+	at := func(i uint64) time.Time { return t0.Add(time.Duration(i) * ttl / perG) }
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range uint64(goroutines) {
+		wg.Go(func() {
+			for i := range uint64(perG) {
+				if f.Seen(tagOf(g, i), at(i)) {
+					// Possible only as a false positive, which at this load
+					// is about 1e-12 per call.
+					errs <- fmt.Errorf("goroutine %d: fresh tag %d reported seen", g, i)
+					return
+				}
+			}
+			for i := range uint64(perG) {
+				if !f.Seen(tagOf(g, i), at(i).Add(ttl-time.Nanosecond)) {
+					errs <- fmt.Errorf("goroutine %d: tag %d forgotten within ttl", g, i)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestConcurrentSameTagExactlyOnce(t *testing.T) {
+	f := New(ttl, 1000)
+	for round := range uint64(50) {
+		tag := tagOf(7, round)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		fresh := 0
+		for range 8 {
+			wg.Go(func() {
+				if !f.Seen(tag, t0) {
+					mu.Lock()
+					fresh++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if fresh != 1 {
+			t.Fatalf("round %d: %d of 8 concurrent calls saw the tag as new, want 1", round, fresh)
+		}
+	}
+}
+
+// TestFloodBoundedNoFalseNegative states the flood promise: memory does not
+// change, and a tag recorded before or during a flood of 10·maxEntries tags
+// is still reported for its whole ttl, even across a rotation. The price,
+// fresh tags refused until the flood ages out, is checked too.
+func TestFloodBoundedNoFalseNegative(t *testing.T) {
+	const maxEntries = 1000
+	f := New(ttl, maxEntries)
+	words := len(f.cur.bits)
+	if words != (maxEntries*bitsPerEntry+63)/64 || len(f.prev.bits) != words {
+		t.Fatalf("sizes %d/%d words, want %d each", len(f.cur.bits), len(f.prev.bits), (maxEntries*bitsPerEntry+63)/64)
+	}
+
+	f.Seen(tagOf(99, 0), t0)        // generation starts at t0
+	victimAt := t0.Add(ttl * 3 / 4) // late in the first generation
+	victim := tagOf(1, 0)
+	if f.Seen(victim, victimAt) {
+		t.Fatal("victim reported seen before it was recorded")
+	}
+	// The flood runs from the victim's arrival to just before its ttl ends,
+	// crossing the rotation at t0+ttl.
+	const flood = 10 * maxEntries
+	for i := range uint64(flood) {
+		f.Seen(tagOf(2, i), victimAt.Add(time.Duration(i)*(ttl-time.Nanosecond)/flood))
+	}
+	if len(f.cur.bits) != words || len(f.prev.bits) != words {
+		t.Fatalf("flood changed sizes to %d/%d words, want %d", len(f.cur.bits), len(f.prev.bits), words)
+	}
+	if f.cur.added+f.prev.added < maxEntries {
+		t.Fatalf("flood not recorded: %d+%d tags", f.cur.added, f.prev.added)
+	}
+	if !f.Seen(victim, victimAt.Add(ttl-time.Nanosecond)) {
+		t.Fatal("victim forgotten within ttl under flood")
+	}
+
+	// Fail closed: most fresh tags are now refused.
+	refused := 0
+	end := victimAt.Add(ttl - time.Nanosecond)
+	for i := range uint64(1000) {
+		if f.Seen(tagOf(3, i), end) {
+			refused++
+		}
+	}
+	// 7500 of the flood's tags landed in the current generation:
+	// (1-e^(-20·7.5/29))^20 ≈ 0.89 of fresh tags collide there.
+	t.Logf("after the flood, %d/1000 fresh tags refused", refused)
+	if refused < 800 {
+		t.Errorf("only %d/1000 fresh tags refused after a 10x flood, want about 890", refused)
+	}
+	// And it recovers once the flood is 2·ttl old.
+	later := end.Add(2 * ttl)
+	for i := range uint64(1000) {
+		if f.Seen(tagOf(4, i), later) {
+			t.Fatalf("fresh tag %d refused 2·ttl after the flood", i)
+		}
+	}
+}
+
+func TestSeenDoesNotAllocate(t *testing.T) {
+	// Together with the fixed bit arrays, this is why no input can grow
+	// the filter.
+	f := New(ttl, 1000)
+	var i uint64
+	tag := tagOf(0, 0)
+	allocs := testing.AllocsPerRun(1000, func() {
+		binary.BigEndian.PutUint64(tag[8:], i)
+		f.Seen(tag, t0.Add(time.Duration(i)*time.Second))
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("Seen allocates %v times per call", allocs)
+	}
+}
+
+func TestClockBackwards(t *testing.T) {
+	f := New(ttl, 1000)
+	a, b, c := tagOf(1, 1), tagOf(1, 2), tagOf(1, 3)
+	f.Seen(a, t0)
+	// A step back by far more than ttl (and to the zero time) neither
+	// panics nor rotates.
+	if f.Seen(b, t0.Add(-time.Hour)) {
+		t.Fatal("fresh tag reported seen after a step back")
+	}
+	if f.Seen(c, time.Time{}) {
+		t.Fatal("fresh tag reported seen at the zero time")
+	}
+	for _, now := range []time.Time{time.Time{}, t0.Add(-time.Hour), t0, t0.Add(ttl - time.Nanosecond)} {
+		for _, tag := range [][]byte{a, b, c} {
+			if !f.Seen(tag, now) {
+				t.Fatalf("tag %x forgotten at %v after the clock went back", tag[8:16], now)
+			}
+		}
+	}
+	// Tags recorded while the clock was behind are kept at least until
+	// the clock, come forward, has passed ttl beyond the time they were
+	// recorded at, and in fact until the generation they are in ends.
+	if !f.Seen(b, t0.Add(ttl-time.Nanosecond)) {
+		t.Fatal("tag recorded at a past time dropped before its generation ended")
+	}
+}
+
+func TestNewPanicsOnBadArguments(t *testing.T) {
+	for _, tc := range []struct {
+		ttl time.Duration
+		n   int
+	}{{0, 10}, {-time.Second, 10}, {time.Second, 0}, {time.Second, -1}, {time.Second, int(^uint(0) >> 1)}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("New(%v, %d) did not panic", tc.ttl, tc.n)
+				}
+			}()
+			New(tc.ttl, tc.n)
+		}()
+	}
+}
+
+// TestFalsePositiveRate checks that the hashing behaves like the Bloom
+// filter the package comment's numbers assume. The real parameters give
+// about 1e-6, too rare to measure quickly, so it measures a small filter
+// (4 hashes, 8 bits per entry: (1-e^(-1/2))^4 ≈ 0.024) filled to capacity,
+// probing without recording so the fill stays at capacity.
+func TestFalsePositiveRate(t *testing.T) {
+	const n, queries, want = 10000, 100000, 0.023969
+	f := newFilter(ttl, n, 4, 8)
+	for i := range uint64(n) {
+		f.Seen(tagOf(1, i), t0)
+	}
+	fp := 0
+	for i := range uint64(queries) {
+		tag := tagOf(2, i)
+		h1, h2 := maphash.Bytes(f.seed1, tag), maphash.Bytes(f.seed2, tag)|1
+		if f.cur.has(h1, h2, f.k) {
+			fp++
+		}
+	}
+	rate := float64(fp) / queries
+	t.Logf("false-positive rate %.4f, theory %.4f", rate, want)
+	if rate < want*0.85 || rate > want*1.15 {
+		t.Fatalf("false-positive rate %.4f, want about %.4f", rate, want)
+	}
+}
+
+func BenchmarkSeen(b *testing.B) {
+	b.Run("serial", func(b *testing.B) {
+		f := New(ttl, 1<<16)
+		tag := tagOf(0, 0)
+		var i uint64
+		for b.Loop() {
+			binary.BigEndian.PutUint64(tag[8:], i)
+			f.Seen(tag, t0.Add(time.Duration(i)*time.Millisecond))
+			i++
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		f := New(ttl, 1<<16)
+		var mu sync.Mutex
+		var stream uint64
+		b.RunParallel(func(pb *testing.PB) {
+			mu.Lock()
+			s := stream
+			stream++
+			mu.Unlock()
+			tag := tagOf(s, 0)
+			var i uint64
+			for pb.Next() {
+				binary.BigEndian.PutUint64(tag[8:], i)
+				f.Seen(tag, t0)
+				i++
+			}
+		})
+	})
+}
