@@ -245,7 +245,7 @@ func TestManagedMode(t *testing.T) {
 	if !strings.Contains(args, "key=") || !strings.Contains(args, "sni=www.example.com") {
 		t.Fatalf("SMETHOD ARGS lack key or sni: %s", args)
 	}
-	for _, want := range []string{"VERSION 1", "STATUS TYPE=version IMPLEMENTATION=mirage-server"} {
+	for _, want := range []string{"VERSION 1", `STATUS TYPE=version IMPLEMENTATION="mirage-server"`} {
 		if !strings.Contains(server.stdout.String(), want) {
 			t.Errorf("server stdout lacks %q", want)
 		}

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport"
+)
+
+// The local proxy serves SOCKS5 (socks.go, udp.go) and HTTP proxy requests
+// (httpproxy.go) on one port. The first byte a client sends tells them
+// apart: 0x05 is a SOCKS5 greeting; an HTTP request starts with a method
+// name in ASCII letters.
+
+// Limits of the local proxy.
+const (
+	// defaultMaxConns bounds the app connections served at once; more
+	// wait in the kernel's backlog.
+	defaultMaxConns = 1024
+	// requestTimeout bounds the reading of a SOCKS5 greeting and request,
+	// or of an HTTP request header, from a local app.
+	requestTimeout = 30 * time.Second
+	// keepAliveTimeout is how long an HTTP client connection may sit idle
+	// between requests.
+	keepAliveTimeout = 2 * time.Minute
+	// openTimeout bounds OpenStream: a dial of the bridge if there is no
+	// session and the bridge's answer. The transport has shorter limits
+	// of its own for each step; this is the backstop.
+	openTimeout = 60 * time.Second
+	// peekBufferSize is the read buffer of an app connection. It only has
+	// to hold a SOCKS5 handshake or one HTTP header line at a time.
+	peekBufferSize = 4 << 10
+	// bridgeWarnInterval is how often at most a failure to reach the
+	// bridge is logged at Warn; the rest go to Debug.
+	bridgeWarnInterval = time.Minute
+)
+
+// StreamOpener opens tunnel streams; *transport.Client satisfies it.
+type StreamOpener interface {
+	OpenStream(ctx context.Context, req transport.Request) (net.Conn, error)
+}
+
+var _ StreamOpener = (*transport.Client)(nil)
+
+// socksAuth is the user name and password local apps must give: as SOCKS5
+// user/password (RFC 1929) or as HTTP Proxy-Authorization: Basic.
+type socksAuth struct {
+	user, pass string
+}
+
+// parseAuth parses "USER:PASS"; "" means no authentication (nil). It is
+// for flag checking: SOCKS5 (RFC 1929) carries each part in 1 to 255 bytes.
+func parseAuth(s string) (*socksAuth, error) {
+	if s == "" {
+		return nil, nil
+	}
+	user, pass, ok := strings.Cut(s, ":")
+	if !ok || user == "" {
+		return nil, errors.New("proxy auth wants USER:PASS")
+	}
+	if len(user) > 255 || len(pass) > 255 {
+		return nil, errors.New("proxy auth: user name and password must be at most 255 bytes each (SOCKS5 cannot carry more)")
+	}
+	return &socksAuth{user: user, pass: pass}, nil
+}
+
+// ok reports whether user and pass match, in time that does not depend on
+// where they differ.
+func (a *socksAuth) ok(user, pass string) bool {
+	u := subtle.ConstantTimeCompare([]byte(user), []byte(a.user))
+	p := subtle.ConstantTimeCompare([]byte(pass), []byte(a.pass))
+	return u&p == 1
+}
+
+// proxyServer is the local SOCKS5 + HTTP proxy. Create it with
+// newProxyServer; Serve and Close are safe for concurrent use. Close
+// closes every listener and app connection and waits for their handlers.
+type proxyServer struct {
+	opener StreamOpener
+	auth   *socksAuth // nil: no authentication
+	log    *slog.Logger
+
+	// Limits; newProxyServer sets the defaults, tests shorten them.
+	maxConns         int
+	requestTimeout   time.Duration
+	keepAliveTimeout time.Duration
+	openTimeout      time.Duration
+
+	sem      chan struct{} // one slot per app connection being served
+	connIDs  atomic.Uint64
+	lastWarn atomic.Int64 // unix nanoseconds of the last bridge warning
+
+	ctx    context.Context // cancelled by Close: aborts OpenStream calls
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // connection handlers, waited for by Close
+
+	mu        sync.Mutex // guards the fields below
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+}
+
+// newProxyServer returns a proxy that opens its streams with opener. auth
+// is "USER:PASS" to require of apps, or "" for none (check it with
+// parseAuth first: here everything before the first colon is the user and
+// the rest the password, whatever their lengths, and a SOCKS5 app cannot
+// send an empty or over-long part). log gets no app or destination address.
+func newProxyServer(opener StreamOpener, auth string, log *slog.Logger) *proxyServer {
+	var a *socksAuth
+	if auth != "" {
+		user, pass, _ := strings.Cut(auth, ":")
+		a = &socksAuth{user: user, pass: pass}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &proxyServer{
+		opener:           opener,
+		auth:             a,
+		log:              log,
+		maxConns:         defaultMaxConns,
+		requestTimeout:   requestTimeout,
+		keepAliveTimeout: keepAliveTimeout,
+		openTimeout:      openTimeout,
+		ctx:              ctx,
+		cancel:           cancel,
+		listeners:        make(map[net.Listener]struct{}),
+		conns:            make(map[net.Conn]struct{}),
+	}
+}
+
+// errProxyClosed is returned by Serve after Close.
+var errProxyClosed = errors.New("local proxy closed")
+
+// Serve accepts app connections on ln until ln fails or the proxy is
+// closed; it returns errProxyClosed after Close.
+func (p *proxyServer) Serve(ln net.Listener) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return errProxyClosed
+	}
+	if p.sem == nil {
+		p.sem = make(chan struct{}, max(p.maxConns, 1))
+	}
+	sem := p.sem
+	p.listeners[ln] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.listeners, ln)
+		p.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		// Take a slot before accepting, so an overload waits in the
+		// kernel's backlog and not in our memory.
+		select {
+		case sem <- struct{}{}:
+		case <-p.ctx.Done():
+			return errProxyClosed
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			<-sem
+			if p.ctx.Err() != nil {
+				return errProxyClosed
+			}
+			var t interface{ Temporary() bool }
+			if errors.As(err, &t) && t.Temporary() {
+				// EMFILE and friends: pause instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !p.track(c, true) {
+			c.Close()
+			<-sem
+			return errProxyClosed
+		}
+		go func() {
+			defer p.wg.Done()
+			defer func() { <-sem }()
+			defer p.track(c, false)
+			defer c.Close()
+			p.serveConn(c)
+		}()
+	}
+}
+
+// track adds or removes an app connection from the set Close closes. It
+// reports false when adding to a closed proxy. Adding also counts the
+// handler in wg, under mu, so that Close's Wait sees every handler
+// started before it.
+func (p *proxyServer) track(c net.Conn, add bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !add {
+		delete(p.conns, c)
+		return true
+	}
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+// Close stops the listeners, closes every app connection and waits for
+// the handlers to return. It does not close the opener.
+func (p *proxyServer) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.cancel()
+	for ln := range p.listeners {
+		ln.Close()
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+// serveConn tells SOCKS5 from HTTP by the first byte and serves the
+// connection. The caller closes c.
+func (p *proxyServer) serveConn(c net.Conn) {
+	id := p.connIDs.Add(1)
+	log := p.log.With("conn", id)
+	c.SetReadDeadline(time.Now().Add(p.requestTimeout))
+	br := bufio.NewReaderSize(c, peekBufferSize)
+	first, err := br.Peek(1)
+	if err != nil {
+		log.Debug("app sent nothing", "error", err.Error())
+		return
+	}
+	bc := &bufferedConn{Conn: c, r: br}
+	switch first[0] {
+	case socksVersion:
+		err = p.serveSOCKS(bc, log)
+	case 0x04:
+		err = errors.New("SOCKS4 is not supported: use SOCKS5 (socks5h:// in curl)")
+	default:
+		err = p.serveHTTP(bc, log)
+	}
+	if err != nil && !isClosedConnError(err) {
+		log.Debug("app connection ended", "error", err.Error())
+	}
+}
+
+// openStream opens a tunnel stream under the proxy's time limit, and logs
+// a failure to reach the bridge (as opposed to the bridge's refusal).
+func (p *proxyServer) openStream(req transport.Request, log *slog.Logger) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.openTimeout)
+	defer cancel()
+	st, err := p.opener.OpenStream(ctx, req)
+	if err == nil {
+		return st, nil
+	}
+	var se *transport.StatusError
+	if errors.As(err, &se) {
+		// The bridge answered: the destination's business, not ours.
+		log.Debug("bridge refused stream", "command", req.Command.String(), "status", se.Status.String())
+		return nil, err
+	}
+	if p.ctx.Err() != nil {
+		return nil, err // shutting down: not the bridge's fault
+	}
+	// The error names the bridge, never the destination, so it may be
+	// logged; throttled, because every app connection meets it while
+	// the bridge is down.
+	now := time.Now().UnixNano()
+	if last := p.lastWarn.Load(); now-last >= int64(bridgeWarnInterval) && p.lastWarn.CompareAndSwap(last, now) {
+		log.Warn("cannot open a stream through the bridge", "error", err.Error())
+	} else {
+		log.Debug("cannot open a stream through the bridge", "error", err.Error())
+	}
+	return nil, err
+}
+
+// relay copies between the app and the stream until both directions
+// end, half-closing each side when the other stops sending, then closes
+// the stream. The caller closes the app connection.
+func relay(app, stream net.Conn) error {
+	defer stream.Close()
+	return transport.Relay(app, stream)
+}
+
+// bufferedConn is an app connection whose first bytes were read into r:
+// reads drain r first, so bytes the app sent right after its request
+// (an early TLS ClientHello, a pipelined request) are not lost.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite half-closes the app connection, so relays keep half-closes.
+func (c *bufferedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// isClosedConnError reports the ordinary ends of a connection, which are
+// not worth a log line.
+func isClosedConnError(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// errorf prefixes local proxy errors so they read well in a debug log.
+func errorf(format string, args ...any) error {
+	return fmt.Errorf("local proxy: "+format, args...)
+}
