@@ -149,6 +149,9 @@ func (p *proxyServer) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 				// The app left, or sat idle: nothing to answer.
 			default:
 				writeHTTPError(app, http.StatusBadRequest, "malformed request")
+				// Not err: it quotes the request line, and with it
+				// the destination, which logs must not name.
+				err = errors.New("http proxy: malformed request")
 			}
 			return err
 		}
@@ -188,7 +191,8 @@ func (p *proxyServer) httpConnect(app *bufferedConn, req *http.Request, log *slo
 	addr, err := transport.ParseAddr(req.Host)
 	if err != nil {
 		writeHTTPError(app, http.StatusBadRequest, "CONNECT wants host:port")
-		return err
+		// Not err: it quotes the destination, which logs must not name.
+		return errors.New("http proxy: CONNECT without host:port")
 	}
 	st, err := p.openStream(transport.Request{Command: transport.CmdConnect, Addr: addr}, log)
 	if err != nil {
@@ -220,7 +224,7 @@ func (p *proxyServer) httpForward(app *bufferedConn, br *bufio.Reader, req *http
 	addr, err := transport.ParseAddr(net.JoinHostPort(req.URL.Hostname(), port))
 	if err != nil {
 		writeHTTPError(app, http.StatusBadRequest, "bad host in URL")
-		return false, err
+		return false, errors.New("http proxy: bad host or port in URL")
 	}
 	st, err := p.openStream(transport.Request{Command: transport.CmdConnect, Addr: addr}, log)
 	if err != nil {

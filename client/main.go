@@ -86,8 +86,10 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	if c.showVersion || managed {
 		return c, nil
 	}
-	if c.auth != "" && !strings.Contains(c.auth, ":") {
-		return nil, errors.New("-auth wants USER:PASS")
+	if c.auth != "" {
+		if _, err := parseAuth(c.auth); err != nil {
+			return nil, err
+		}
 	}
 	var raw string
 	switch {

@@ -205,9 +205,13 @@ func (e *egress) serveTCP(st *transport.Stream, forward string, log *slog.Logger
 	if err != nil {
 		status := statusFor(err)
 		st.Reply(status)
-		// The error names the destination: Debug, scrubbed by the
-		// logger like everything else.
-		log.Debug("cannot connect", "error", err.Error())
+		if forward != "" {
+			// The operator's own target, not a user's destination.
+			log.Warn("cannot reach the -forward target", "error", err.Error())
+		}
+		// A user's destination is not logged: the error names it, and
+		// safelog scrubs IP addresses but not host names. The status
+		// (logged by handle) says what went wrong.
 		return status
 	}
 	defer conn.Close()
