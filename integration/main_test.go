@@ -137,6 +137,9 @@ func (p *proc) waitOutput(t *testing.T, re *regexp.Regexp, timeout time.Duration
 		}
 		select {
 		case <-p.done:
+			if m := re.FindStringSubmatch(p.out.String()); m != nil {
+				return m[len(m)-1]
+			}
 			t.Fatalf("%s exited before printing %v:\n%s", p.name, re, tail(p.out.String(), 40))
 		case <-time.After(50 * time.Millisecond):
 		}

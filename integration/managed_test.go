@@ -51,9 +51,15 @@ func startManaged(t *testing.T, name, bin string, env []string) *managedProc {
 		if t.Failed() {
 			t.Logf("---- %s stdout ----\n%s\n---- stderr ----\n%s", name, stdout.String(), stderr.String())
 		}
-		if s := stderr.String(); s != "" && !strings.Contains(s, "DATA RACE") {
+		if s := stderr.String(); s != "" {
 			// Tor does not read a PT's stderr: nothing may be written there.
 			t.Errorf("%s wrote to stderr in managed mode:\n%s", name, s)
+		}
+		// Stdout is tor's: every line must be a line of the PT protocol.
+		for _, line := range strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n") {
+			if line != "" && !ptLineRE.MatchString(line) {
+				t.Errorf("%s wrote a non-protocol line to stdout: %q", name, line)
+			}
 		}
 	})
 	return &managedProc{proc: p, stdin: stdin, stdout: stdout}
@@ -167,6 +173,7 @@ func (f *fakeExtORPort) handshake(c net.Conn) error {
 }
 
 var (
+	ptLineRE  = regexp.MustCompile(`^(VERSION|VERSION-ERROR|ENV-ERROR|CMETHOD|CMETHOD-ERROR|CMETHODS|SMETHOD|SMETHOD-ERROR|SMETHODS|PROXY|PROXY-ERROR|LOG|STATUS) `)
 	smethodRE = regexp.MustCompile(`(?m)^SMETHOD mirage (127\.0\.0\.1:\d+) ARGS:(\S+)$`)
 	cmethodRE = regexp.MustCompile(`(?m)^CMETHOD mirage socks5 (127\.0\.0\.1:\d+)$`)
 )
@@ -335,4 +342,113 @@ func TestManagedBadOption(t *testing.T) {
 	if !strings.Contains(line, "colour") {
 		t.Fatalf("SMETHOD-ERROR does not name the bad option: %s", line)
 	}
+}
+
+// startSOCKS5Proxy runs a minimal SOCKS5 proxy (no auth, CONNECT only) on
+// loopback, standing in for the upstream proxy of a user behind one, and
+// counts the connections it carried.
+func startSOCKS5Proxy(t *testing.T) (string, *int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var carried int32
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				buf := make([]byte, 262)
+				if _, err := io.ReadFull(c, buf[:2]); err != nil {
+					return
+				}
+				io.ReadFull(c, buf[:buf[1]])
+				c.Write([]byte{5, 0})
+				if _, err := io.ReadFull(c, buf[:4]); err != nil || buf[1] != 1 || buf[3] != 1 {
+					return
+				}
+				io.ReadFull(c, buf[:6])
+				target := net.JoinHostPort(net.IP(buf[:4]).String(), fmt.Sprint(binary.BigEndian.Uint16(buf[4:6])))
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Write([]byte{5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
+					return
+				}
+				defer up.Close()
+				c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
+				c.SetDeadline(time.Time{})
+				mu.Lock()
+				carried++
+				mu.Unlock()
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().String(), &carried
+}
+
+// TestManagedUpstreamProxy proves the client honours TOR_PT_PROXY: it
+// answers PROXY DONE and reaches the bridge through a SOCKS5 proxy; and a
+// proxy scheme it does not support is a PROXY-ERROR, not a silent direct
+// connection.
+func TestManagedUpstreamProxy(t *testing.T) {
+	ext := startFakeExtORPort(t)
+	server := startManaged(t, "mirage-server", serverBin, []string{
+		"TOR_PT_MANAGED_TRANSPORT_VER=1",
+		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
+		"TOR_PT_SERVER_TRANSPORTS=mirage",
+		fmt.Sprintf("TOR_PT_SERVER_BINDADDR=mirage-127.0.0.1:%d", freePort(t)),
+		"TOR_PT_EXTENDED_SERVER_PORT=" + ext.ln.Addr().String(),
+		"TOR_PT_AUTH_COOKIE_FILE=" + ext.path,
+		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+	})
+	server.waitOutput(t, regexp.MustCompile(`(?m)^SMETHODS DONE$`), 20*time.Second)
+	m := smethodRE.FindStringSubmatch(server.stdout.String())
+	if m == nil {
+		t.Fatalf("no SMETHOD line:\n%s", server.stdout.String())
+	}
+	proxy, carried := startSOCKS5Proxy(t)
+	client := startManaged(t, "mirage-client", clientBin, []string{
+		"TOR_PT_MANAGED_TRANSPORT_VER=1",
+		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
+		"TOR_PT_CLIENT_TRANSPORTS=mirage",
+		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+		"TOR_PT_PROXY=socks5://" + proxy,
+	})
+	client.waitOutput(t, regexp.MustCompile(`(?m)^CMETHODS DONE$`), 20*time.Second)
+	if !strings.Contains(client.stdout.String(), "PROXY DONE") {
+		t.Fatalf("no PROXY DONE:\n%s", client.stdout.String())
+	}
+	cm := cmethodRE.FindStringSubmatch(client.stdout.String())
+	c, rep := socksConnectWithArgs(t, cm[1], m[1], smethodArgsToSOCKS(m[2]))
+	if rep != 0 {
+		t.Fatalf("SOCKS reply %d", rep)
+	}
+	defer c.Close()
+	c.Write([]byte("through the upstream proxy"))
+	got := make([]byte, 26)
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "through the upstream proxy" {
+		t.Fatalf("echo: %q %v", got, err)
+	}
+	if *carried == 0 {
+		t.Fatal("the bridge was reached without the upstream proxy")
+	}
+
+	bad := startManaged(t, "mirage-client (bad proxy)", clientBin, []string{
+		"TOR_PT_MANAGED_TRANSPORT_VER=1",
+		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
+		"TOR_PT_CLIENT_TRANSPORTS=mirage",
+		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+		"TOR_PT_PROXY=socks4a://" + proxy,
+	})
+	bad.waitOutput(t, regexp.MustCompile(`(?m)^PROXY-ERROR .*socks4a`), 20*time.Second)
 }

@@ -379,6 +379,7 @@ func (n *torNet) startTor(t *testing.T, name string, lines []string) *torNode {
 		"Nickname " + name,
 		"Log notice stdout",
 		"SafeLogging 0",
+		"LogTimeGranularity 1",
 		"ShutdownWaitLength 0",
 		"OutboundBindAddress 127.0.0.1",
 		"PathsNeededToBuildCircuits 0.25",
