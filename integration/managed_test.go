@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -347,15 +348,14 @@ func TestManagedBadOption(t *testing.T) {
 // startSOCKS5Proxy runs a minimal SOCKS5 proxy (no auth, CONNECT only) on
 // loopback, standing in for the upstream proxy of a user behind one, and
 // counts the connections it carried.
-func startSOCKS5Proxy(t *testing.T) (string, *int32) {
+func startSOCKS5Proxy(t *testing.T) (string, *atomic.Int32) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var carried int32
-	var mu sync.Mutex
+	var carried atomic.Int32
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -384,9 +384,7 @@ func startSOCKS5Proxy(t *testing.T) (string, *int32) {
 				defer up.Close()
 				c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
 				c.SetDeadline(time.Time{})
-				mu.Lock()
-				carried++
-				mu.Unlock()
+				carried.Add(1)
 				go io.Copy(up, c)
 				io.Copy(c, up)
 			}()
@@ -439,7 +437,7 @@ func TestManagedUpstreamProxy(t *testing.T) {
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "through the upstream proxy" {
 		t.Fatalf("echo: %q %v", got, err)
 	}
-	if *carried == 0 {
+	if carried.Load() == 0 {
 		t.Fatal("the bridge was reached without the upstream proxy")
 	}
 

@@ -196,6 +196,15 @@ func startTorNet(t *testing.T, opts torNetOptions) *torNet {
 	// one that has no consensus or microdescriptors yet, get a 404 and
 	// back off for 10 s.
 	const noDirCache = "DirCache 0"
+	// The first consensus is valid from the first voting-interval boundary
+	// (every 10 s from midnight UTC, shifted by
+	// TestingV3AuthVotingStartOffset) whose voting starts, 4 s before it,
+	// after the authorities have come up. Left at a whole 10 s it makes
+	// the network wait for the wall clock, 10–20 s, and sometimes the
+	// relays miss the first vote. Place it 6–7 s from now instead: voting
+	// starts 2–3 s after the relays, which upload their descriptors in
+	// well under a second.
+	voteOffset := time.Now().Add(7*time.Second).Unix() % 10
 	for _, a := range auths {
 		n.authorities = append(n.authorities, n.startTor(t, a.name, relay(strconv.Itoa(a.orPort),
 			"AuthoritativeDirectory 1",
@@ -208,6 +217,7 @@ func startTorNet(t *testing.T, opts torNetOptions) *torNet {
 			"TestingV3AuthInitialVotingInterval 10",
 			"TestingV3AuthInitialVoteDelay 2",
 			"TestingV3AuthInitialDistDelay 2",
+			fmt.Sprintf("TestingV3AuthVotingStartOffset %d", voteOffset),
 			"TestingDirAuthVoteExit *",
 			"TestingDirAuthVoteGuard *",
 			"ExitRelay 0",

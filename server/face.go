@@ -88,7 +88,10 @@ func buildFace(o faceOptions, stateDir string) (*face, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
-	f := &face{names: o.sni}
+	f := &face{}
+	for _, n := range o.sni {
+		f.names = append(f.names, strings.ToLower(n))
+	}
 	if o.cover != "" {
 		host, _, _ := net.SplitHostPort(o.cover)
 		if len(f.names) == 0 {
@@ -126,11 +129,18 @@ func buildFace(o faceOptions, stateDir string) (*face, error) {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 		if len(f.names) == 0 {
-			leaf, err := x509.ParseCertificate(cert.Certificate[0])
-			if err == nil && len(leaf.DNSNames) > 0 {
-				f.names = []string{leaf.DNSNames[0]}
-			} else {
-				return nil, errors.New("the certificate names no DNS name: give -sni with the name clients should send")
+			// The first exact name the certificate covers; a wildcard
+			// is no name a client can send.
+			if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil {
+				for _, n := range leaf.DNSNames {
+					if !strings.Contains(n, "*") {
+						f.names = []string{strings.ToLower(n)}
+						break
+					}
+				}
+			}
+			if len(f.names) == 0 {
+				return nil, errors.New("the certificate names no exact DNS name: give -sni with the name clients should send")
 			}
 		}
 	default:

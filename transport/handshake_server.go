@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/mirage-pt/mirage/transport/auth"
@@ -100,7 +101,7 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 		}
 	}
 	if len(hs.srv.serverNames) > 0 {
-		if _, ok := hs.srv.serverNames[ch.ServerName]; !ok {
+		if _, ok := hs.srv.serverNames[strings.ToLower(ch.ServerName)]; !ok {
 			return errUnknownSNI
 		}
 	}
