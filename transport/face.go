@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -131,56 +130,6 @@ func (l *handoverListener) Close() error {
 }
 
 func (l *handoverListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4zero} }
-
-// CoverFace makes the bridge pass every stranger's connection to another
-// website, byte for byte both ways, starting with the bytes already read,
-// ending the way the cover ends it.
-type CoverFace struct {
-	// Address is the cover's "host:port".
-	Address string
-	// Dial connects to the cover. nil means a net.Dialer with DialTimeout.
-	Dial func(ctx context.Context, network, address string) (net.Conn, error)
-	// DialTimeout bounds the dial. Zero means 10 seconds.
-	DialTimeout time.Duration
-}
-
-// splice passes c, whose first bytes were already read into prefix, to the
-// cover and copies both ways until both directions end.
-func (f *CoverFace) splice(c net.Conn, prefix []byte) {
-	defer c.Close()
-	timeout := orDefault(f.DialTimeout, 10*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	cover, err := dial(ctx, "tcp", f.Address)
-	if err != nil {
-		// Nothing better to do: a website that is down refuses too.
-		resetConn(unwrapConn(c))
-		return
-	}
-	defer cover.Close()
-	if len(prefix) > 0 {
-		if _, err := cover.Write(prefix); err != nil {
-			resetConn(unwrapConn(c))
-			return
-		}
-	}
-	// Copy between the bare TCP connections, so that the kernel can
-	// splice and a reset can be passed on; c itself is still closed by
-	// the deferred Close, so wrappers (connection limits) see the end.
-	stranger := unwrapConn(c)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		pipe(stranger, cover) // stranger to cover
-	}()
-	pipe(cover, stranger) // cover to stranger
-	wg.Wait()
-}
 
 // unwrapConn returns the connection under wrappers that expose it with a
 // NetConn method, as *tls.Conn does.

@@ -79,7 +79,8 @@ func chromeSpec() (*utls.ClientHelloSpec, error) {
 // newUConn returns a utls client connection that will send the ClientHello
 // of the browser fp names.
 func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
-	if fp == "" || fp == "chrome" {
+	switch fp {
+	case "", "chrome":
 		spec, err := chromeSpec()
 		if err != nil {
 			return nil, err
@@ -87,6 +88,19 @@ func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
 		uc := utls.UClient(raw, cfg, utls.HelloCustom)
 		if err := uc.ApplyPreset(spec); err != nil {
 			return nil, fmt.Errorf("transport: applying Chrome's ClientHello: %w", err)
+		}
+		return uc, nil
+	case "firefox":
+		spec, err := firefoxSpec()
+		if err != nil {
+			return nil, err
+		}
+		uc := utls.UClient(raw, cfg, utls.HelloCustom)
+		if err := uc.ApplyPreset(spec); err != nil {
+			return nil, fmt.Errorf("transport: applying Firefox's ClientHello: %w", err)
+		}
+		if err := firefoxShareX25519(uc); err != nil {
+			return nil, err
 		}
 		return uc, nil
 	}

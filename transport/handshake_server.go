@@ -42,7 +42,8 @@ type serverHandshake struct {
 	srv      *Server
 	raw      net.Conn
 	start    time.Time
-	consumed []byte // every byte read from raw so far
+	consumed []byte      // every byte read from raw so far
+	cover    *earlyCover // cover face: the cover connection opened at once
 	key      [auth.KeyLen]byte
 }
 
@@ -51,6 +52,10 @@ type serverHandshake struct {
 // must meet the face, with hs.consumed replayed to it.
 func (hs *serverHandshake) classify() error {
 	hs.raw.SetReadDeadline(hs.start.Add(hs.srv.helloWait))
+	if c := hs.srv.cfg.Cover; c != nil {
+		// After the deadline is set: the cover may cut it short.
+		hs.cover = c.dialEarly(hs.raw)
+	}
 	consumed, msg, err := hello.ReadClientHello(hs.raw)
 	hs.consumed = consumed
 	hs.raw.SetReadDeadline(time.Time{})

@@ -144,11 +144,15 @@ func (s *Server) handle(raw net.Conn) {
 	defer s.wg.Done()
 	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
 	err := hs.classify()
+	cover := hs.cover
 	<-s.pending
 	if err != nil {
 		s.log.Debug("stranger meets the face", "reason", err.Error())
-		s.toFace(hs)
+		s.toFace(hs, cover)
 		return
+	}
+	if cover != nil {
+		cover.abandon()
 	}
 	id := s.sessionIDs.Add(1)
 	log := s.log.With("session", id)
@@ -168,7 +172,7 @@ func (s *Server) handle(raw net.Conn) {
 	log.Debug("session closed")
 }
 
-func (s *Server) toFace(hs *serverHandshake) {
+func (s *Server) toFace(hs *serverHandshake, cover *earlyCover) {
 	if s.site != nil {
 		s.site.serve(&prefixConn{Conn: hs.raw, prefix: hs.consumed, elapsed: time.Since(hs.start)})
 		return
@@ -179,7 +183,7 @@ func (s *Server) toFace(hs *serverHandshake) {
 		return
 	}
 	defer s.track(hs.raw, false)
-	s.cfg.Cover.splice(hs.raw, hs.consumed)
+	cover.splice(hs.raw, hs.consumed)
 }
 
 // serveSession runs smux over an authenticated connection and hands each

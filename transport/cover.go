@@ -1,0 +1,148 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// CoverFace makes the bridge pass every stranger's connection to another
+// website, byte for byte both ways, starting with the bytes already read,
+// ending the way the cover ends it.
+//
+// The cover is dialed the moment a connection arrives, while the bridge
+// is still reading the ClientHello, so that the cover's own timers run from
+// the same moment as they would if the stranger had reached it directly: a
+// prober that connects and stays silent is dropped by the cover when the
+// cover would drop it, not a hello-timeout later. The cover is told
+// nothing until the bridge has decided; if it speaks or hangs up first,
+// the bridge stops reading and passes that on. A genuine client's early
+// cover connection is closed unused.
+type CoverFace struct {
+	// Address is the cover's "host:port".
+	Address string
+	// Dial connects to the cover. nil means a net.Dialer with DialTimeout.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// DialTimeout bounds the dial. Zero means 10 seconds.
+	DialTimeout time.Duration
+}
+
+// earlyCover is the cover connection opened for one incoming connection
+// before the bridge knows whether it will be needed.
+type earlyCover struct {
+	stranger net.Conn // the incoming connection, whose read deadline the watcher may cut short
+
+	dialed chan struct{} // closed when the dial has ended
+	conn   net.Conn      // valid after dialed, if err == nil
+	err    error
+
+	mu      sync.Mutex
+	decided bool          // the bridge has classified the connection
+	spoke   chan struct{} // closed when the watcher's read has returned
+	first   []byte        // what that read returned
+	readErr error
+}
+
+// dialEarly starts dialing the cover for stranger and watching it.
+func (f *CoverFace) dialEarly(stranger net.Conn) *earlyCover {
+	e := &earlyCover{stranger: stranger, dialed: make(chan struct{}), spoke: make(chan struct{})}
+	go e.run(f)
+	return e
+}
+
+func (e *earlyCover) run(f *CoverFace) {
+	ctx, cancel := context.WithTimeout(context.Background(), orDefault(f.DialTimeout, 10*time.Second))
+	dial := f.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	e.conn, e.err = dial(ctx, "tcp", f.Address)
+	cancel()
+	close(e.dialed)
+	if e.err != nil {
+		close(e.spoke)
+		return
+	}
+	// Watch the cover until the bridge decides. A cover says nothing
+	// before it has heard from the client, unless it times the
+	// connection out or refuses it: then the stranger must learn it now.
+	buf := make([]byte, 16<<10)
+	n, err := e.conn.Read(buf)
+	e.mu.Lock()
+	e.first, e.readErr = buf[:n], err
+	if !e.decided {
+		// Cut the ClientHello read short: the stranger meets the face.
+		e.stranger.SetReadDeadline(time.Now())
+	}
+	e.mu.Unlock()
+	close(e.spoke)
+}
+
+// decide marks the classification as over, so the watcher no longer
+// interrupts reads on the stranger's connection.
+func (e *earlyCover) decide() {
+	e.mu.Lock()
+	e.decided = true
+	e.mu.Unlock()
+}
+
+// abandon closes the cover connection of a genuine client, unused.
+func (e *earlyCover) abandon() {
+	e.decide()
+	go func() {
+		<-e.dialed
+		if e.conn != nil {
+			e.conn.Close()
+		}
+	}()
+}
+
+// splice passes c, whose first bytes were already read into prefix, to the
+// cover and copies both ways until both directions end.
+func (e *earlyCover) splice(c net.Conn, prefix []byte) {
+	e.decide()
+	defer c.Close()
+	// Copy between the bare TCP connections, so that the kernel can
+	// splice and a reset can be passed on; c itself is still closed by
+	// the deferred Close, so wrappers (connection limits) see the end.
+	stranger := unwrapConn(c)
+	<-e.dialed // bounded by the dial timeout
+	if e.err != nil {
+		// Nothing better to do: a website that is down refuses too.
+		resetConn(stranger)
+		return
+	}
+	cover := e.conn
+	defer cover.Close()
+	// Stop the watcher, keeping anything the cover already said.
+	cover.SetReadDeadline(time.Now())
+	<-e.spoke
+	cover.SetReadDeadline(time.Time{})
+	stranger.SetReadDeadline(time.Time{})
+	if len(e.first) > 0 {
+		if _, err := stranger.Write(e.first); err != nil {
+			resetConn(cover)
+			return
+		}
+	}
+	if errors.Is(e.readErr, syscall.ECONNRESET) {
+		resetConn(stranger)
+		return
+	}
+	// Give the cover what the stranger sent. If the cover has hung up
+	// already the write fails, and the copy below passes its ending on.
+	if len(prefix) > 0 {
+		cover.Write(prefix)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pipe(cover, stranger) // stranger to cover
+	}()
+	pipe(stranger, cover) // cover to stranger
+	wg.Wait()
+}
