@@ -140,7 +140,7 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	logger, closeLog, err := newLogger(c, managed)
+	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
 		os.Exit(1)
@@ -163,23 +163,6 @@ func main() {
 		}
 		os.Exit(1)
 	}
-}
-
-// newLogger returns the scrubbed logger; in managed mode stdout is tor's,
-// so logs go to -log or nowhere.
-func newLogger(c *config, managed bool) (*slog.Logger, func(), error) {
-	var w io.Writer = os.Stderr
-	closer := func() {}
-	if c.logFile != "" {
-		f, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, nil, fmt.Errorf("opening -log file: %w", err)
-		}
-		w, closer = f, func() { f.Close() }
-	} else if managed {
-		w = io.Discard
-	}
-	return slog.New(safelog.NewHandler(w, c.logLevel, c.unsafeLogging)), closer, nil
 }
 
 // run serves the local proxy until ctx ends.

@@ -159,7 +159,7 @@ func main() {
 		return
 	}
 	managed := mpt.ManagedMode()
-	logger, closeLog, err := newLogger(c, managed)
+	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-server:", err)
 		os.Exit(1)
@@ -184,23 +184,6 @@ func main() {
 		}
 		os.Exit(1)
 	}
-}
-
-// newLogger returns the scrubbed logger. In managed mode stdout is tor's
-// and stderr may not be read, so logs go to -log or nowhere.
-func newLogger(c *config, managed bool) (*slog.Logger, func(), error) {
-	var w io.Writer = os.Stderr
-	closer := func() {}
-	if c.logFile != "" {
-		f, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, nil, fmt.Errorf("opening -log file: %w", err)
-		}
-		w, closer = f, func() { f.Close() }
-	} else if managed {
-		w = io.Discard
-	}
-	return slog.New(safelog.NewHandler(w, c.logLevel, c.unsafeLogging)), closer, nil
 }
 
 // run serves a standalone bridge until ctx ends.
