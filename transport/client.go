@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/xtaci/smux"
+
+	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
 // Session is one authenticated connection to a bridge carrying multiplexed
@@ -202,7 +204,7 @@ func (c *Client) Session(ctx context.Context) (*Session, error) {
 			c.lastErr = err
 			c.backoff = min(max(2*c.backoff, minRedialBackoff), maxRedialBackoff)
 			c.retryAt = time.Now().Add(c.backoff)
-			c.cfg.logger().Debug("dial failed", "error", err.Error(), "backoff", c.backoff)
+			c.cfg.logger().Debug("dial failed", "error", safelog.Error(err, false), "backoff", c.backoff)
 		} else {
 			if c.sess != nil {
 				c.sess.Close()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/replay"
+	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
 // Server is a Mirage bridge: it accepts connections, gives authenticated
@@ -147,7 +148,8 @@ func (s *Server) handle(raw net.Conn) {
 	cover := hs.cover
 	<-s.pending
 	if err != nil {
-		s.log.Debug("stranger meets the face", "reason", err.Error())
+		// Errors of reads and writes name the peer's address: scrub.
+		s.log.Debug("stranger meets the face", "reason", safelog.Error(err, false))
 		s.toFace(hs, cover)
 		return
 	}
@@ -158,7 +160,7 @@ func (s *Server) handle(raw net.Conn) {
 	log := s.log.With("session", id)
 	tc, err := hs.tunnel(context.Background())
 	if err != nil {
-		log.Info("authenticated handshake failed", "error", err.Error())
+		log.Info("authenticated handshake failed", "error", safelog.Error(err, false))
 		raw.Close()
 		return
 	}
@@ -220,7 +222,7 @@ func (s *Server) serveStream(st *smux.Stream, id uint64, log *slog.Logger) {
 		if errors.As(err, &se) {
 			st.Write(marshalReply(se.Status))
 		}
-		log.Debug("bad stream request", "stream", st.ID(), "error", err.Error())
+		log.Debug("bad stream request", "stream", st.ID(), "error", safelog.Error(err, false))
 		return
 	}
 	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID()}
