@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -86,4 +87,24 @@ func TestTorVanillaBridge(t *testing.T) {
 	c := n.startClient(t, []string{b.bridgeLine()}, nil)
 	url, hash := serveBlob(t, n, 1<<20)
 	fetchThroughTor(t, c, url, hash, 60*time.Second)
+
+	if n.ns != nil {
+		// The exit accepts *:*, but its namespace holds only lo: a server
+		// on the host's own loopback must be out of its reach. (The kernel
+		// completes the handshake from the backlog, so a reachable
+		// listener would show as a successful CONNECT.)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if conn, err := c.dial(ctx, ln.Addr().String()); err == nil {
+			conn.Close()
+			t.Fatalf("tor connected to %s outside the network namespace", ln.Addr())
+		} else {
+			t.Logf("as expected, outside the namespace: %v", err)
+		}
+	}
 }

@@ -3,19 +3,21 @@ package integration_test
 // A private Tor network on 127.0.0.1, built at test time: directory
 // authorities with keys from tor-gencert, relays (one or more exits that
 // may connect to 127.0.0.1), bridges and clients. Every tor runs with
-// TestingTorNetwork and tor's shortest voting schedule, so the first
-// consensus is out within about 20 s.
+// TestingTorNetwork and tor's shortest voting schedule, timed so that the
+// first consensus comes 6–7 s after the authorities start.
 //
 // When the test runs as root the whole network lives in a network
 // namespace of its own that holds nothing but lo: the exits, which need
 // "ExitPolicy accept *:*" to be usable by microdescriptor clients,
 // cannot reach anything outside it. Code that talks to the network
 // (servers behind the exit, SOCKS clients) must therefore open its
-// sockets with torNet.listen and torNet.dial, and ports for torrc lines
-// come from torNet.freePort. Without a namespace (not root, or
-// torNetOptions.HostNetwork) every tor binds outgoing connections to
-// 127.0.0.1 (OutboundBindAddress) and the same helpers use the host's
-// loopback.
+// sockets with torNet.listen and torNet.dial, ports for torrc lines
+// come from torNet.freePort, and any other process that must share the
+// network (a cover web server, say) is started inside torNet.run; tor's
+// pluggable transports inherit the namespace from tor. Without a
+// namespace (not root, or torNetOptions.HostNetwork) every tor binds
+// outgoing connections to 127.0.0.1 (OutboundBindAddress) and the same
+// helpers use the host's loopback.
 
 import (
 	"bufio"
@@ -121,9 +123,9 @@ func requireTor(t *testing.T) string {
 	return tor
 }
 
-// startTorNet starts authorities and relays and returns once an
-// authority's consensus lists every relay as Running and every exit
-// with the Exit flag.
+// startTorNet starts authorities and relays and returns once every
+// authority's consensus lists every relay as Running and every exit with
+// the Exit flag. Everything is stopped when the test ends.
 func startTorNet(t *testing.T, opts torNetOptions) *torNet {
 	t.Helper()
 	tor := requireTor(t)
@@ -163,9 +165,10 @@ func startTorNet(t *testing.T, opts torNetOptions) *torNet {
 		err                             error
 	}
 	auths := make([]*authKeys, opts.Authorities)
+	ports := n.freePorts(t, 2*len(auths))
 	var wg sync.WaitGroup
 	for i := range auths {
-		a := &authKeys{name: n.nickname("auth"), orPort: n.freePort(t), dirPort: n.freePort(t)}
+		a := &authKeys{name: n.nickname("auth"), orPort: ports[2*i], dirPort: ports[2*i+1]}
 		a.dir = filepath.Join(n.dir, a.name)
 		auths[i] = a
 		wg.Go(func() { a.v3ident, a.fingerprint, a.err = n.makeAuthorityKeys(a.dir, a.dirPort) })
@@ -596,8 +599,9 @@ func (c *torClient) httpClient() *http.Client {
 }
 
 // run calls f on a thread in the network's namespace (or directly when
-// there is none). Sockets and processes created by f belong to that
-// namespace for good.
+// there is none). Sockets and processes created by f (exec.Cmd.Start)
+// belong to that namespace for good. f must not call t.Fatal or
+// runtime.Goexit: it would take the namespace's thread with it.
 func (n *torNet) run(f func()) {
 	if n.ns == nil {
 		f()
@@ -632,23 +636,32 @@ func (n *torNet) dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // freePort returns a port on 127.0.0.1 that was free a moment ago in the
-// network's namespace, for torrc lines that need a fixed port.
+// network's namespace, for torrc lines that need a fixed port (e.g.
+// ServerTransportListenAddr).
 func (n *torNet) freePort(t *testing.T) int {
 	t.Helper()
-	var port int
+	return n.freePorts(t, 1)[0]
+}
+
+// freePorts returns k distinct ports like freePort.
+func (n *torNet) freePorts(t *testing.T, k int) []int {
+	t.Helper()
+	var ports []int
 	var err error
 	n.run(func() {
-		var ln net.Listener
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		if err == nil {
-			port = ln.Addr().(*net.TCPAddr).Port
-			ln.Close()
+		for range k {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				return
+			}
+			defer ln.Close() // held until all are chosen, so they differ
+			ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 		}
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return port
+	return ports
 }
 
 // netns is a network namespace holding only lo, entered by one locked OS
@@ -695,9 +708,13 @@ func newNetns() (*netns, error) {
 // do runs f on the namespace's thread and waits for it.
 func (ns *netns) do(f func()) {
 	done := make(chan struct{})
-	ns.calls <- func() {
+	select {
+	case ns.calls <- func() {
 		defer close(done)
 		f()
+	}:
+	case <-ns.quit:
+		panic("tornet: network namespace used after the test ended")
 	}
 	<-done
 }
