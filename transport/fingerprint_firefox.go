@@ -12,8 +12,8 @@ import (
 // differs from it in its cipher suites (no ECDHE_ECDSA_WITH_AES_128_CBC_SHA),
 // its groups and key shares (X25519MLKEM768 first, sharing its x25519 half
 // with the separate x25519 share), and three extensions
-// (signed_certificate_timestamp, compress_certificate and a GREASE ECH with
-// one fixed HPKE suite). So firefoxSpec spells the whole hello out, in the
+// (signed_certificate_timestamp and compress_certificate are new, ECH's
+// payload is unchanged). So firefoxSpec spells the whole hello out, in the
 // order Firefox sends it: unlike Chrome, Firefox does not shuffle its
 // extensions. TestFirefoxMatchesCapturedJA4 checks it against the captures.
 
@@ -98,14 +98,15 @@ func firefoxSpec() (*utls.ClientHelloSpec, error) {
 				utls.CertCompressionBrotli,
 				utls.CertCompressionZstd,
 			}},
-			// GREASE ECH as Firefox sends it: HKDF-SHA256 with AES-128-GCM,
-			// a random config_id, a 32-byte X25519 enc and a 239-byte
-			// payload (223 bytes sealed, plus the 16-byte tag).
+			// GREASE ECH as Firefox sends it: HKDF-SHA256 with AES-128-GCM
+			// or ChaCha20-Poly1305 (the captures have both), a random
+			// config_id, a 32-byte X25519 enc and a 239-byte payload (223
+			// bytes sealed, plus the 16-byte tag).
 			&utls.GREASEEncryptedClientHelloExtension{
-				CandidateCipherSuites: []utls.HPKESymmetricCipherSuite{{
-					KdfId:  dicttls.HKDF_SHA256,
-					AeadId: dicttls.AEAD_AES_128_GCM,
-				}},
+				CandidateCipherSuites: []utls.HPKESymmetricCipherSuite{
+					{KdfId: dicttls.HKDF_SHA256, AeadId: dicttls.AEAD_AES_128_GCM},
+					{KdfId: dicttls.HKDF_SHA256, AeadId: dicttls.AEAD_CHACHA20_POLY1305},
+				},
 				CandidatePayloadLens: []uint16{223},
 			},
 		},

@@ -18,9 +18,9 @@ import (
 )
 
 // helloIDs maps the fp= names of a link to the utls ClientHello each
-// mimics; chrome (the default) is built by chromeSpec.
+// mimics; chrome (the default) and firefox are built by chromeSpec and
+// firefoxSpec (fingerprint*.go), to match the browsers Debian ships now.
 var helloIDs = map[string]utls.ClientHelloID{
-	"firefox": utls.HelloFirefox_Auto,
 	"safari":  utls.HelloSafari_Auto,
 	"ios":     utls.HelloIOS_Auto,
 	"edge":    utls.HelloEdge_Auto,
