@@ -21,9 +21,9 @@ import (
 // mimics; chrome (the default) and firefox are built by chromeSpec and
 // firefoxSpec (fingerprint*.go), to match the browsers Debian ships now.
 var helloIDs = map[string]utls.ClientHelloID{
-	"safari":  utls.HelloSafari_Auto,
-	"ios":     utls.HelloIOS_Auto,
-	"edge":    utls.HelloEdge_Auto,
+	"safari": utls.HelloSafari_Auto,
+	"ios":    utls.HelloIOS_Auto,
+	"edge":   utls.HelloEdge_Auto,
 }
 
 // clientHandshake turns raw, a fresh TCP connection to the bridge, into an
