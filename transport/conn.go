@@ -2,6 +2,7 @@ package transport
 
 import (
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -9,13 +10,21 @@ import (
 // returns them first, then reads from the connection. It is how a peer
 // handed to the face, or to the tunnel's TLS server, gets its ClientHello
 // back. elapsed is how long the server held the connection before handing
-// it over; deadlines set through prefixConn are moved earlier by it, so the
-// face's timeouts run from when the peer connected, as they would on a
-// website that had accepted the connection itself.
+// it over; the deadlines of the TLS handshake are moved earlier by it, so
+// the face's handshake timeout runs from when the peer connected, as it
+// would on a website that had accepted the connection itself. net/http
+// clears the deadlines when the handshake is done; from then on deadlines
+// pass unchanged, so request and idle timeouts are the site's own.
 type prefixConn struct {
 	net.Conn
 	prefix  []byte
-	elapsed time.Duration
+	elapsed atomic.Int64 // time.Duration; 0 once a deadline was cleared
+}
+
+func newPrefixConn(c net.Conn, prefix []byte, elapsed time.Duration) *prefixConn {
+	p := &prefixConn{Conn: c, prefix: prefix}
+	p.elapsed.Store(int64(elapsed))
+	return p
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
@@ -37,9 +46,10 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 
 func (c *prefixConn) shift(t time.Time) time.Time {
 	if t.IsZero() {
+		c.elapsed.Store(0) // the handshake is over
 		return t
 	}
-	return t.Add(-c.elapsed)
+	return t.Add(-time.Duration(c.elapsed.Load()))
 }
 
 func (c *prefixConn) SetDeadline(t time.Time) error     { return c.Conn.SetDeadline(c.shift(t)) }

@@ -1,11 +1,13 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -255,4 +257,65 @@ func TestClientHelloCarriesTagOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	sess.Close()
+}
+
+// slowHelloConn sends the first write (the ClientHello) in two parts with
+// a pause between them, as a slow network or a careful prober would.
+type slowHelloConn struct {
+	net.Conn
+	pause time.Duration
+	done  bool
+}
+
+func (c *slowHelloConn) Write(p []byte) (int, error) {
+	if c.done || len(p) < 10 {
+		return c.Conn.Write(p)
+	}
+	c.done = true
+	n, err := c.Conn.Write(p[:10])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(c.pause)
+	m, err := c.Conn.Write(p[10:])
+	return n + m, err
+}
+
+// TestSiteFaceIdleTimeoutAfterSlowHello proves the time the bridge spent
+// reading a slow ClientHello is taken off the face's handshake timeout
+// only: afterwards the site's idle timeout is its own, so a keep-alive
+// connection is closed when the plain site would close it.
+func TestSiteFaceIdleTimeoutAfterSlowHello(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	plain := startPlainSite(t)
+	idleFor := func(addr string) time.Duration {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		tc := tls.Client(&slowHelloConn{Conn: c, pause: time.Second},
+			&tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(tc, "GET / HTTP/1.1\r\nHost: "+testSNI+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		start := time.Now()
+		io.Copy(io.Discard, tc) // until the server closes the idle connection
+		return time.Since(start)
+	}
+	var viaBridge, alone time.Duration
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); viaBridge = idleFor(b.addr) }()
+	go func() { defer wg.Done(); alone = idleFor(plain) }()
+	wg.Wait()
+	if d := viaBridge - alone; d < -500*time.Millisecond || d > 500*time.Millisecond {
+		t.Fatalf("idle keep-alive closed after %v by the bridge, %v by the plain site", viaBridge, alone)
+	}
 }

@@ -132,7 +132,7 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
 			NextProtos:   []string{"h2", "http/1.1"},
 		}
 	}
-	pc := &prefixConn{Conn: hs.raw, prefix: hs.consumed}
+	pc := newPrefixConn(hs.raw, hs.consumed, 0)
 	tc := tls.Server(pc, cfg)
 	deadline := hs.start.Add(hs.srv.cfg.handshakeTimeout())
 	tc.SetDeadline(deadline)

@@ -72,6 +72,7 @@ var siteHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) 
 func testFaceServer() *http.Server {
 	s := NewSiteServer(nil, nil)
 	s.ReadHeaderTimeout = 1500 * time.Millisecond
+	s.IdleTimeout = 2 * time.Second
 	return s
 }
 
@@ -158,7 +159,7 @@ func startPlainSite(t testing.TB) string {
 	}
 	tmpl := testFaceServer()
 	srv := NewSiteServer(siteHandler, &tls.Config{Certificates: []tls.Certificate{siteCertificate(t)}})
-	srv.ReadHeaderTimeout = tmpl.ReadHeaderTimeout
+	srv.ReadHeaderTimeout, srv.IdleTimeout = tmpl.ReadHeaderTimeout, tmpl.IdleTimeout
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()

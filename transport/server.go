@@ -176,7 +176,7 @@ func (s *Server) handle(raw net.Conn) {
 
 func (s *Server) toFace(hs *serverHandshake, cover *earlyCover) {
 	if s.site != nil {
-		s.site.serve(&prefixConn{Conn: hs.raw, prefix: hs.consumed, elapsed: time.Since(hs.start)})
+		s.site.serve(newPrefixConn(hs.raw, hs.consumed, time.Since(hs.start)))
 		return
 	}
 	// Track the spliced connection so Close can end it.
