@@ -191,6 +191,7 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	go func() { errc <- p.Serve(ln) }()
 	select {
 	case <-ctx.Done():
+		client.Close() // first: it ends a dial in flight, which handlers may wait on
 		p.Close()
 		return nil
 	case err := <-errc:

@@ -69,9 +69,11 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 
 // OpenStream opens a stream, sends req and waits for the bridge's answer.
 // A refusal is a *StatusError carrying the bridge's status. The returned
-// conn also has CloseWrite. Any other failure means the session is dead
-// (smux does not close a session whose carrier failed, so this does), and
-// IsClosed reports true from then on.
+// conn also has CloseWrite. A timeout or a cancelled ctx costs only this
+// stream: on a slow downlink a reply may wait behind other streams' data,
+// and that is no reason to cut them off. Any other failure means the
+// carrier is dead (smux does not close a session whose carrier failed, so
+// this does), and IsClosed reports true from then on.
 func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error) {
 	b, err := req.MarshalBinary()
 	if err != nil {
@@ -92,7 +94,8 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 			return nil, ctx.Err()
 		}
 		var se *StatusError
-		if !errors.As(err, &se) {
+		var ne net.Error
+		if !errors.As(err, &se) && !(errors.As(err, &ne) && ne.Timeout()) {
 			s.mux.Close()
 		}
 		return nil, err
@@ -184,41 +187,56 @@ func (c *Client) Session(ctx context.Context) (*Session, error) {
 		}
 		ch := make(chan struct{})
 		c.dialing = ch
-		// The dial serves every caller, so one caller's cancellation
-		// must not end it: it runs under its own deadline.
+		// The dial serves every caller, so no caller's cancellation ends
+		// it: it runs under its own deadline, and Close cancels it. Every
+		// caller, this one too, waits for it or for its own ctx.
 		dctx, cancel := context.WithCancel(context.Background())
 		c.dialStop = cancel
 		c.mu.Unlock()
-
-		s, err := Dial(dctx, &c.cfg)
-		cancel()
-
+		go c.dial(dctx, cancel, ch)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		c.mu.Lock()
-		c.dialing = nil
-		c.dialStop = nil
-		if err == nil && c.closed {
-			s.Close()
-			err = ErrClosed
-		}
-		if err != nil {
-			c.lastErr = err
-			c.backoff = min(max(2*c.backoff, minRedialBackoff), maxRedialBackoff)
-			c.retryAt = time.Now().Add(c.backoff)
-			c.cfg.logger().Debug("dial failed", "error", safelog.Error(err, false), "backoff", c.backoff)
-		} else {
-			if c.sess != nil {
-				c.sess.Close()
-			}
-			c.sess, c.lastErr, c.backoff = s, nil, 0
-			c.cfg.logger().Debug("session open")
-		}
-		close(ch)
+		s, err := c.sess, c.lastErr
 		c.mu.Unlock()
 		if err != nil {
 			return nil, err
 		}
+		if s == nil {
+			return nil, ErrClosed
+		}
 		return s, nil
 	}
+}
+
+// dial makes a new session, records the outcome and closes ch.
+func (c *Client) dial(ctx context.Context, cancel context.CancelFunc, ch chan struct{}) {
+	s, err := Dial(ctx, &c.cfg)
+	cancel()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer close(ch)
+	c.dialing = nil
+	c.dialStop = nil
+	if err == nil && c.closed {
+		s.Close()
+		err = ErrClosed
+	}
+	if err != nil {
+		c.lastErr = err
+		c.backoff = min(max(2*c.backoff, minRedialBackoff), maxRedialBackoff)
+		c.retryAt = time.Now().Add(c.backoff)
+		c.cfg.logger().Debug("dial failed", "error", safelog.Error(err, false), "backoff", c.backoff)
+		return
+	}
+	if c.sess != nil {
+		c.sess.Close()
+	}
+	c.sess, c.lastErr, c.backoff = s, nil, 0
+	c.cfg.logger().Debug("session open")
 }
 
 // OpenStream opens a stream on the shared session (see Session.OpenStream).

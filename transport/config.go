@@ -27,7 +27,8 @@ const (
 	// request, and the client for the server's reply to it.
 	DefaultRequestTimeout = 30 * time.Second
 	// DefaultMaxPendingHandshakes bounds connections whose ClientHello is
-	// still being read; further connections wait in the kernel's backlog.
+	// still being read (each holds up to 64 KiB); further connections
+	// meet the face without being read.
 	DefaultMaxPendingHandshakes = 512
 	// replayFilterSize is how many tags the default replay filter holds per
 	// generation: far more authenticated handshakes than one bridge sees in
@@ -119,8 +120,9 @@ type ServerConfig struct {
 	// MaxClockSkew is the largest accepted difference between a client's
 	// timestamp and Now. Zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration
-	// MaxPendingHandshakes bounds connections being classified at once.
-	// Zero means DefaultMaxPendingHandshakes.
+	// MaxPendingHandshakes bounds connections being classified at once;
+	// past it, new connections meet the face unread. Zero means
+	// DefaultMaxPendingHandshakes.
 	MaxPendingHandshakes int
 	// ReplayFilter remembers accepted tags. nil means a new filter that
 	// remembers each tag for twice MaxClockSkew.

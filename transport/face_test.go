@@ -319,3 +319,30 @@ func TestSiteFaceIdleTimeoutAfterSlowHello(t *testing.T) {
 		t.Fatalf("idle keep-alive closed after %v by the bridge, %v by the plain site", viaBridge, alone)
 	}
 }
+
+// TestSilentFloodDoesNotStallTheFace proves that connections that say
+// nothing cannot make the bridge stop answering: with every classification
+// slot held by silent sockets, a visitor still gets the website at once,
+// as from a plain server.
+func TestSilentFloodDoesNotStallTheFace(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.MaxPendingHandshakes = 2 })
+	for range 4 {
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: testSNI, InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	start := time.Now()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + b.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if d := time.Since(start); d > 700*time.Millisecond {
+		t.Fatalf("the face answered after %v behind silent sockets", d)
+	}
+}

@@ -111,12 +111,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	}()
 	var backoff time.Duration
 	for {
-		// Wait for a free classification slot before accepting, so an
-		// overload waits in the kernel's backlog instead of in memory.
-		s.pending <- struct{}{}
 		c, err := ln.Accept()
 		if err != nil {
-			<-s.pending
 			if s.isClosed() {
 				return ErrClosed
 			}
@@ -144,6 +140,20 @@ func isTemporary(err error) bool {
 func (s *Server) handle(raw net.Conn) {
 	defer s.wg.Done()
 	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
+	select {
+	case s.pending <- struct{}{}:
+	default:
+		// Too many connections are being identified at once (a flood
+		// of silent sockets, say). Rather than stall everyone, this one
+		// meets the face unread, as it would meet the website; a
+		// genuine client among them retries.
+		s.log.Debug("too many pending handshakes: straight to the face")
+		if c := s.cfg.Cover; c != nil {
+			hs.cover = c.dialEarly(raw)
+		}
+		s.toFace(hs, hs.cover)
+		return
+	}
 	err := hs.classify()
 	cover := hs.cover
 	<-s.pending
@@ -181,6 +191,7 @@ func (s *Server) toFace(hs *serverHandshake, cover *earlyCover) {
 	}
 	// Track the spliced connection so Close can end it.
 	if !s.track(hs.raw, true) {
+		cover.abandon()
 		hs.raw.Close()
 		return
 	}

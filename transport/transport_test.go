@@ -336,3 +336,39 @@ func TestEveryFingerprintConnects(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowReplyCostsOnlyItsStream proves that a stream whose reply comes
+// too late (a slow downlink, a slow destination) fails alone: the session
+// and the other streams on it carry on.
+func TestSlowReplyCostsOnlyItsStream(t *testing.T) {
+	handler := func(st *Stream) {
+		if st.Request.Command == CmdConnect {
+			time.Sleep(1500 * time.Millisecond)
+		}
+		echoHandler(st)
+	}
+	b := startBridge(t, newSiteFace(t), handler, nil)
+	cfg := b.clientConfig()
+	cfg.RequestTimeout = 500 * time.Millisecond
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	busy, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, err = sess.OpenStream(context.Background(), Request{Command: CmdConnect, Addr: Addr{Host: "example.org", Port: 80}})
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("slow reply: err = %v, want a timeout", err)
+	}
+	if sess.IsClosed() {
+		t.Fatal("a late reply closed the whole session")
+	}
+	if err := roundTrip(busy, payload(100000, 9)); err != nil {
+		t.Fatalf("the other stream broke: %v", err)
+	}
+}
