@@ -132,10 +132,15 @@ func (e *earlyCover) splice(c net.Conn, prefix []byte) {
 		resetConn(stranger)
 		return
 	}
-	// Give the cover what the stranger sent. If the cover has hung up
-	// already the write fails, and the copy below passes its ending on.
+	// Give the cover what the stranger sent, together with whatever
+	// else has arrived, in one write: the cover should see the bytes in
+	// the segments it would have seen, not split where we stopped
+	// reading. If the cover has hung up already the write fails, and the
+	// copy below passes its ending on.
 	if len(prefix) > 0 {
-		cover.Write(prefix)
+		more := make([]byte, 16<<10)
+		n := readAvailable(stranger, more)
+		cover.Write(append(prefix, more[:n]...))
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -10,7 +10,26 @@ import (
 // writing and keeps copying the other way; when a copy fails, it closes
 // both, so the other direction ends too. It returns the first error, or
 // nil. It does not close a or b on success: the caller does.
+//
+// If a or b is a stream (it has GetDieCh, as smux streams and *Stream do),
+// Relay also ends when the stream dies, say because its session was
+// closed: otherwise a copy blocked reading the other side, after a
+// half-close, would wait forever.
 func Relay(a, b net.Conn) error {
+	done := make(chan struct{})
+	defer close(done)
+	for _, c := range []net.Conn{a, b} {
+		if d, ok := c.(interface{ GetDieCh() <-chan struct{} }); ok {
+			go func() {
+				select {
+				case <-d.GetDieCh():
+					a.Close()
+					b.Close()
+				case <-done:
+				}
+			}()
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- copyThenCloseWrite(b, a) }()
 	err := copyThenCloseWrite(a, b)

@@ -207,21 +207,32 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 		tc.Close()
 		return
 	}
-	defer sess.Close()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Bound what one client can make the bridge hold: past
+	// maxStreamsPerSession open streams, new ones wait to be accepted.
+	slots := make(chan struct{}, maxStreamsPerSession)
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
-			return
+			break
 		}
+		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer func() { <-slots; wg.Done() }()
 			s.serveStream(st, id, log)
 		}()
 	}
+	// The carrier is gone: close the session first, which ends every
+	// stream (and so every relay on one), then wait for the handlers.
+	sess.Close()
+	wg.Wait()
 }
+
+// maxStreamsPerSession bounds the streams one session may have open at
+// once on the server, so one client cannot exhaust the bridge's file
+// descriptors (and with them the face).
+const maxStreamsPerSession = 1024
 
 func (s *Server) serveStream(st *smux.Stream, id uint64, log *slog.Logger) {
 	defer st.Close()
@@ -310,6 +321,15 @@ func (st *Stream) Reply(status Status) error {
 	defer st.Conn.SetWriteDeadline(time.Time{})
 	if _, err := st.Conn.Write(marshalReply(status)); err != nil {
 		return fmt.Errorf("transport: writing reply: %w", err)
+	}
+	return nil
+}
+
+// GetDieCh returns a channel closed when the stream dies: closed by
+// either end, or with its session. (The name is smux's.)
+func (st *Stream) GetDieCh() <-chan struct{} {
+	if d, ok := st.Conn.(interface{ GetDieCh() <-chan struct{} }); ok {
+		return d.GetDieCh()
 	}
 	return nil
 }

@@ -372,3 +372,59 @@ func TestSlowReplyCostsOnlyItsStream(t *testing.T) {
 		t.Fatalf("the other stream broke: %v", err)
 	}
 }
+
+// TestRelayEndsWithItsSession proves a relay half-closed by the client
+// and waiting on a silent destination ends when the client's session goes
+// away, so nothing leaks and Server.Close returns.
+func TestRelayEndsWithItsSession(t *testing.T) {
+	dest, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dest.Close()
+	go func() {
+		for {
+			c, err := dest.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }() // reads, never answers
+		}
+	}()
+	relayed := make(chan struct{})
+	handler := func(st *Stream) {
+		c, err := net.Dial("tcp", dest.Addr().String())
+		if err != nil {
+			st.Reply(StatusGeneralFailure)
+			return
+		}
+		defer c.Close()
+		st.Reply(StatusOK)
+		Relay(st, c)
+		close(relayed)
+	}
+	b := startBridge(t, newSiteFace(t), handler, nil)
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.(interface{ CloseWrite() error }).CloseWrite()
+	time.Sleep(100 * time.Millisecond)
+	sess.Close()
+	select {
+	case <-relayed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay outlived its session by 5 s")
+	}
+	closed := make(chan struct{})
+	go func() { b.server.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Server.Close hung")
+	}
+}
