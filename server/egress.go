@@ -117,6 +117,47 @@ func allowedIP(ip netip.Addr, allowPrivate bool) bool {
 	return true
 }
 
+// allowed applies the policy: allowedIP, and, unless private
+// destinations are allowed, none of this machine's own addresses either:
+// its public address reaches every service bound to all interfaces (the
+// site's upstream, an admin panel) over the loopback interface, past
+// firewall rules written for the outside.
+func (e *egress) allowed(ip netip.Addr) bool {
+	if e.allowPrivate {
+		return true
+	}
+	return allowedIP(ip, false) && !e.local.has(ip)
+}
+
+// localAddrs is the set of this machine's interface addresses, re-read
+// at most every localAddrsTTL. Safe for concurrent use.
+type localAddrs struct {
+	mu      sync.Mutex
+	addrs   map[netip.Addr]struct{}
+	expires time.Time
+}
+
+const localAddrsTTL = 30 * time.Second
+
+func (l *localAddrs) has(ip netip.Addr) bool {
+	ip = ip.WithZone("").Unmap()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now := time.Now(); now.After(l.expires) {
+		l.addrs = make(map[netip.Addr]struct{})
+		if as, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range as {
+				if p, err := netip.ParsePrefix(a.String()); err == nil {
+					l.addrs[p.Addr().WithZone("").Unmap()] = struct{}{}
+				}
+			}
+		}
+		l.expires = now.Add(localAddrsTTL)
+	}
+	_, ok := l.addrs[ip]
+	return ok
+}
+
 // errNotAllowed is a destination refused by the policy.
 var errNotAllowed = errors.New("destination not allowed by the bridge's policy")
 
@@ -128,6 +169,7 @@ type egress struct {
 	dialer       *net.Dialer
 	forward      string // "": proxy mode; else every stream goes here
 	log          *slog.Logger
+	local        localAddrs // this machine's own addresses
 	// lookup resolves a host name; nil means resolver.LookupNetIP. Tests
 	// set it to answer without DNS.
 	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
@@ -246,7 +288,7 @@ func (e *egress) resolveAllowed(ctx context.Context, host string) ([]netip.Addr,
 		return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
 	}
 	for i, ip := range ips {
-		if !allowedIP(ip, e.allowPrivate) {
+		if !e.allowed(ip) {
 			return nil, errNotAllowed
 		}
 		// Resolvers may answer IPv4 in the IPv4-mapped form; dial the
@@ -449,7 +491,7 @@ func (r *udpRelay) clientToNet() error {
 // destination resolves host and applies the policy.
 func (r *udpRelay) destination(host string) (netip.Addr, bool) {
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip.Unmap(), allowedIP(ip, r.e.allowPrivate)
+		return ip.Unmap(), r.e.allowed(ip)
 	}
 	now := time.Now()
 	if c, ok := r.names[host]; ok && now.Before(c.expires) {

@@ -654,3 +654,37 @@ func TestEgressThroughBridge(t *testing.T) {
 		t.Fatal("a refusal closed the session")
 	}
 }
+
+// TestEgressRefusesOwnAddresses proves the policy refuses every address
+// of this machine's own interfaces, public ones included (a bridge on a
+// VPS must not let clients reach services bound to its public address),
+// unless -allow-private.
+func TestEgressRefusesOwnAddresses(t *testing.T) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEgress(false, "", nil)
+	open := newEgress(true, "", nil)
+	n := 0
+	for _, a := range as {
+		p, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		n++
+		if e.allowed(p.Addr()) {
+			t.Errorf("own address %v allowed", p.Addr())
+		}
+		if !open.allowed(p.Addr()) {
+			t.Errorf("own address %v refused with -allow-private", p.Addr())
+		}
+	}
+	if n == 0 {
+		t.Fatal("no interface addresses to test with")
+	}
+	// A public address that is not ours stays allowed (no traffic is sent).
+	if !e.allowed(netip.MustParseAddr("1.1.1.1")) {
+		t.Error("a public address was refused")
+	}
+}
