@@ -96,16 +96,24 @@ type clientPool struct {
 }
 
 func (p *clientPool) acceptLoop(ln *goptlib.SocksListener) {
+	var backoff time.Duration
 	for {
 		conn, err := ln.AcceptSocks()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
-				// A malformed SOCKS request from tor: that one connection fails.
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			var ne net.Error
+			if !errors.As(err, &ne) {
+				return
+			}
+			// A malformed SOCKS request fails that one connection; out
+			// of file descriptors, pause instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()

@@ -34,6 +34,7 @@ var (
 	errUnknownID   = errors.New("unknown short id")
 	errUnknownSNI  = errors.New("server name not accepted")
 	errReplayedTag = errors.New("replayed tag")
+	errBeforeStart = errors.New("timestamp before the server started")
 )
 
 // serverHandshake is the state of one incoming connection while the server
@@ -99,6 +100,11 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 	}
 	if skew > cfg.maxClockSkew() {
 		return errClockSkew
+	}
+	if int64(p.Time) < hs.srv.started {
+		// The replay filter is new with the process: a tag from before
+		// the start may have been accepted by the previous one.
+		return errBeforeStart
 	}
 	if len(hs.srv.shortIDs) > 0 {
 		if _, ok := hs.srv.shortIDs[p.ShortID]; !ok {

@@ -33,6 +33,7 @@ type Server struct {
 	log         *slog.Logger
 	pending     chan struct{} // semaphore of connections being classified
 	helloWait   time.Duration // how long to wait for a ClientHello
+	started     int64         // unix seconds: tags older than this are refused
 
 	sessionIDs atomic.Uint64
 
@@ -80,6 +81,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
 		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
 	}
+	s.started = cfg.now().Unix()
 	s.helloWait = cfg.handshakeTimeout()
 	if s.site != nil {
 		// A slow stranger must be dropped when the website would drop it,

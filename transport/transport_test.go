@@ -428,3 +428,22 @@ func TestRelayEndsWithItsSession(t *testing.T) {
 		t.Fatal("Server.Close hung")
 	}
 }
+
+// TestTagFromBeforeStartRefused proves a bridge refuses tags made before
+// it started, even within the clock window: its replay filter is new, so
+// a hello recorded before a restart must not authenticate after it.
+func TestTagFromBeforeStartRefused(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	cfg := b.clientConfig()
+	cfg.HandshakeTimeout = 3 * time.Second
+	cfg.Now = func() time.Time { return time.Now().Add(-30 * time.Second) }
+	if _, err := Dial(context.Background(), cfg); !errors.Is(err, ErrNotBridge) {
+		t.Fatalf("tag from before the start: err = %v, want ErrNotBridge", err)
+	}
+	cfg.Now = nil
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("a current tag: %v", err)
+	}
+	sess.Close()
+}

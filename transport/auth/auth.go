@@ -132,6 +132,10 @@ func Open(key [KeyLen]byte, random, aad, tag []byte) (Payload, error) {
 	if err != nil {
 		return p, ErrBadTag
 	}
+	if plain[1]|plain[2]|plain[3] != 0 {
+		// Reserved for a later version, which will say how to use them.
+		return p, ErrBadTag
+	}
 	p.Version = plain[0]
 	p.Time = binary.BigEndian.Uint32(plain[4:8])
 	copy(p.ShortID[:], plain[8:])

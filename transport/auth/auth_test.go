@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/curve25519"
 )
 
@@ -172,5 +173,20 @@ func TestServerProof(t *testing.T) {
 	}
 	if c := CertSignature(key, exp); bytes.Equal(c[:], proof[:]) {
 		t.Fatal("certificate signature and proof share a domain")
+	}
+}
+
+// TestReservedBytesMustBeZero proves a tag whose reserved bytes are not
+// zero does not open, so a later version can give them a meaning without
+// old bridges misreading them.
+func TestReservedBytesMustBeZero(t *testing.T) {
+	v, serverPub, _ := testVector(t)
+	key, _ := ClientKey(v.clientPriv, serverPub, v.random)
+	plain := make([]byte, PlaintextLen)
+	plain[0], plain[2] = Version, 1
+	aead, _ := chacha20poly1305.New(key[:])
+	tag := aead.Seal(nil, v.random[nonceOffset:], plain, v.aad)
+	if _, err := Open(key, v.random, v.aad, tag); err != ErrBadTag {
+		t.Fatalf("non-zero reserved bytes: err = %v, want ErrBadTag", err)
 	}
 }
