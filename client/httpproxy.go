@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -233,6 +234,9 @@ func (p *proxyServer) httpForward(app *bufferedConn, br *bufio.Reader, req *http
 		return false, err
 	}
 	defer st.Close()
+	// Closing the proxy ends a request waiting on a silent destination.
+	stop := context.AfterFunc(p.ctx, func() { st.Close() })
+	defer stop()
 
 	keepAlive = !req.Close && req.ProtoAtLeast(1, 1)
 	removeHopHeaders(req.Header)
