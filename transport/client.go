@@ -22,7 +22,7 @@ import (
 //	TCP connection to the bridge
 //	TLS 1.3, opened with a browser's ClientHello that carries the tag
 //	openings: the server's proof checked, padding discarded
-//	batchConn: coalesces smux frames into full TLS records
+//	batchConn: coalesces smux frames into full TLS records; frames and pads them
 //	smux v2 session: streams with per-stream flow control
 //	stream request and reply, then the user's bytes
 //

@@ -47,15 +47,23 @@ func muxConfig() *smux.Config {
 // load records come out full, while an idle connection still sends a lone
 // frame at once (no added latency, no timer).
 //
+// It also speaks the framing of framing.go both ways: each flush goes out
+// as DATA frames, padded when it carries a young stream's bytes, and Read
+// returns the DATA bodies the peer sent.
+//
 // Write returns once the bytes are queued; a write error from the network
 // is returned by the next Write. At most batchLimit bytes are queued; past
-// that, writers block. Safe for concurrent use; Close is idempotent.
+// that, writers block. Write and Close are safe for concurrent use (Read
+// is smux's alone); Close is idempotent.
 type batchConn struct {
-	net.Conn // reads and deadlines go straight to the carrier
+	net.Conn // deadlines go straight to the carrier
+	in       frameReader
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when queue drains, data arrives, or on close
 	queue   []byte
+	pad     bool   // the queue holds bytes of a young stream: pad the flush
+	policy  padPolicy
 	spare   []byte // the flusher's previous buffer, reused
 	err     error  // sticky write error
 	closed  bool
@@ -63,11 +71,14 @@ type batchConn struct {
 }
 
 func newBatchConn(c net.Conn) *batchConn {
-	b := &batchConn{Conn: c, flushed: make(chan struct{})}
+	b := &batchConn{Conn: c, in: frameReader{r: c}, flushed: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	go b.flushLoop()
 	return b
 }
+
+// Read returns the smux bytes the peer sent, without framing or padding.
+func (b *batchConn) Read(p []byte) (int, error) { return b.in.Read(p) }
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -82,12 +93,16 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	b.queue = append(b.queue, p...)
+	if b.policy.young(p) {
+		b.pad = true
+	}
 	b.cond.Broadcast()
 	return len(p), nil
 }
 
 func (b *batchConn) flushLoop() {
 	defer close(b.flushed)
+	var out []byte // framed bytes of one flush, reused
 	for {
 		b.mu.Lock()
 		for len(b.queue) == 0 && !b.closed {
@@ -97,12 +112,21 @@ func (b *batchConn) flushLoop() {
 			b.mu.Unlock()
 			return
 		}
-		buf := b.queue
-		b.queue = b.spare[:0]
+		buf, pad := b.queue, b.pad
+		b.queue, b.pad = b.spare[:0], false
 		b.cond.Broadcast() // writers waiting on the limit may go on
 		b.mu.Unlock()
 
-		_, err := b.Conn.Write(buf)
+		n := 0
+		if pad {
+			n = padLen()
+		}
+		// One Write: the padding shares the TLS record with the data.
+		out = appendFrames(out[:0], buf, n)
+		_, err := b.Conn.Write(out)
+		if cap(out) > 4*batchLimit {
+			out = nil
+		}
 
 		b.mu.Lock()
 		b.spare = buf[:0]
