@@ -62,7 +62,7 @@ type batchConn struct {
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when queue drains, data arrives, or on close
 	queue   []byte
-	pad     bool   // the queue holds bytes of a young stream: pad the flush
+	pad     bool // the queue holds bytes of a young stream: pad the flush
 	policy  padPolicy
 	spare   []byte // the flusher's previous buffer, reused
 	err     error  // sticky write error
