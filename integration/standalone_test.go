@@ -254,3 +254,24 @@ func TestServerState(t *testing.T) {
 		t.Fatalf("error does not name the damaged file: %v", err)
 	}
 }
+
+// TestClientCheck proves `mirage-client check` tells a user what works
+// and, for a link with the wrong key, what is wrong, with a non-zero exit.
+func TestClientCheck(t *testing.T) {
+	b := startServer(t, "")
+	out, err := runCmd(t, 40*time.Second, clientBin, "check", "-target", "127.0.0.1:1", b.link)
+	if err != nil || !strings.Contains(string(out), "the bridge works") || !strings.Contains(string(out), "server proof") {
+		t.Fatalf("check of a good link: %v\n%s", err, out)
+	}
+	// Another bridge's key in an otherwise good link.
+	other := startServer(t, "")
+	key := func(l string) string { return l[len("mirage://"):strings.Index(l, "@")] }
+	wrong := strings.Replace(b.link, key(b.link), key(other.link), 1)
+	out, err = runCmd(t, 60*time.Second, clientBin, "check", wrong)
+	if err == nil {
+		t.Fatalf("check of a wrong key succeeded:\n%s", out)
+	}
+	if !strings.Contains(string(out), "FAILED") || !strings.Contains(string(out), "key=") {
+		t.Fatalf("check of a wrong key does not say what is wrong:\n%s", out)
+	}
+}
