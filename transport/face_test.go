@@ -342,7 +342,7 @@ func TestSilentFloodDoesNotStallTheFace(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if d := time.Since(start); d > 700*time.Millisecond {
+	if d := time.Since(start); d > 1200*time.Millisecond { // stalled would be >= 1.5 s
 		t.Fatalf("the face answered after %v behind silent sockets", d)
 	}
 }
