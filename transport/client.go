@@ -111,8 +111,18 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		return nil, ctx.Err()
 	}
 	st.SetDeadline(time.Time{})
-	return st, nil
+	return &clientStream{Stream: st, session: s.mux}, nil
 }
+
+// clientStream is a stream a Session opened: a smux stream (net.Conn,
+// CloseWrite, WriteTo) that also knows when its session ends.
+type clientStream struct {
+	*smux.Stream
+	session *smux.Session
+}
+
+// SessionDone returns a channel closed when the stream's session ends.
+func (c *clientStream) SessionDone() <-chan struct{} { return c.session.CloseChan() }
 
 // IsClosed reports whether the session has died or been closed.
 func (s *Session) IsClosed() bool { return s.mux.IsClosed() }

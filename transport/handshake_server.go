@@ -2,16 +2,10 @@ package transport
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"strings"
 	"time"
@@ -175,24 +169,7 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
 // hellos do not offer Ed25519 signatures; the key still signs
 // CertificateVerify, so it must be a real key.
 func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	cert, err := SelfSignedCertificate(nil, 24*time.Hour)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -201,7 +178,7 @@ func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
 		Algorithm asn1.RawValue
 		Signature asn1.BitString
 	}
-	if _, err := asn1.Unmarshal(der, &outer); err != nil {
+	if _, err := asn1.Unmarshal(cert.Certificate[0], &outer); err != nil {
 		return tls.Certificate{}, err
 	}
 	sig := auth.CertSignature(key, outer.TBS.FullBytes)
@@ -210,5 +187,6 @@ func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return tls.Certificate{Certificate: [][]byte{bound}, PrivateKey: priv}, nil
+	cert.Certificate[0] = bound
+	return cert, nil
 }

@@ -11,18 +11,20 @@ import (
 // both, so the other direction ends too. It returns the first error, or
 // nil. It does not close a or b on success: the caller does.
 //
-// If a or b is a stream (it has GetDieCh, as smux streams and *Stream do),
-// Relay also ends when the stream dies, say because its session was
-// closed: otherwise a copy blocked reading the other side, after a
-// half-close, would wait forever.
+// If a or b is a stream of a session (it has SessionDone, as the streams
+// of Server and Session do), Relay also ends when that session ends:
+// otherwise a copy blocked reading the other side, after a half-close,
+// would wait forever. (A stream's own end is not such a signal: smux
+// marks a stream dead once both sides have sent FIN, while data may still
+// be on its way to the other side.)
 func Relay(a, b net.Conn) error {
 	done := make(chan struct{})
 	defer close(done)
 	for _, c := range []net.Conn{a, b} {
-		if d, ok := c.(interface{ GetDieCh() <-chan struct{} }); ok {
+		if d, ok := c.(interface{ SessionDone() <-chan struct{} }); ok {
 			go func() {
 				select {
-				case <-d.GetDieCh():
+				case <-d.SessionDone():
 					a.Close()
 					b.Close()
 				case <-done:

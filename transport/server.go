@@ -222,7 +222,7 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			s.serveStream(st, id, log)
+			s.serveStream(st, sess.CloseChan(), id, log)
 		}()
 	}
 	// The carrier is gone: close the session first, which ends every
@@ -236,7 +236,7 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 // descriptors (and with them the face).
 const maxStreamsPerSession = 1024
 
-func (s *Server) serveStream(st *smux.Stream, id uint64, log *slog.Logger) {
+func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, log *slog.Logger) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout()))
 	req, err := ReadRequest(st)
@@ -249,7 +249,7 @@ func (s *Server) serveStream(st *smux.Stream, id uint64, log *slog.Logger) {
 		log.Debug("bad stream request", "stream", st.ID(), "error", safelog.Error(err, false))
 		return
 	}
-	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID()}
+	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID(), sessionDone: sessionDone}
 	s.cfg.Handler(stream)
 	if !stream.replied.Load() {
 		stream.Reply(StatusGeneralFailure)
@@ -310,7 +310,8 @@ type Stream struct {
 	Session  uint64 // number of the session, for logs
 	StreamID uint32 // number of the stream within the session, for logs
 
-	replied atomic.Bool
+	sessionDone <-chan struct{}
+	replied     atomic.Bool
 }
 
 // Reply sends the status of the request. It must be called exactly once,
@@ -327,14 +328,8 @@ func (st *Stream) Reply(status Status) error {
 	return nil
 }
 
-// GetDieCh returns a channel closed when the stream dies: closed by
-// either end, or with its session. (The name is smux's.)
-func (st *Stream) GetDieCh() <-chan struct{} {
-	if d, ok := st.Conn.(interface{ GetDieCh() <-chan struct{} }); ok {
-		return d.GetDieCh()
-	}
-	return nil
-}
+// SessionDone returns a channel closed when the stream's session ends.
+func (st *Stream) SessionDone() <-chan struct{} { return st.sessionDone }
 
 // CloseWrite half-closes the stream: the client reads EOF, and may go on
 // writing.
