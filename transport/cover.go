@@ -2,11 +2,14 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
 	"syscall"
 	"time"
+
+	utls "github.com/refraction-networking/utls"
 )
 
 // CoverFace makes the bridge pass every stranger's connection to another
@@ -150,4 +153,81 @@ func (e *earlyCover) splice(c net.Conn, prefix []byte) {
 	}()
 	pipe(stranger, cover) // cover to stranger
 	wg.Wait()
+}
+
+// How often a bridge in cover mode asks the cover what it negotiates.
+const (
+	coverProbeInterval = 10 * time.Minute
+	coverProbeTimeout  = 15 * time.Second
+)
+
+// coverGroup asks the cover, with current Chrome's ClientHello (what
+// genuine clients send), which key exchange group it picks. The bridge's
+// own TLS for authenticated clients then picks the same: otherwise the
+// ServerHellos from this address would come in two sizes (an
+// X25519MLKEM768 share is 1088 bytes, an x25519 one 32), which anyone
+// watching can count.
+func (f *CoverFace) coverGroup(ctx context.Context, serverName string) (tls.CurveID, error) {
+	ctx, cancel := context.WithTimeout(ctx, coverProbeTimeout)
+	defer cancel()
+	dial := f.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	raw, err := dial(ctx, "tcp", f.Address)
+	if err != nil {
+		return 0, err
+	}
+	defer raw.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	uc, err := newUConn(raw, &utls.Config{ServerName: serverName, InsecureSkipVerify: true}, "chrome")
+	if err != nil {
+		return 0, err
+	}
+	if err := uc.HandshakeContext(ctx); err != nil {
+		return 0, err
+	}
+	sh := uc.HandshakeState.ServerHello
+	if sh == nil || sh.ServerShare.Group == 0 {
+		return 0, errors.New("transport: the cover's ServerHello names no group")
+	}
+	return tls.CurveID(sh.ServerShare.Group), nil
+}
+
+// watchCoverGroup keeps s.coverGroup current until the server closes.
+func (s *Server) watchCoverGroup() {
+	defer s.wg.Done()
+	name := ""
+	if len(s.cfg.ServerNames) > 0 {
+		name = s.cfg.ServerNames[0]
+	} else if host, _, err := net.SplitHostPort(s.cfg.Cover.Address); err == nil && net.ParseIP(host) == nil {
+		name = host
+	}
+	for {
+		g, err := s.cfg.Cover.coverGroup(s.ctx, name)
+		switch {
+		case err == nil && goSupportsGroup(g):
+			s.coverGroup.Store(uint32(g))
+		case err == nil:
+			s.log.Debug("the cover picks a group this bridge cannot", "group", uint16(g))
+		default:
+			s.log.Debug("cannot ask the cover its key exchange group", "error", err.Error())
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(coverProbeInterval):
+		}
+	}
+}
+
+// goSupportsGroup reports whether crypto/tls can use g on the server side.
+func goSupportsGroup(g tls.CurveID) bool {
+	switch g {
+	case tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521, tls.X25519MLKEM768:
+		return true
+	}
+	return false
 }

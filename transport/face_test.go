@@ -208,15 +208,21 @@ func TestCoverHalfCloseKeepsReading(t *testing.T) {
 	defer ln.Close()
 	got := make(chan []byte, 1)
 	go func() {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			return
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.CloseWrite()
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				data, _ := io.ReadAll(c)
+				if bytes.HasPrefix(data, []byte("not tls")) { // not the bridge's own probe
+					got <- data
+				}
+			}()
 		}
-		defer c.Close()
-		c.CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		data, _ := io.ReadAll(c)
-		got <- data
 	}()
 	b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
 	c, err := net.Dial("tcp", b.addr)
@@ -344,5 +350,91 @@ func TestSilentFloodDoesNotStallTheFace(t *testing.T) {
 	resp.Body.Close()
 	if d := time.Since(start); d > 1200*time.Millisecond { // stalled would be >= 1.5 s
 		t.Fatalf("the face answered after %v behind silent sockets", d)
+	}
+}
+
+// serverHelloGroup connects a genuine client to addr through a recording
+// proxy and returns the key_share group of the ServerHello it got.
+func serverHelloGroup(t *testing.T, cfg *ClientConfig) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	first := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			first <- nil
+			return
+		}
+		defer c.Close()
+		up, err := net.Dial("tcp", cfg.Address)
+		if err != nil {
+			first <- nil
+			return
+		}
+		defer up.Close()
+		go io.Copy(up, c)
+		var hdr [5]byte
+		io.ReadFull(up, hdr[:])
+		body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+		io.ReadFull(up, body)
+		first <- body
+		c.Write(append(hdr[:], body...))
+		io.Copy(c, up)
+	}()
+	cc := *cfg
+	cc.Address = ln.Addr().String()
+	sess, err := Dial(context.Background(), &cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close()
+	sh := <-first
+	// ServerHello: type(1) len(3) version(2) random(32) sid_len(1) sid cipher(2) comp(1) ext_len(2) exts
+	if len(sh) < 39 || sh[0] != 2 {
+		t.Fatalf("not a ServerHello: % x", sh[:min(len(sh), 8)])
+	}
+	p := 4 + 2 + 32
+	p += 1 + int(sh[p])
+	p += 2 + 1 + 2
+	for p+4 <= len(sh) {
+		typ, n := int(sh[p])<<8|int(sh[p+1]), int(sh[p+2])<<8|int(sh[p+3])
+		if typ == 0x0033 {
+			return uint16(sh[p+4])<<8 | uint16(sh[p+5])
+		}
+		p += 4 + n
+	}
+	t.Fatal("ServerHello has no key_share")
+	return 0
+}
+
+// TestCoverKeyExchangeMatchesCover proves that in cover mode the bridge's
+// own TLS picks the key exchange group the cover picks for a Chrome hello,
+// so ServerHellos from the bridge's address do not come in two sizes.
+func TestCoverKeyExchangeMatchesCover(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A cover like nginx on OpenSSL 3.0: no ML-KEM, so x25519.
+	cover := NewSiteServer(siteHandler, &tls.Config{
+		Certificates:     []tls.Certificate{siteCertificate(t)},
+		CurvePreferences: []tls.CurveID{tls.X25519},
+	})
+	go cover.ServeTLS(ln, "", "")
+	defer cover.Close()
+	b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for b.server.coverGroup.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the bridge never learned the cover's group")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if g := serverHelloGroup(t, b.clientConfig()); g != uint16(tls.X25519) {
+		t.Fatalf("genuine client's ServerHello chose group %#04x; the cover chooses x25519 (0x001d)", g)
 	}
 }

@@ -131,6 +131,13 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
 			Certificates: []tls.Certificate{cert},
 			NextProtos:   []string{"h2", "http/1.1"},
 		}
+		if g := tls.CurveID(hs.srv.coverGroup.Load()); g != 0 {
+			// Pick the key exchange the cover picks (see coverGroup),
+			// falling back to classic groups for hellos that lack it. No
+			// other post-quantum group: crypto/tls prefers those to
+			// anything in the list, whatever the order.
+			cfg.CurvePreferences = []tls.CurveID{g, tls.X25519, tls.CurveP256, tls.CurveP384}
+		}
 	}
 	pc := newPrefixConn(hs.raw, hs.consumed, 0)
 	tc := tls.Server(pc, cfg)

@@ -36,6 +36,10 @@ type Server struct {
 	started     int64         // unix seconds: tags older than this are refused
 
 	sessionIDs atomic.Uint64
+	coverGroup atomic.Uint32 // cover face: the group the cover picks for Chrome (0: unknown)
+
+	ctx    context.Context // ends on Close
+	cancel context.CancelFunc
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -77,9 +81,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		n = DefaultMaxPendingHandshakes
 	}
 	s.pending = make(chan struct{}, n)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Site != nil {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
 		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
+	} else {
+		s.wg.Add(1)
+		go s.watchCoverGroup()
 	}
 	s.started = cfg.now().Unix()
 	s.helloWait = cfg.handshakeTimeout()
@@ -286,6 +294,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.cancel()
 	for ln := range s.listeners {
 		ln.Close()
 	}
