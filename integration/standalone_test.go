@@ -48,11 +48,25 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// curlFetch downloads the origin's blob with curl and the given proxy
+// flags, and checks its hash.
+func curlFetch(t *testing.T, curl string, o *origin, how string, args ...string) {
+	t.Helper()
+	url := "http://" + o.addr + "/blob"
+	out, err := runCmd(t, 60*time.Second, curl, append([]string{"-sS", "--fail", "--max-time", "50"}, append(args, url)...)...)
+	if err != nil {
+		t.Fatalf("%s: %v", how, err)
+	}
+	if got := sha256Hex(out); got != o.hash || len(out) != o.size {
+		t.Fatalf("%s: got %d bytes hashing to %s, want %d bytes %s", how, len(out), got, o.size, o.hash)
+	}
+}
+
 // TestStandaloneCurl proves the user's path end to end with real curl:
 // curl → mirage-client (SOCKS5 with remote DNS, HTTP proxy with an
 // absolute URI, HTTP CONNECT) → mirage-server → a loopback origin, 8 MiB
-// hash-checked each way; then the bridge restarts and the same client
-// carries on without a restart of its own.
+// hash-checked; then the bridge restarts and the same client carries on
+// without a restart of its own.
 func TestStandaloneCurl(t *testing.T) {
 	curl := requirePeer(t, "curl")
 	o := startOrigin(t, 8<<20)
@@ -60,19 +74,9 @@ func TestStandaloneCurl(t *testing.T) {
 	b := startServer(t, state, "-allow-private")
 	client, proxy := startClient(t, b.link)
 	url := "http://" + o.addr + "/blob"
-	fetch := func(how string, args ...string) {
-		t.Helper()
-		out, err := runCmd(t, 60*time.Second, curl, append([]string{"-sS", "--fail", "--max-time", "50"}, append(args, url)...)...)
-		if err != nil {
-			t.Fatalf("%s: %v", how, err)
-		}
-		if got := sha256Hex(out); got != o.hash || len(out) != o.size {
-			t.Fatalf("%s: got %d bytes hashing to %s, want %d bytes %s", how, len(out), got, o.size, o.hash)
-		}
-	}
-	fetch("socks5-hostname", "--socks5-hostname", proxy)
-	fetch("http proxy", "--proxy", "http://"+proxy)
-	fetch("http connect", "--proxytunnel", "--proxy", "http://"+proxy)
+	curlFetch(t, curl, o, "socks5-hostname", "--socks5-hostname", proxy)
+	curlFetch(t, curl, o, "http proxy", "--proxy", "http://"+proxy)
+	curlFetch(t, curl, o, "http connect", "--proxytunnel", "--proxy", "http://"+proxy)
 
 	// Restart the bridge on the same address with the same state.
 	b.stop()
@@ -94,6 +98,29 @@ func TestStandaloneCurl(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	checkNoAddresses(t, client.out.String(), p.out.String(), b.out.String())
+}
+
+// TestStandaloneCurlFaces proves the same path with the two faces an
+// operator would really run: cover mode in front of a real nginx (TLS,
+// HTTP/2), and site mode with certificate files and -upstream.
+func TestStandaloneCurlFaces(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	o := startOrigin(t, 8<<20)
+	faces := map[string]func(t *testing.T) []string{
+		"cover-nginx": func(t *testing.T) []string { return []string{"-cover", startNginx(t), "-sni", faceName} },
+		"site-upstream": func(t *testing.T) []string {
+			cert, key := writeCert(t)
+			return []string{"-cert", cert, "-key", key, "-upstream", "http://" + startOrigin(t, 100).addr}
+		},
+	}
+	for name, args := range faces {
+		t.Run(name, func(t *testing.T) {
+			b := startServer(t, "", append(args(t), "-allow-private")...)
+			_, proxy := startClient(t, b.link)
+			curlFetch(t, curl, o, "socks5-hostname", "--socks5-hostname", proxy)
+			curlFetch(t, curl, o, "http proxy", "--proxy", "http://"+proxy)
+		})
+	}
 }
 
 // ipPortRE finds an IP address with a port in log text.
