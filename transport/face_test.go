@@ -242,10 +242,9 @@ func TestCoverHalfCloseKeepsReading(t *testing.T) {
 	}
 }
 
-// TestClientHelloIsABrowsers proves the tag does not change the shape of
-// the ClientHello: apart from random, session_id and key shares (all random
-// by nature), two hellos of the same fingerprint are the same length, so
-// the tag adds or removes nothing.
+// TestClientHelloCarriesTagOnly proves the tag rides in the 32-byte
+// session_id a browser sends anyway (nothing is added to the hello), and
+// that such a hello authenticates.
 func TestClientHelloCarriesTagOnly(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, nil)
 	h := recordHello(t, b.clientConfig())
