@@ -25,13 +25,15 @@ import (
 // stdin pipe (closing it must end the process), stdout read as protocol.
 type managedProc struct {
 	*proc
-	stdin  io.WriteCloser
-	stdout *syncBuffer
+	stdin   io.WriteCloser
+	stdout  *syncBuffer
+	logFile string // where -log sends the process's log
 }
 
 func startManaged(t *testing.T, name, bin string, env []string) *managedProc {
 	t.Helper()
-	cmd := exec.Command(bin, "-log-level", "debug", "-log", filepath.Join(t.TempDir(), name+".log"))
+	logFile := filepath.Join(t.TempDir(), "pt.log")
+	cmd := exec.Command(bin, "-log-level", "debug", "-log", logFile)
 	// Only what tor sets, plus PATH and HOME: nothing leaks from the test's environment.
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
 	stdin, err := cmd.StdinPipe()
@@ -63,7 +65,7 @@ func startManaged(t *testing.T, name, bin string, env []string) *managedProc {
 			}
 		}
 	})
-	return &managedProc{proc: p, stdin: stdin, stdout: stdout}
+	return &managedProc{proc: p, stdin: stdin, stdout: stdout, logFile: logFile}
 }
 
 // fakeExtORPort is tor's Extended ORPort as the PT sees it: it checks
@@ -322,6 +324,14 @@ func TestManagedMode(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s still running 10 s after stdin closed", p.name)
 		}
+	}
+	// The debug logs name no address, though clients came and went.
+	for _, p := range []*managedProc{client, server} {
+		log, err := os.ReadFile(p.logFile)
+		if err != nil || len(log) == 0 {
+			t.Fatalf("%s wrote no log to -log: %v", p.name, err)
+		}
+		checkNoAddresses(t, string(log))
 	}
 }
 
