@@ -22,6 +22,7 @@ import (
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // TestMain fails the package if a test leaves a goroutine running: every
@@ -97,35 +98,7 @@ func (f *fakeOpener) requests() []transport.Request {
 // startEcho runs a TCP echo server on 127.0.0.1 that half-closes after
 // echoing everything, and returns its address.
 func startEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(testTimeout))
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return transporttest.StartTCPEcho(t, testTimeout).String()
 }
 
 // startProxy serves p on a loopback port and returns its address; the

@@ -3,16 +3,13 @@ package integration_test
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -31,25 +28,12 @@ import (
 const faceName = "www.example.com"
 
 // writeCert writes a self-signed certificate for faceName and returns the
-// file paths. RSA, because RSA-PSS signatures have a fixed length (ECDSA's
-// vary by a byte), so two handshakes give records of the same sizes.
+// file paths (RSA, so that handshakes compare; see
+// transporttest.RSACertificate).
 func writeCert(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
-	priv, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: faceName},
-		DNSNames:     []string{faceName},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := transporttest.RSACertificate(t, faceName)
+	der, priv := cert.Certificate[0], cert.PrivateKey
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(priv)
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")

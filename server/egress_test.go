@@ -26,6 +26,7 @@ import (
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // TestMain fails the package if a test leaves a goroutine running: every
@@ -269,35 +270,7 @@ func readStatus(t *testing.T, c net.Conn) transport.Status {
 // startTCPEcho runs an echo server on 127.0.0.1 that half-closes after
 // echoing, and returns its address.
 func startTCPEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(testTimeout))
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return transporttest.StartTCPEcho(t, testTimeout).AddrPort()
 }
 
 // closedPort returns a loopback TCP address nothing listens on.

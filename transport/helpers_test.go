@@ -3,16 +3,11 @@ package transport
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -34,29 +29,10 @@ var (
 	testCert tls.Certificate
 )
 
-// siteCertificate returns a self-signed RSA certificate for testSNI. RSA,
-// because RSA-PSS signatures have a fixed length, so two handshakes with
-// the same server produce records of the same sizes and the face tests
-// can compare them.
+// siteCertificate returns the test site's certificate for testSNI, made
+// once (RSA, so that handshakes compare; see transporttest.RSACertificate).
 func siteCertificate(t testing.TB) tls.Certificate {
-	certOnce.Do(func() {
-		priv, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			panic(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(42),
-			Subject:      pkix.Name{CommonName: testSNI},
-			DNSNames:     []string{testSNI},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(24 * time.Hour),
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-		if err != nil {
-			panic(err)
-		}
-		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
-	})
+	certOnce.Do(func() { testCert = transporttest.RSACertificate(t, testSNI) })
 	return testCert
 }
 
