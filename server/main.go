@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mdp/qrterminal/v3"
 	"golang.org/x/term"
@@ -53,6 +54,8 @@ type config struct {
 	logFile       string
 	maxConns      int
 	maxHandshakes int
+	handshakeWait time.Duration
+	idleTimeout   time.Duration
 	showVersion   bool
 }
 
@@ -117,6 +120,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
+	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "close a client session with no open stream for this long (0: never); the client redials when it needs to")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -141,6 +146,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.maxConns < 1 || c.maxHandshakes < 1 {
 		return nil, errors.New("-max-conns and -max-handshakes must be at least 1")
+	}
+	if c.handshakeWait <= 0 || c.idleTimeout < 0 {
+		return nil, errors.New("-handshake-timeout must be positive and -idle-timeout not negative")
 	}
 	return c, c.face.check()
 }
@@ -226,6 +234,8 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		Cover:                f.cover,
 		Handler:              eg.handle,
 		MaxPendingHandshakes: c.maxHandshakes,
+		HandshakeTimeout:     c.handshakeWait,
+		IdleTimeout:          c.idleTimeout,
 		Logger:               log,
 	})
 	if err != nil {
@@ -303,6 +313,8 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 		Site:                 f.site,
 		Cover:                f.cover,
 		MaxPendingHandshakes: c.maxHandshakes,
+		HandshakeTimeout:     c.handshakeWait,
+		IdleTimeout:          c.idleTimeout,
 	}, params, nil
 }
 

@@ -117,6 +117,10 @@ type ServerConfig struct {
 	// RequestTimeout bounds the wait for a stream's request. Zero means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// IdleTimeout closes a session that has had no stream open for this
+	// long; its client dials a new one when it next needs it. Zero means
+	// sessions are kept until the client or the network ends them.
+	IdleTimeout time.Duration
 	// MaxClockSkew is the largest accepted difference between a client's
 	// timestamp and Now. Zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration

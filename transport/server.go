@@ -218,6 +218,11 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 		return
 	}
 	var wg sync.WaitGroup
+	if d := s.cfg.IdleTimeout; d > 0 {
+		stop := make(chan struct{})
+		defer close(stop)
+		go closeWhenIdle(sess, d, stop)
+	}
 	// Bound what one client can make the bridge hold: past
 	// maxStreamsPerSession open streams, new ones wait to be accepted.
 	slots := make(chan struct{}, maxStreamsPerSession)
@@ -237,6 +242,26 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 	// stream (and so every relay on one), then wait for the handlers.
 	sess.Close()
 	wg.Wait()
+}
+
+// closeWhenIdle closes sess once it has had no open stream for idle.
+func closeWhenIdle(sess *smux.Session, idle time.Duration, stop <-chan struct{}) {
+	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			if sess.NumStreams() > 0 {
+				last = now
+			} else if now.Sub(last) >= idle {
+				sess.Close()
+				return
+			}
+		}
+	}
 }
 
 // maxStreamsPerSession bounds the streams one session may have open at

@@ -447,3 +447,40 @@ func TestTagFromBeforeStartRefused(t *testing.T) {
 	}
 	sess.Close()
 }
+
+// TestIdleSessionClosedAndRedialed proves a bridge with IdleTimeout closes
+// a session that has no stream open, and that the client's next stream
+// simply gets a new session.
+func TestIdleSessionClosedAndRedialed(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.IdleTimeout = 300 * time.Millisecond })
+	client, _ := NewClient(*b.clientConfig())
+	defer client.Close()
+	open := func() {
+		t.Helper()
+		st, err := client.OpenStream(context.Background(), Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := roundTrip(st, payload(1000, 4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open()
+	first, _ := client.Session(context.Background())
+	// A stream held open keeps the session, however long.
+	st, err := client.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	if err := roundTrip(st, payload(500, 5)); err != nil {
+		t.Fatalf("a stream open past the idle timeout was cut: %v", err)
+	}
+	st.Close()
+	time.Sleep(800 * time.Millisecond)
+	open()
+	if second, _ := client.Session(context.Background()); second == first {
+		t.Fatal("the idle session was not closed")
+	}
+}
