@@ -33,6 +33,7 @@ const (
 	CmdUDP     Command = 0x03 // a UDP relay: datagrams framed by WriteDatagram/ReadDatagram
 )
 
+// String names the command, for logs.
 func (c Command) String() string {
 	switch c {
 	case CmdConnect:
@@ -147,6 +148,8 @@ type Request struct {
 	Addr    Addr // for CmdConnect; empty otherwise
 }
 
+// String describes the request, for debugging. It names the destination:
+// do not log it where destinations must stay private.
 func (r Request) String() string {
 	if r.Command == CmdConnect {
 		return "connect " + r.Addr.String()
@@ -208,6 +211,7 @@ const (
 	StatusAddrTypeNotSupported Status = 0x08
 )
 
+// String says what the status means, in words a user can act on.
 func (s Status) String() string {
 	switch s {
 	case StatusOK:
@@ -238,6 +242,7 @@ type StatusError struct {
 	Msg    string // detail, may be empty
 }
 
+// Error says what the bridge answered.
 func (e *StatusError) Error() string {
 	if e.Msg == "" {
 		return "transport: bridge answered: " + e.Status.String()
