@@ -320,7 +320,8 @@ func TestSiteFaceIdleTimeoutAfterSlowHello(t *testing.T) {
 	go func() { defer wg.Done(); viaBridge = idleFor(b.addr) }()
 	go func() { defer wg.Done(); alone = idleFor(plain) }()
 	wg.Wait()
-	if d := viaBridge - alone; d < -500*time.Millisecond || d > 500*time.Millisecond {
+	// Cutting the idle timeout short by the pause would differ by 1 s.
+	if d := viaBridge - alone; d < -700*time.Millisecond || d > 700*time.Millisecond {
 		t.Fatalf("idle keep-alive closed after %v by the bridge, %v by the plain site", viaBridge, alone)
 	}
 }
