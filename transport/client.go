@@ -93,9 +93,13 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		// A refusal or a timeout costs only this stream. Anything else,
+		// EOF included (a bridge answers every request, even one it
+		// cannot read), means the carrier failed.
 		var se *StatusError
 		var ne net.Error
-		if !errors.As(err, &se) && !(errors.As(err, &ne) && ne.Timeout()) {
+		streamOnly := errors.As(err, &se) || (errors.As(err, &ne) && ne.Timeout())
+		if !streamOnly {
 			s.mux.Close()
 		}
 		return nil, err

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	utls "github.com/refraction-networking/utls"
+
+	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
 // CoverFace makes the bridge pass every stranger's connection to another
@@ -205,20 +207,28 @@ func (s *Server) watchCoverGroup() {
 	} else if host, _, err := net.SplitHostPort(s.cfg.Cover.Address); err == nil && net.ParseIP(host) == nil {
 		name = host
 	}
+	wait := 2 * time.Second // until the first answer; then coverProbeInterval
 	for {
 		g, err := s.cfg.Cover.coverGroup(s.ctx, name)
 		switch {
 		case err == nil && goSupportsGroup(g):
 			s.coverGroup.Store(uint32(g))
+			wait = coverProbeInterval
 		case err == nil:
-			s.log.Debug("the cover picks a group this bridge cannot", "group", uint16(g))
-		default:
-			s.log.Debug("cannot ask the cover its key exchange group", "error", err.Error())
+			s.log.Warn("the cover picks a key exchange group this bridge cannot", "group", uint16(g))
+			wait = coverProbeInterval
+		case s.ctx.Err() == nil:
+			// Until the cover answers, genuine clients' ServerHellos may
+			// differ from the cover's: retry soon, and say so.
+			s.log.Warn("cannot ask the cover its key exchange group; retrying", "error", safelog.Error(err, false), "in", wait)
 		}
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-time.After(coverProbeInterval):
+		case <-time.After(wait):
+		}
+		if s.coverGroup.Load() == 0 {
+			wait = min(2*wait, coverProbeInterval)
 		}
 	}
 }

@@ -218,23 +218,39 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 		return
 	}
 	var wg sync.WaitGroup
+	// lastActive is when a stream last started or ended (unix ns): a
+	// session is idle only if none is open and none came or went lately.
+	var lastActive atomic.Int64
+	lastActive.Store(time.Now().UnixNano())
 	if d := s.cfg.IdleTimeout; d > 0 {
 		stop := make(chan struct{})
 		defer close(stop)
-		go closeWhenIdle(sess, d, stop)
+		go closeWhenIdle(sess, &lastActive, d, stop)
 	}
 	// Bound what one client can make the bridge hold: past
-	// maxStreamsPerSession open streams, new ones wait to be accepted.
+	// maxStreamsPerSession open streams, new ones are refused at once.
+	// (Waiting to accept them would stall smux's receive loop, and with
+	// it every stream of the session.)
 	slots := make(chan struct{}, maxStreamsPerSession)
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			break
 		}
-		slots <- struct{}{}
+		lastActive.Store(time.Now().UnixNano())
+		select {
+		case slots <- struct{}{}:
+		default:
+			go refuseStream(st)
+			continue
+		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-slots; wg.Done() }()
+			defer func() {
+				lastActive.Store(time.Now().UnixNano())
+				<-slots
+				wg.Done()
+			}()
 			s.serveStream(st, sess.CloseChan(), id, log)
 		}()
 	}
@@ -244,19 +260,27 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 	wg.Wait()
 }
 
-// closeWhenIdle closes sess once it has had no open stream for idle.
-func closeWhenIdle(sess *smux.Session, idle time.Duration, stop <-chan struct{}) {
+// refuseStream answers a stream the session has no room for, without
+// reading its request, and closes it.
+func refuseStream(st *smux.Stream) {
+	st.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	st.Write(marshalReply(StatusGeneralFailure))
+	st.Close()
+}
+
+// closeWhenIdle closes sess once it has had no open stream, and no stream
+// start or end, for idle.
+func closeWhenIdle(sess *smux.Session, lastActive *atomic.Int64, idle time.Duration, stop <-chan struct{}) {
 	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
 	defer tick.Stop()
-	last := time.Now()
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-tick.C:
 			if sess.NumStreams() > 0 {
-				last = now
-			} else if now.Sub(last) >= idle {
+				lastActive.Store(now.UnixNano())
+			} else if now.Sub(time.Unix(0, lastActive.Load())) >= idle {
 				sess.Close()
 				return
 			}
@@ -266,8 +290,9 @@ func closeWhenIdle(sess *smux.Session, idle time.Duration, stop <-chan struct{})
 
 // maxStreamsPerSession bounds the streams one session may have open at
 // once on the server, so one client cannot exhaust the bridge's file
-// descriptors (and with them the face).
-const maxStreamsPerSession = 1024
+// descriptors (and with them the face). (A variable so that tests can
+// lower it.)
+var maxStreamsPerSession = 1024
 
 func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, log *slog.Logger) {
 	defer st.Close()
@@ -275,10 +300,19 @@ func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id ui
 	req, err := ReadRequest(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
+		// Always answer before closing: a stream that just closes looks
+		// to the client like a dead session.
+		status := StatusGeneralFailure
 		var se *StatusError
-		if errors.As(err, &se) {
-			st.Write(marshalReply(se.Status))
+		var ne net.Error
+		switch {
+		case errors.As(err, &se):
+			status = se.Status
+		case errors.As(err, &ne) && ne.Timeout():
+			status = StatusTimeout
 		}
+		st.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		st.Write(marshalReply(status))
 		log.Debug("bad stream request", "stream", st.ID(), "error", safelog.Error(err, false))
 		return
 	}
@@ -364,6 +398,22 @@ func (st *Stream) Reply(status Status) error {
 
 // SessionDone returns a channel closed when the stream's session ends.
 func (st *Stream) SessionDone() <-chan struct{} { return st.sessionDone }
+
+// writeStallTimeout bounds how long one Write may wait for the client to
+// take data. smux has no stream reset: when a client closes a stream
+// while the bridge still sends, the client drops what comes and grants no
+// more window, and without this bound the bridge's write would wait for
+// the rest of the session's life. An app that stops reading for this long
+// loses the stream.
+// (A variable so that tests can shorten it.)
+var writeStallTimeout = 5 * time.Minute
+
+// Write writes to the client, failing if the client takes nothing for
+// writeStallTimeout.
+func (st *Stream) Write(p []byte) (int, error) {
+	st.Conn.SetWriteDeadline(time.Now().Add(writeStallTimeout))
+	return st.Conn.Write(p)
+}
 
 // CloseWrite half-closes the stream: the client reads EOF, and may go on
 // writing.

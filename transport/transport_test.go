@@ -468,6 +468,14 @@ func TestIdleSessionClosedAndRedialed(t *testing.T) {
 	}
 	open()
 	first, _ := client.Session(context.Background())
+	// Short streams one after another keep it too: the session is busy.
+	for range 12 {
+		open()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s, _ := client.Session(context.Background()); s != first {
+		t.Fatal("a busy session of short streams was closed as idle")
+	}
 	// A stream held open keeps the session, however long.
 	st, err := client.OpenStream(context.Background(), Request{Command: CmdDefault})
 	if err != nil {
@@ -482,5 +490,81 @@ func TestIdleSessionClosedAndRedialed(t *testing.T) {
 	open()
 	if second, _ := client.Session(context.Background()); second == first {
 		t.Fatal("the idle session was not closed")
+	}
+}
+
+// TestAbandonedStreamEnds proves a stream the client closes while the
+// bridge is still sending does not hold the bridge's handler (and its
+// destination socket) for the rest of the session: smux has no reset, so
+// the bridge gives up once the client has taken nothing for the stall
+// timeout.
+func TestAbandonedStreamEnds(t *testing.T) {
+	old := writeStallTimeout
+	writeStallTimeout = 300 * time.Millisecond
+	defer func() { writeStallTimeout = old }()
+	ended := make(chan struct{})
+	handler := func(st *Stream) {
+		defer close(ended)
+		st.Reply(StatusOK)
+		chunk := make([]byte, 32<<10)
+		for { // an endless download
+			if _, err := st.Write(chunk); err != nil {
+				return
+			}
+		}
+	}
+	b := startBridge(t, newSiteFace(t), handler, nil)
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(st, make([]byte, 100000))
+	st.Close() // the user cancels the download
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bridge kept writing to an abandoned stream")
+	}
+	if sess.IsClosed() {
+		t.Fatal("abandoning one stream closed the session")
+	}
+}
+
+// TestStreamCapRefusesWithoutStalling proves that past the per-session
+// stream limit new streams are refused at once with a status, while the
+// open ones keep working.
+func TestStreamCapRefusesWithoutStalling(t *testing.T) {
+	old := maxStreamsPerSession
+	maxStreamsPerSession = 2
+	defer func() { maxStreamsPerSession = old }()
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	var held []net.Conn
+	for range 2 {
+		st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		held = append(held, st)
+	}
+	_, err = sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	var se *StatusError
+	if !errors.As(err, &se) {
+		t.Fatalf("a stream past the limit: err = %v, want a StatusError", err)
+	}
+	for i, st := range held {
+		if err := roundTrip(st, payload(50000, uint64(i))); err != nil {
+			t.Fatalf("held stream %d: %v", i, err)
+		}
 	}
 }
