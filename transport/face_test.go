@@ -438,3 +438,28 @@ func TestCoverKeyExchangeMatchesCover(t *testing.T) {
 		t.Fatalf("genuine client's ServerHello chose group %#04x; the cover chooses x25519 (0x001d)", g)
 	}
 }
+
+// TestOneProberCannotFillThePool proves that silent sockets from one
+// address cannot take every classification slot: a genuine client from
+// another address still authenticates while they sit there.
+func TestOneProberCannotFillThePool(t *testing.T) {
+	old := maxPendingPerSource
+	maxPendingPerSource = 2
+	defer func() { maxPendingPerSource = old }()
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.MaxPendingHandshakes = 4 })
+	for range 6 { // all from 127.0.0.1
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	cfg := b.clientConfig()
+	cfg.Dial = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("a client from another address: %v", err)
+	}
+	sess.Close()
+}

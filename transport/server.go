@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // authenticated carriers, closed on Close
+	pendingBy map[netip.Prefix]int  // connections being classified, by source
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -59,6 +61,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:       loggerOrDiscard(cfg.Logger),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
+		pendingBy: make(map[netip.Prefix]int),
 	}
 	if len(cfg.ShortIDs) > 0 {
 		s.shortIDs = make(map[keys.ShortID]struct{})
@@ -139,6 +142,53 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// maxPendingPerSource bounds the connections from one address (an IPv4
+// address, or an IPv6 /64) being identified at once, so that one prober
+// cannot take every slot of MaxPendingHandshakes. A genuine client needs
+// one slot for one round trip. (A variable so that tests can lower it.)
+var maxPendingPerSource = 16
+
+// sourceOf returns the key under which c's peer is counted: its IPv4
+// address or its IPv6 /64. It is only ever used as a map key, never logged.
+func sourceOf(c net.Conn) netip.Prefix {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is4() {
+		return netip.PrefixFrom(ip, 32)
+	}
+	p, _ := ip.WithZone("").Prefix(64)
+	return p
+}
+
+// takePending takes a classification slot for a connection from source,
+// or reports that there is none free.
+func (s *Server) takePending(source netip.Prefix) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pendingBy[source] >= maxPendingPerSource {
+		return false
+	}
+	select {
+	case s.pending <- struct{}{}:
+	default:
+		return false
+	}
+	s.pendingBy[source]++
+	return true
+}
+
+func (s *Server) releasePending(source netip.Prefix) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	<-s.pending
+	if s.pendingBy[source]--; s.pendingBy[source] <= 0 {
+		delete(s.pendingBy, source)
+	}
+}
+
 // isTemporary reports accept errors worth retrying after a pause, such as
 // running out of file descriptors (EMFILE), which net reports as temporary.
 func isTemporary(err error) bool {
@@ -150,13 +200,12 @@ func isTemporary(err error) bool {
 func (s *Server) handle(raw net.Conn) {
 	defer s.wg.Done()
 	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
-	select {
-	case s.pending <- struct{}{}:
-	default:
-		// Too many connections are being identified at once (a flood
-		// of silent sockets, say). Rather than stall everyone, this one
-		// meets the face unread, as it would meet the website; a
-		// genuine client among them retries.
+	source := sourceOf(raw)
+	if !s.takePending(source) {
+		// Too many connections are being identified at once, from this
+		// source or in all (a flood of silent sockets, say). Rather than
+		// stall everyone, this one meets the face unread, as it would
+		// meet the website; a genuine client among them retries.
 		s.log.Debug("too many pending handshakes: straight to the face")
 		if c := s.cfg.Cover; c != nil {
 			hs.cover = c.dialEarly(raw)
@@ -166,7 +215,7 @@ func (s *Server) handle(raw net.Conn) {
 	}
 	err := hs.classify()
 	cover := hs.cover
-	<-s.pending
+	s.releasePending(source)
 	if err != nil {
 		// Errors of reads and writes name the peer's address: scrub.
 		s.log.Debug("stranger meets the face", "reason", safelog.Error(err, false))
