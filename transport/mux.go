@@ -92,7 +92,9 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	if b.closed {
 		return 0, net.ErrClosed
 	}
-	b.queue = append(b.queue, p...)
+	// Frame as we queue, so the flush writes the queue as it is: no
+	// second copy of every byte on the way out.
+	b.queue = appendFrames(b.queue, p, 0)
 	if b.policy.young(p) {
 		b.pad = true
 	}
@@ -102,7 +104,6 @@ func (b *batchConn) Write(p []byte) (int, error) {
 
 func (b *batchConn) flushLoop() {
 	defer close(b.flushed)
-	var out []byte // framed bytes of one flush, reused
 	for {
 		b.mu.Lock()
 		for len(b.queue) == 0 && !b.closed {
@@ -117,16 +118,12 @@ func (b *batchConn) flushLoop() {
 		b.cond.Broadcast() // writers waiting on the limit may go on
 		b.mu.Unlock()
 
-		n := 0
 		if pad {
-			n = padLen()
+			// In the same Write: the padding shares the last TLS
+			// record with the data.
+			buf = appendFrames(buf, nil, padLen())
 		}
-		// One Write: the padding shares the TLS record with the data.
-		out = appendFrames(out[:0], buf, n)
-		_, err := b.Conn.Write(out)
-		if cap(out) > 4*batchLimit {
-			out = nil
-		}
+		_, err := b.Conn.Write(buf)
 
 		b.mu.Lock()
 		b.spare = buf[:0]
