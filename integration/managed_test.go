@@ -175,6 +175,32 @@ func (f *fakeExtORPort) handshake(c net.Conn) error {
 	}
 }
 
+// serverEnv is the environment tor gives a server PT: one mirage
+// bindaddr on port, an ExtORPort (ext) with its cookie, exit on stdin
+// close, plus extra.
+func serverEnv(t *testing.T, ext *fakeExtORPort, port int, extra ...string) []string {
+	return append([]string{
+		"TOR_PT_MANAGED_TRANSPORT_VER=1",
+		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
+		"TOR_PT_SERVER_TRANSPORTS=mirage",
+		fmt.Sprintf("TOR_PT_SERVER_BINDADDR=mirage-127.0.0.1:%d", port),
+		"TOR_PT_EXTENDED_SERVER_PORT=" + ext.ln.Addr().String(),
+		"TOR_PT_AUTH_COOKIE_FILE=" + ext.path,
+		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+	}, extra...)
+}
+
+// clientEnv is the environment tor gives a client PT asking for mirage,
+// plus extra.
+func clientEnv(t *testing.T, extra ...string) []string {
+	return append([]string{
+		"TOR_PT_MANAGED_TRANSPORT_VER=1",
+		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
+		"TOR_PT_CLIENT_TRANSPORTS=mirage",
+		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+	}, extra...)
+}
+
 var (
 	ptLineRE  = regexp.MustCompile(`^(VERSION|VERSION-ERROR|ENV-ERROR|CMETHOD|CMETHOD-ERROR|CMETHODS|SMETHOD|SMETHOD-ERROR|SMETHODS|PROXY|PROXY-ERROR|LOG|STATUS) `)
 	smethodRE = regexp.MustCompile(`(?m)^SMETHOD mirage (127\.0\.0\.1:\d+) ARGS:(\S+)$`)
@@ -339,16 +365,8 @@ func TestManagedMode(t *testing.T) {
 // reported to tor as SMETHOD-ERROR with a message that names it.
 func TestManagedBadOption(t *testing.T) {
 	ext := startFakeExtORPort(t)
-	server := startManaged(t, "mirage-server", serverBin, []string{
-		"TOR_PT_MANAGED_TRANSPORT_VER=1",
-		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
-		"TOR_PT_SERVER_TRANSPORTS=mirage",
-		fmt.Sprintf("TOR_PT_SERVER_BINDADDR=mirage-127.0.0.1:%d", freePort(t)),
-		"TOR_PT_EXTENDED_SERVER_PORT=" + ext.ln.Addr().String(),
-		"TOR_PT_AUTH_COOKIE_FILE=" + ext.path,
-		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
-		"TOR_PT_SERVER_TRANSPORT_OPTIONS=mirage:colour=blue",
-	})
+	server := startManaged(t, "mirage-server", serverBin,
+		serverEnv(t, ext, freePort(t), "TOR_PT_SERVER_TRANSPORT_OPTIONS=mirage:colour=blue"))
 	line := server.waitOutput(t, regexp.MustCompile(`(?m)^(SMETHOD-ERROR mirage .*)$`), 20*time.Second)
 	if !strings.Contains(line, "colour") {
 		t.Fatalf("SMETHOD-ERROR does not name the bad option: %s", line)
@@ -409,28 +427,14 @@ func startSOCKS5Proxy(t *testing.T) (string, *atomic.Int32) {
 // connection.
 func TestManagedUpstreamProxy(t *testing.T) {
 	ext := startFakeExtORPort(t)
-	server := startManaged(t, "mirage-server", serverBin, []string{
-		"TOR_PT_MANAGED_TRANSPORT_VER=1",
-		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
-		"TOR_PT_SERVER_TRANSPORTS=mirage",
-		fmt.Sprintf("TOR_PT_SERVER_BINDADDR=mirage-127.0.0.1:%d", freePort(t)),
-		"TOR_PT_EXTENDED_SERVER_PORT=" + ext.ln.Addr().String(),
-		"TOR_PT_AUTH_COOKIE_FILE=" + ext.path,
-		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
-	})
+	server := startManaged(t, "mirage-server", serverBin, serverEnv(t, ext, freePort(t)))
 	server.waitOutput(t, regexp.MustCompile(`(?m)^SMETHODS DONE$`), 20*time.Second)
 	m := smethodRE.FindStringSubmatch(server.stdout.String())
 	if m == nil {
 		t.Fatalf("no SMETHOD line:\n%s", server.stdout.String())
 	}
 	proxy, carried := startSOCKS5Proxy(t)
-	client := startManaged(t, "mirage-client", clientBin, []string{
-		"TOR_PT_MANAGED_TRANSPORT_VER=1",
-		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
-		"TOR_PT_CLIENT_TRANSPORTS=mirage",
-		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
-		"TOR_PT_PROXY=socks5://" + proxy,
-	})
+	client := startManaged(t, "mirage-client", clientBin, clientEnv(t, "TOR_PT_PROXY=socks5://"+proxy))
 	client.waitOutput(t, regexp.MustCompile(`(?m)^CMETHODS DONE$`), 20*time.Second)
 	if !strings.Contains(client.stdout.String(), "PROXY DONE") {
 		t.Fatalf("no PROXY DONE:\n%s", client.stdout.String())
@@ -451,12 +455,6 @@ func TestManagedUpstreamProxy(t *testing.T) {
 		t.Fatal("the bridge was reached without the upstream proxy")
 	}
 
-	bad := startManaged(t, "mirage-client (bad proxy)", clientBin, []string{
-		"TOR_PT_MANAGED_TRANSPORT_VER=1",
-		"TOR_PT_STATE_LOCATION=" + t.TempDir(),
-		"TOR_PT_CLIENT_TRANSPORTS=mirage",
-		"TOR_PT_EXIT_ON_STDIN_CLOSE=1",
-		"TOR_PT_PROXY=socks4a://" + proxy,
-	})
+	bad := startManaged(t, "mirage-client (bad proxy)", clientBin, clientEnv(t, "TOR_PT_PROXY=socks4a://"+proxy))
 	bad.waitOutput(t, regexp.MustCompile(`(?m)^PROXY-ERROR .*socks4a`), 20*time.Second)
 }
