@@ -156,11 +156,18 @@ func TestInnerSizesDoNotShow(t *testing.T) {
 	bare := inner + smuxHeaderLen + frameHeaderLen + 17
 	got := sizes()
 	distinct := map[int]bool{}
+	hits := 0
 	for _, n := range got {
 		if n == bare {
-			t.Fatalf("an outer record of %d bytes shows an inner write of %d: %v", n, inner, got)
+			hits++
 		}
 		distinct[n] = true
+	}
+	// Unpadded, nearly all 20 writes would show as records of exactly
+	// that size. Padded, a record of other bytes and a random pad lands
+	// on it by chance about once in a thousand records.
+	if hits > 2 {
+		t.Fatalf("%d outer records of %d bytes show inner writes of %d: %v", hits, bare, inner, got)
 	}
 	if len(got) < 20 || len(distinct) < 10 {
 		t.Fatalf("record sizes %v: too few, or too few different ones", got)
