@@ -47,7 +47,21 @@ type Params struct {
 	// Fingerprint names the browser to mimic (fp=), one of Fingerprints.
 	// "" means DefaultFingerprint, and the parsers return "" for it too.
 	Fingerprint string
+	// Budget is the most bytes one carrier connection may carry in either
+	// direction, TLS handshake included (budget=, e.g. "14k"); 0 means no
+	// budget. Set it for networks that freeze connections after a fixed
+	// number of bytes; without it the client detects such freezes and
+	// learns a budget on its own.
+	Budget int
 }
+
+// Budget bounds: a carrier must have room for a TLS handshake (a browser
+// hello and a certificate flight take 3 to 6 KiB) and some data; past a
+// gibibyte a budget means nothing.
+const (
+	MinBudget = 8 << 10
+	MaxBudget = 1 << 30
+)
 
 // Link is a parsed mirage:// link.
 type Link struct {
@@ -175,6 +189,10 @@ func (l *Link) String() string {
 		b.WriteString("&fp=")
 		b.WriteString(escape(fp))
 	}
+	if l.Budget > 0 {
+		b.WriteString("&budget=")
+		b.WriteString(FormatBudget(l.Budget))
+	}
 	if l.Label != "" {
 		b.WriteByte('#')
 		b.WriteString(escape(l.Label))
@@ -206,6 +224,10 @@ func (p Params) Args() string {
 	if fp := canonicalFingerprint(p.Fingerprint); fp != "" {
 		b.WriteString(" fp=")
 		b.WriteString(fp)
+	}
+	if p.Budget > 0 {
+		b.WriteString(" budget=")
+		b.WriteString(FormatBudget(p.Budget))
 	}
 	return b.String()
 }
@@ -292,14 +314,17 @@ func (p Params) Validate() error {
 	if p.Fingerprint != "" && !slices.Contains(Fingerprints, p.Fingerprint) {
 		return w.errorf("fp", "%s is not one of %s", quote(p.Fingerprint), strings.Join(Fingerprints, ", "))
 	}
+	if p.Budget != 0 && (p.Budget < MinBudget || p.Budget > MaxBudget) {
+		return w.errorf("budget", "%d is outside %d to %d bytes (0 means no budget)", p.Budget, MinBudget, MaxBudget)
+	}
 	return nil
 }
 
 // parseParams reads sni, id, fp and, in a bridge line, key from args.
 func parseParams(args map[string][]string, w where) (Params, error) {
-	known := []string{"sni", "id", "fp"}
+	known := []string{"sni", "id", "fp", "budget"}
 	if w == inBridgeLine {
-		known = []string{"key", "sni", "id", "fp"}
+		known = []string{"key", "sni", "id", "fp", "budget"}
 	}
 	// Checked in a fixed order: map order is random, and the same input
 	// should always give the same error.
@@ -362,7 +387,52 @@ func parseParams(args map[string][]string, w where) (Params, error) {
 		return Params{}, w.errorf("fp", "%s is not one of %s (leave fp out for %s)", quote(get("fp")), strings.Join(Fingerprints, ", "), DefaultFingerprint)
 	}
 	p.Fingerprint = canonicalFingerprint(fp)
+
+	if v, ok := args["budget"]; ok {
+		b, err := ParseBudget(v[0])
+		if err != nil {
+			return Params{}, w.errorf("budget", "%w", err)
+		}
+		p.Budget = b
+	}
 	return p, nil
+}
+
+// ParseBudget reads a carrier budget: a number of bytes, or of KiB with a
+// k suffix ("14k" is 14336 bytes), or of MiB with m.
+func ParseBudget(s string) (int, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := 1
+	switch {
+	case strings.HasSuffix(t, "k"):
+		mult, t = 1<<10, t[:len(t)-1]
+	case strings.HasSuffix(t, "m"):
+		mult, t = 1<<20, t[:len(t)-1]
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n <= 0 || t[0] == '+' {
+		return 0, fmt.Errorf("%s is not a size (write it like 14k: bytes per connection, k for KiB)", quote(s))
+	}
+	if n > MaxBudget/mult {
+		return 0, fmt.Errorf("%s is more than %s (leave budget out for no budget)", quote(s), FormatBudget(MaxBudget))
+	}
+	n *= mult
+	if n < MinBudget {
+		return 0, fmt.Errorf("%s is less than %s, too little for a TLS handshake and data", quote(s), FormatBudget(MinBudget))
+	}
+	return n, nil
+}
+
+// FormatBudget writes a budget as ParseBudget reads it, in the largest
+// unit that divides it.
+func FormatBudget(n int) string {
+	switch {
+	case n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "m"
+	case n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "k"
+	}
+	return strconv.Itoa(n)
 }
 
 // canonicalFingerprint spells the default fingerprint "", so that "fp=chrome"
