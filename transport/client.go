@@ -2,70 +2,333 @@ package transport
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xtaci/smux"
 
+	"github.com/mirage-pt/mirage/transport/link"
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
-// Session is one authenticated connection to a bridge carrying multiplexed
-// streams. It is safe for concurrent use.
+// Session is a durable, authenticated tunnel to a bridge carrying
+// multiplexed streams. It is safe for concurrent use.
 //
 // The layers, from the wire up:
 //
-//	TCP connection to the bridge
-//	TLS 1.3, opened with a browser's ClientHello that carries the tag
-//	openings: the server's proof checked, padding discarded
-//	batchConn: coalesces smux frames into full TLS records; frames and pads them
+//	carriers: TCP connections to the bridge, each TLS 1.3 opened with a
+//	          browser's ClientHello that carries the tag, and openings that
+//	          check the server's proof and name the session
+//	sessionConn: one byte stream each way over whichever carriers live,
+//	          with offsets, acknowledgements and resending (session.go)
 //	smux v2 session: streams with per-stream flow control
 //	stream request and reply, then the user's bytes
 //
-// smux needs nothing but a reliable byte stream under it, so a carrier that
-// spans several connections can replace the TLS connection later.
+// A manager goroutine keeps the session carried: it opens the next carrier
+// before a budgeted one is spent, notices a carrier that stopped making
+// progress, moves the session to a new one, and learns a budget from
+// freezes that repeat. Carriers are paced as a browser's connections are.
 type Session struct {
 	mux            *smux.Session
+	conn           *sessionConn
+	cfg            ClientConfig
+	id             sessionID
 	requestTimeout time.Duration
+	log            *slog.Logger
+
+	ctx     context.Context // ends with the session: cancels dials
+	cancel  context.CancelFunc
+	nextSeq atomic.Uint32
+	budget  atomic.Int64 // bytes per carrier: the link's, or learned; 0: none
+	stopped chan struct{}
+
+	// The manager's own state.
+	dials      chan dialResult
+	dialing    []time.Time // starts of dials in flight
+	handshakes []time.Time // starts of recent dials, for pacing
+	backoff    time.Duration
+	retryAt    time.Time
+	freezes    []int64 // downstream bytes at which carriers froze
+	learned    bool
+}
+
+// Carrier pacing: Russian DPI scores bursts of TLS handshakes to one name
+// and many parallel connections, so carriers are opened as a browser opens
+// connections to one site.
+const (
+	maxOpenCarriers   = 6
+	maxHandshakeBurst = 2
+	handshakeWindow   = 400 * time.Millisecond
+	// slowDial is how long a dial may hang before a second one is tried
+	// beside it (a blackholed route, a lost SYN).
+	slowDial = 3 * time.Second
+	// Freeze detection: after pingAfter without a byte on a carrier that
+	// owes bytes, the client asks for an ACK; no answer within freezeWait
+	// plus two round trips means the carrier is frozen.
+	pingAfter  = time.Second
+	freezeWait = time.Second
+	// activeFor: a carrier that carried data this recently is expected to
+	// keep talking.
+	activeFor = 3 * time.Second
+	// keepAliveIdle: with streams open and nothing heard for this long,
+	// the client checks the carrier is still there (jittered per check).
+	keepAliveIdle = 30 * time.Second
+	// spareAt: the share of a carrier's budget at which the next carrier
+	// is opened, so that no stall is visible when it runs out.
+	spareAt = 0.4
+)
+
+type dialResult struct {
+	c        *carrier
+	status   byte
+	received uint64
+	err      error
+	started  time.Time
 }
 
 // Dial connects to the bridge, authenticates it and returns a session.
+// Errors of the first connection (unreachable, not the bridge) come back
+// from Dial; after that the session survives the loss of its connections
+// for ClientConfig.SessionLinger.
 func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadlineFrom(ctx, cfg.handshakeTimeout()))
+	s := &Session{
+		cfg:            *cfg,
+		requestTimeout: cfg.requestTimeout(),
+		log:            cfg.logger(),
+		stopped:        make(chan struct{}),
+		dials:          make(chan dialResult, maxOpenCarriers),
+	}
+	if _, err := rand.Read(s.id[:]); err != nil {
+		return nil, err
+	}
+	s.budget.Store(int64(cfg.Budget))
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.conn = newSessionConn(true, cfg.SessionLinger, s.log)
+	mux, err := smux.Client(s.conn, muxConfig())
+	if err != nil {
+		s.conn.Close()
+		return nil, err
+	}
+	s.mux = mux
+	s.conn.mu.Lock()
+	s.conn.onEnd = func() { mux.Close() }
+	s.conn.mu.Unlock()
+	c, status, received, err := s.dialCarrier(ctx, true)
+	if err == nil && status != statusResumed {
+		c.raw.Close()
+		err = errBridgeBusy
+	}
+	if err != nil {
+		s.cancel()
+		s.conn.end(err, false)
+		mux.Close()
+		return nil, err
+	}
+	if !s.conn.attach(c, received) {
+		s.cancel()
+		c.raw.Close()
+		mux.Close()
+		return nil, ErrClosed
+	}
+	go s.conn.readLoop(c)
+	go s.manage()
+	return s, nil
+}
+
+var (
+	errBridgeBusy     = errors.New("transport: the bridge has no room for another session now: try again later")
+	errSessionUnknown = errors.New("transport: the bridge no longer knows this session (it restarted, or the session expired): a new one is needed")
+)
+
+// dialCarrier opens one carrier: TCP, TLS with the tagged hello, openings.
+func (s *Session) dialCarrier(ctx context.Context, first bool) (*carrier, byte, uint64, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadlineFrom(ctx, s.cfg.handshakeTimeout()))
 	defer cancel()
-	dial := cfg.Dial
+	dial := s.cfg.Dial
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	raw, err := dial(ctx, "tcp", cfg.Address)
+	start := time.Now()
+	raw, err := dial(ctx, "tcp", s.cfg.Address)
 	if err != nil {
-		return nil, fmt.Errorf("transport: cannot reach the bridge: %w", err)
+		return nil, 0, 0, fmt.Errorf("transport: cannot reach the bridge: %w", err)
 	}
+	cc := &countingConn{Conn: raw}
 	dl, _ := ctx.Deadline()
-	raw.SetDeadline(dl)
-	tc, err := clientHandshake(ctx, raw, cfg)
+	cc.SetDeadline(dl)
+	s.conn.mu.Lock()
+	received := s.conn.recvd
+	s.conn.mu.Unlock()
+	op := clientOpeningInfo{
+		Session:  s.id,
+		New:      first,
+		Carrier:  s.nextSeq.Add(1) - 1,
+		Received: received,
+		Budget:   int(s.budget.Load()),
+	}
+	tc, status, peerReceived, err := clientHandshake(ctx, cc, &s.cfg, &op)
 	if err != nil {
 		raw.Close()
 		if ctx.Err() != nil && !errors.Is(err, ErrNotBridge) {
-			return nil, fmt.Errorf("transport: bridge handshake timed out: %w", err)
+			return nil, 0, 0, fmt.Errorf("transport: bridge handshake timed out: %w", err)
 		}
-		return nil, err
+		return nil, 0, 0, err
 	}
-	raw.SetDeadline(time.Time{})
-	mux, err := smux.Client(newBatchConn(tc), muxConfig())
-	if err != nil {
-		tc.Close()
-		return nil, err
+	cc.SetDeadline(time.Time{})
+	c := &carrier{
+		seq:    op.Carrier,
+		conn:   tc,
+		raw:    cc,
+		budget: op.Budget,
+		// TCP, TLS and the openings take about three round trips.
+		rtt: time.Since(start) / 3,
 	}
-	return &Session{mux: mux, requestTimeout: cfg.requestTimeout()}, nil
+	if status == statusUnknownSession {
+		raw.Close()
+		return nil, status, 0, errSessionUnknown
+	}
+	return c, status, peerReceived, nil
 }
+
+// manage keeps the session carried until it ends.
+func (s *Session) manage() {
+	defer close(s.stopped)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.conn.Done():
+			s.cancel()
+			s.drainDials()
+			return
+		case r := <-s.dials:
+			s.dialDone(r)
+		case <-s.conn.events:
+		case <-tick.C:
+		}
+		now := time.Now()
+		for _, f := range s.conn.checkFrozen(now, s.mux.NumStreams() > 0) {
+			s.learn(f)
+		}
+		s.maybeDial(now)
+	}
+}
+
+// drainDials closes the carriers of dials that end after the session.
+func (s *Session) drainDials() {
+	for len(s.dialing) > 0 {
+		r := <-s.dials
+		s.dialing = s.dialing[1:]
+		if r.c != nil {
+			r.c.raw.Close()
+		}
+	}
+}
+
+func (s *Session) dialDone(r dialResult) {
+	for i, t := range s.dialing {
+		if t.Equal(r.started) {
+			s.dialing = append(s.dialing[:i], s.dialing[i+1:]...)
+			break
+		}
+	}
+	if r.err == nil && r.status != statusResumed {
+		r.c.raw.Close()
+		r.err = errBridgeBusy
+	}
+	switch {
+	case errors.Is(r.err, errSessionUnknown):
+		s.log.Info("session lost", "reason", r.err.Error())
+		s.conn.end(r.err, false)
+		return
+	case r.err != nil:
+		s.backoff = min(max(2*s.backoff, 250*time.Millisecond), 5*time.Second)
+		s.retryAt = time.Now().Add(s.backoff)
+		s.log.Debug("carrier dial failed", "error", safelog.Error(r.err, false), "backoff", s.backoff)
+		return
+	}
+	s.backoff = 0
+	if !s.conn.attach(r.c, r.received) {
+		r.c.raw.Close()
+		return
+	}
+	s.log.Debug("carrier joined", "carrier", r.c.seq, "rtt", r.c.rtt.Round(time.Millisecond))
+	go s.conn.readLoop(r.c)
+}
+
+// maybeDial opens a carrier when the session needs one and pacing allows.
+func (s *Session) maybeDial(now time.Time) {
+	usable, spent, open := s.conn.carrierNeeds()
+	want := usable == 0 || (usable == 1 && spent >= spareAt)
+	if !want || now.Before(s.retryAt) {
+		return
+	}
+	if len(s.dialing) > 0 && now.Sub(s.dialing[len(s.dialing)-1]) < slowDial {
+		return // one dial at a time, unless it hangs
+	}
+	if open+len(s.dialing) >= maxOpenCarriers {
+		return
+	}
+	recent := s.handshakes[:0]
+	for _, t := range s.handshakes {
+		if now.Sub(t) < handshakeWindow {
+			recent = append(recent, t)
+		}
+	}
+	s.handshakes = recent
+	if len(recent) >= maxHandshakeBurst {
+		return
+	}
+	s.handshakes = append(s.handshakes, now)
+	s.dialing = append(s.dialing, now)
+	go func() {
+		c, status, received, err := s.dialCarrier(s.ctx, false)
+		s.dials <- dialResult{c: c, status: status, received: received, err: err, started: now}
+	}()
+}
+
+// learn takes note of a carrier that froze after down bytes came down it.
+// Two freezes at similar offsets mean a middlebox that counts bytes: from
+// then on every carrier retires below them.
+func (s *Session) learn(down int64) {
+	for _, f := range s.freezes {
+		lo, hi := min(f, down), max(f, down)
+		if hi-lo > hi/4 {
+			continue
+		}
+		b := max(int(lo*4/5)&^1023, link.MinBudget)
+		if cur := s.budget.Load(); cur != 0 && int64(b) >= cur {
+			continue
+		}
+		s.budget.Store(int64(b))
+		if !s.learned {
+			s.learned = true
+			s.log.Info("connections to this bridge freeze after about the same number of bytes: from now on each carries at most "+
+				link.FormatBudget(b)+" (add budget="+link.FormatBudget(b)+" to the link or bridge line to start that way)",
+				"budget", b)
+		}
+		s.freezes = nil
+		return
+	}
+	if len(s.freezes) >= 8 {
+		s.freezes = s.freezes[1:]
+	}
+	s.freezes = append(s.freezes, down)
+}
+
+// Budget returns the bytes each new carrier may carry (from the link, or
+// learned from freezes), or 0 for none.
+func (s *Session) Budget() int { return int(s.budget.Load()) }
 
 // OpenStream opens a stream, sends req and waits for the bridge's answer.
 // A refusal is a *StatusError carrying the bridge's status. The returned
@@ -137,8 +400,12 @@ func (s *Session) CloseChan() <-chan struct{} { return s.mux.CloseChan() }
 // NumStreams returns the number of open streams.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
-// Close closes the session and all its streams.
-func (s *Session) Close() error { return s.mux.Close() }
+// Close closes the session and all its streams, and tells the bridge.
+func (s *Session) Close() error {
+	err := s.mux.Close()
+	<-s.stopped
+	return err
+}
 
 // Redial backoff bounds: a bridge that restarts is found again within
 // maxRedialBackoff, and a bridge that is down is not hammered.

@@ -30,6 +30,10 @@ const (
 	// still being read (each holds up to 64 KiB); further connections
 	// meet the face without being read.
 	DefaultMaxPendingHandshakes = 512
+	// DefaultMaxSessions bounds the sessions a bridge holds at once. Each
+	// holds at most a few MiB of buffers, and only while its client is
+	// sending or receiving.
+	DefaultMaxSessions = 4096
 	// replayFilterSize is how many tags the default replay filter holds per
 	// generation: far more authenticated handshakes than one bridge sees in
 	// a few minutes.
@@ -52,6 +56,10 @@ type ClientConfig struct {
 	// RequestTimeout bounds the wait for the bridge's answer to a stream
 	// request. Zero means DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// SessionLinger is how long a session waits for a new connection to
+	// the bridge after losing its last one (a network change, an outage);
+	// its streams then fail. Zero means DefaultSessionLinger.
+	SessionLinger time.Duration
 	// Now is the clock used for the tag's timestamp. nil means time.Now.
 	Now func() time.Time
 	// Logger receives debug events. It is never given an address. nil
@@ -121,6 +129,13 @@ type ServerConfig struct {
 	// long; its client dials a new one when it next needs it. Zero means
 	// sessions are kept until the client or the network ends them.
 	IdleTimeout time.Duration
+	// SessionLinger is how long a session whose connections all ended
+	// waits for its client to come back on a new one, holding its
+	// streams. Zero means DefaultSessionLinger.
+	SessionLinger time.Duration
+	// MaxSessions bounds the sessions the bridge holds at once; a client
+	// past it is refused (it retries). Zero means DefaultMaxSessions.
+	MaxSessions int
 	// MaxClockSkew is the largest accepted difference between a client's
 	// timestamp and Now. Zero means DefaultMaxClockSkew.
 	MaxClockSkew time.Duration

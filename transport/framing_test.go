@@ -13,9 +13,31 @@ import (
 	"time"
 )
 
+// dataOf reads frames until the end and returns the DATA bodies, in order,
+// and every control frame's type.
+func dataOf(r io.Reader) ([]byte, []byte, error) {
+	fr := &frameReader{r: r}
+	var data, ctl []byte
+	for {
+		typ, body, err := fr.next()
+		if err == io.EOF {
+			return data, ctl, nil
+		}
+		if err != nil {
+			return data, ctl, err
+		}
+		if typ == frameData {
+			data = append(data, body...)
+		} else {
+			ctl = append(ctl, typ)
+		}
+	}
+}
+
 // TestFramesRoundTrip proves DATA bodies come out of frameReader as the
-// byte stream that went in, whatever the padding and however the reads
-// are cut, and that truncation is an error, not a short stream.
+// byte stream that went in, whatever the padding and control frames and
+// however the reads are cut, and that truncation is an error, not a short
+// stream.
 func TestFramesRoundTrip(t *testing.T) {
 	var wire []byte
 	var want []byte
@@ -23,27 +45,35 @@ func TestFramesRoundTrip(t *testing.T) {
 		d := payload(n, uint64(i))
 		want = append(want, d...)
 		wire = appendFrames(wire, d, i*300)
+		wire = appendOffsetFrame(wire, frameAck, uint64(i))
 	}
+	wire = appendDropFrame(appendEmptyFrame(wire, frameRetire), 7)
 	for name, r := range map[string]io.Reader{
 		"whole":    bytes.NewReader(wire),
 		"one-byte": iotest.OneByteReader(bytes.NewReader(wire)),
 		"half":     iotest.HalfReader(bytes.NewReader(wire)),
 	} {
-		got, err := io.ReadAll(&frameReader{r: r})
-		if err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("%s: %d bytes, err %v; want %d bytes", name, len(got), err, len(want))
+		got, ctl, err := dataOf(r)
+		if err != nil || !bytes.Equal(got, want) || len(ctl) != 8 {
+			t.Fatalf("%s: %d bytes, %d control frames, err %v; want %d bytes", name, len(got), len(ctl), err, len(want))
 		}
 	}
-	if _, err := io.ReadAll(&frameReader{r: bytes.NewReader(wire[:len(wire)-1])}); err == nil {
+	if _, _, err := dataOf(bytes.NewReader(wire[:len(wire)-1])); err == nil {
 		t.Fatal("truncated frame stream read without error")
 	}
 	// Found by FuzzFrameReader's seed: a PAD frame cut short read as a
 	// clean end of stream.
-	if _, err := io.ReadAll(&frameReader{r: bytes.NewReader([]byte{framePad, 0xff, 0xff})}); err == nil {
+	if _, _, err := dataOf(bytes.NewReader([]byte{framePad, 0x3f, 0xff})); err == nil {
 		t.Fatal("truncated PAD frame read as a clean end")
 	}
-	if _, err := io.ReadAll(&frameReader{r: bytes.NewReader([]byte{7, 0, 1, 0})}); !errors.Is(err, errBadFrame) {
-		t.Fatalf("unknown frame type: err = %v", err)
+	for _, bad := range [][]byte{
+		{0x7f, 0, 1, 0},              // unknown type
+		{frameAck, 0, 4, 1, 2, 3, 4}, // control frame of the wrong length
+		{frameData, 0xff, 0xff},      // longer than a record
+	} {
+		if _, _, err := dataOf(bytes.NewReader(bad)); !errors.Is(err, errBadFrame) {
+			t.Fatalf("% x: err = %v, want errBadFrame", bad, err)
+		}
 	}
 }
 
@@ -54,8 +84,9 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add(appendFrames(nil, make([]byte, 20000), 0))
 	f.Add([]byte{framePad, 0xff, 0xff})
 	f.Add([]byte{frameData, 0, 5, 'a'})
+	f.Add(appendOffsetFrame(nil, frameSeek, 1<<40))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		got, err := io.ReadAll(&frameReader{r: bytes.NewReader(in)})
+		got, _, err := dataOf(bytes.NewReader(in))
 		if len(got) > len(in) {
 			t.Fatalf("read %d bytes from %d", len(got), len(in))
 		}

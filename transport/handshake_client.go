@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	utls "github.com/refraction-networking/utls"
 
 	"github.com/mirage-pt/mirage/transport/auth"
+	"github.com/mirage-pt/mirage/transport/link"
 )
 
 // helloIDs maps the fp= names of a link to the utls ClientHello each
@@ -27,11 +29,12 @@ var helloIDs = map[string]utls.ClientHelloID{
 }
 
 // clientHandshake turns raw, a fresh TCP connection to the bridge, into an
-// authenticated TLS connection: it sends a browser ClientHello carrying the
-// tag, completes TLS 1.3, sends its opening and checks the server's proof.
+// authenticated carrier: it sends a browser ClientHello carrying the tag,
+// completes TLS 1.3, sends its opening (op) and checks the server's proof.
 // Nothing of the user's is sent before the proof checks out. The caller
-// sets the deadline on raw.
-func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.Conn, error) {
+// sets the deadline on raw. It returns the server's opening status and
+// how many bytes of the session the server has received.
+func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
 	ucfg := &utls.Config{
 		ServerName: cfg.ServerName,
 		// The certificate is not what authenticates a bridge: the proof
@@ -41,18 +44,18 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.
 	}
 	uc, err := newUConn(raw, ucfg, cfg.Fingerprint)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	key, err := sealHello(uc, cfg)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
+		return nil, 0, 0, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
 	}
 	state := uc.ConnectionState()
 	if state.Version != utls.VersionTLS13 {
-		return nil, ErrNotTLS13
+		return nil, 0, 0, ErrNotTLS13
 	}
 	// Browser hellos offer renegotiation, and utls refuses to export keying
 	// material while it is allowed. TLS 1.3 has no renegotiation anyway.
@@ -60,36 +63,38 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig) (net.
 	state = uc.ConnectionState()
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
-		return nil, fmt.Errorf("transport: TLS exporter: %w", err)
+		return nil, 0, 0, fmt.Errorf("transport: TLS exporter: %w", err)
 	}
 	// The client's opening goes out before the proof comes in, as a
 	// browser sends its HTTP/2 preface without waiting. It carries nothing
-	// but padding, so nothing of the user's leaves before the proof.
-	op := clientOpening(randRead)
-	for _, part := range [][]byte{op[:clientPrefaceLen], op[clientPrefaceLen:]} {
+	// of the user's: a random session id, offsets and padding.
+	b := op.marshal(randRead)
+	for _, part := range [][]byte{b[:clientPrefaceLen], b[clientPrefaceLen:]} {
 		if _, err := uc.Write(part); err != nil {
-			return nil, fmt.Errorf("transport: writing to bridge: %w", err)
+			return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
 		}
 	}
-	proof, err := readServerOpening(uc)
+	proof, status, received, err := readServerOpening(uc)
 	if err != nil {
-		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+			errors.Is(err, syscall.ECONNRESET) {
 			// A website that got our opening instead of a request
-			// closes the connection: this is not the bridge.
-			return nil, ErrNotBridge
+			// closes the connection (with a reset if our bytes are
+			// still unread): this is not the bridge.
+			return nil, 0, 0, ErrNotBridge
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			// A website waits for the client's request: silence after
 			// the handshake is what a non-bridge looks like.
-			return nil, fmt.Errorf("%w (no proof within the handshake timeout)", ErrNotBridge)
+			return nil, 0, 0, fmt.Errorf("%w (no proof within the handshake timeout)", ErrNotBridge)
 		}
-		return nil, fmt.Errorf("transport: reading the bridge's proof: %w", err)
+		return nil, 0, 0, fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
 	if !auth.VerifyServerProof(key, exporter, proof) {
-		return nil, ErrNotBridge
+		return nil, 0, 0, ErrNotBridge
 	}
-	return uc, nil
+	return uc, status, received, nil
 }
 
 // sealHello builds the ClientHello of uc's fingerprint and writes the tag
@@ -154,23 +159,37 @@ func x25519Share(hs *utls.PubClientHandshakeState) (*ecdh.PrivateKey, error) {
 
 // Openings: the first application data each way (PROTOCOL.md, "Openings").
 //
-//	server opening = proof(32) | padding length(2, BE) | padding
-//	client opening =             padding length(2, BE) | padding
+//	client opening = session id(16) | flags(1) | carrier(4) | received(8) | budget(4) | padding length(2, BE) | padding
+//	server opening = proof(32) | status(1) | received(8) | padding length(2, BE) | padding
 //
-// Their sizes imitate the first application records of an HTTP/2
+// They name the session this carrier joins and say where each direction
+// resumes. Their sizes imitate the first application records of an HTTP/2
 // connection, as measured here between Chromium 156 and Go's h2 server:
 // the browser sends its preface, SETTINGS and WINDOW_UPDATE (70 bytes, one
 // record), then its first HEADERS (about 450 bytes) in a second record;
-// the server sends SETTINGS and WINDOW_UPDATE (39 bytes). So the client's
-// opening goes out in two writes, the first clientPrefaceLen bytes long.
+// the server sends SETTINGS and WINDOW_UPDATE (39 bytes; ours needs 43).
+// So the client's opening goes out in two writes, the first
+// clientPrefaceLen bytes long.
 const (
 	exporterLen       = 32
 	maxOpeningPadding = 4096
-	clientPrefaceLen  = 70                         // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
-	clientPadMin      = clientPrefaceLen - 2 + 380 // second record: 380-519 bytes, like HEADERS
+	clientOpeningHead = sessionIDLen + 1 + 4 + 8 + 4 // before the padding length
+	serverOpeningHead = auth.ProofLen + 1 + 8
+	clientPrefaceLen  = 70                                             // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
+	clientPadMin      = clientPrefaceLen - clientOpeningHead - 2 + 380 // second record: 380-519 bytes, like HEADERS
 	clientPadSpan     = 140
-	serverPadMin      = 39 - auth.ProofLen - 2 // 39 bytes in all, like Go's SETTINGS + WINDOW_UPDATE
+	serverPadMin      = 0
 	serverPadSpan     = 1
+)
+
+// Flags of the client opening.
+const openNewSession = 0x01
+
+// Status of the server opening.
+const (
+	statusResumed        = 0x00 // the carrier joined the session (or made it)
+	statusUnknownSession = 0x01 // no such session here: start a new one
+	statusBusy           = 0x02 // the bridge holds as many sessions as it may
 )
 
 var errBadOpening = errors.New("transport: malformed opening")
@@ -186,40 +205,76 @@ func paddingLen(randRead func([]byte) (int, error), min, span int) int {
 	return min + int(binary.BigEndian.Uint16(b[:]))%span
 }
 
-func clientOpening(randRead func([]byte) (int, error)) []byte {
+// clientHello is what a client opening says: which session the carrier
+// joins and where the client's receiving resumes.
+type clientOpeningInfo struct {
+	Session  sessionID
+	New      bool   // make the session (first carrier)
+	Carrier  uint32 // the carrier's number within the session
+	Received uint64 // bytes of the session the client has received
+	Budget   int    // bytes the carrier may carry each way; 0: no budget
+}
+
+func (o *clientOpeningInfo) marshal(randRead func([]byte) (int, error)) []byte {
 	n := paddingLen(randRead, clientPadMin, clientPadSpan)
-	b := make([]byte, 2+n)
-	binary.BigEndian.PutUint16(b, uint16(n))
-	return b
+	b := make([]byte, 0, clientOpeningHead+2+n)
+	b = append(b, o.Session[:]...)
+	var flags byte
+	if o.New {
+		flags |= openNewSession
+	}
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint32(b, o.Carrier)
+	b = binary.BigEndian.AppendUint64(b, o.Received)
+	b = binary.BigEndian.AppendUint32(b, uint32(o.Budget))
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	return append(b, make([]byte, n)...)
 }
 
-func serverOpening(proof [auth.ProofLen]byte, randRead func([]byte) (int, error)) []byte {
-	n := paddingLen(randRead, serverPadMin, serverPadSpan)
-	b := make([]byte, auth.ProofLen+2+n)
-	copy(b, proof[:])
-	binary.BigEndian.PutUint16(b[auth.ProofLen:], uint16(n))
-	return b
-}
-
-// readServerOpening reads the server's opening and returns its proof.
-func readServerOpening(r io.Reader) ([]byte, error) {
-	buf := make([]byte, auth.ProofLen+2)
+// readClientOpening reads the client's opening.
+func readClientOpening(r io.Reader) (clientOpeningInfo, error) {
+	var o clientOpeningInfo
+	buf := make([]byte, clientOpeningHead+2)
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, err
+		return o, err
 	}
-	if err := skipPadding(r, buf[auth.ProofLen:]); err != nil {
-		return nil, err
+	copy(o.Session[:], buf)
+	flags := buf[sessionIDLen]
+	if flags&^openNewSession != 0 {
+		return o, errBadOpening
 	}
-	return buf[:auth.ProofLen], nil
+	o.New = flags&openNewSession != 0
+	o.Carrier = binary.BigEndian.Uint32(buf[sessionIDLen+1:])
+	o.Received = binary.BigEndian.Uint64(buf[sessionIDLen+5:])
+	budget := binary.BigEndian.Uint32(buf[sessionIDLen+13:])
+	if budget != 0 && (budget < link.MinBudget || budget > link.MaxBudget) {
+		return o, errBadOpening
+	}
+	o.Budget = int(budget)
+	return o, skipPadding(r, buf[clientOpeningHead:])
 }
 
-// readClientOpening reads and discards the client's opening.
-func readClientOpening(r io.Reader) error {
-	var n [2]byte
-	if _, err := io.ReadFull(r, n[:]); err != nil {
-		return err
+func serverOpening(proof [auth.ProofLen]byte, status byte, received uint64, randRead func([]byte) (int, error)) []byte {
+	n := paddingLen(randRead, serverPadMin, serverPadSpan)
+	b := make([]byte, 0, serverOpeningHead+2+n)
+	b = append(b, proof[:]...)
+	b = append(b, status)
+	b = binary.BigEndian.AppendUint64(b, received)
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	return append(b, make([]byte, n)...)
+}
+
+// readServerOpening reads the server's opening and returns its proof,
+// status and the bytes the server has received.
+func readServerOpening(r io.Reader) (proof []byte, status byte, received uint64, err error) {
+	buf := make([]byte, serverOpeningHead+2)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, 0, 0, err
 	}
-	return skipPadding(r, n[:])
+	if err := skipPadding(r, buf[serverOpeningHead:]); err != nil {
+		return nil, 0, 0, err
+	}
+	return buf[:auth.ProofLen], buf[auth.ProofLen], binary.BigEndian.Uint64(buf[auth.ProofLen+1:]), nil
 }
 
 func skipPadding(r io.Reader, lenField []byte) error {

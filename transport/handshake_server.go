@@ -12,6 +12,7 @@ import (
 
 	"github.com/mirage-pt/mirage/transport/auth"
 	"github.com/mirage-pt/mirage/transport/hello"
+	"github.com/mirage-pt/mirage/transport/keys"
 )
 
 // groupX25519 is the TLS named group whose key share carries the client's
@@ -40,6 +41,7 @@ type serverHandshake struct {
 	consumed []byte      // every byte read from raw so far
 	cover    *earlyCover // cover face: the cover connection opened at once
 	key      [auth.KeyLen]byte
+	shortID  keys.ShortID // the authenticated client's
 }
 
 // classify reads the peer's ClientHello without answering and checks its
@@ -114,17 +116,20 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 		return errReplayedTag
 	}
 	hs.key = key
+	hs.shortID = p.ShortID
 	return nil
 }
 
-// tunnel completes TLS with an authenticated client, sends the proof and
-// reads the client's opening. The connection it returns carries smux.
-func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
+// tunnel completes TLS with an authenticated client and reads the
+// client's opening. The caller answers with the server opening (see
+// Server.handle), which carries the proof. raw counts the carrier's bytes,
+// the ClientHello's included.
+func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *countingConn, op clientOpeningInfo, proof [auth.ProofLen]byte, err error) {
 	cfg := hs.srv.tunnelTLS
 	if cfg == nil { // cover face: our own TLS, certificate bound to the key
 		cert, err := boundCertificate(hs.key)
 		if err != nil {
-			return nil, err
+			return nil, nil, op, proof, err
 		}
 		cfg = &tls.Config{
 			MinVersion:   tls.VersionTLS13,
@@ -139,33 +144,33 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (*tls.Conn, error) {
 			cfg.CurvePreferences = []tls.CurveID{g, tls.X25519, tls.CurveP256, tls.CurveP384}
 		}
 	}
-	pc := newPrefixConn(hs.raw, hs.consumed, 0)
-	tc := tls.Server(pc, cfg)
+	raw = &countingConn{Conn: hs.raw}
+	raw.read.Store(int64(len(hs.consumed)))
+	pc := newPrefixConn(raw, hs.consumed, 0)
+	tc = tls.Server(pc, cfg)
 	deadline := hs.start.Add(hs.srv.cfg.handshakeTimeout())
 	tc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake: %w", err)
+		return nil, nil, op, proof, fmt.Errorf("TLS handshake: %w", err)
 	}
 	state := tc.ConnectionState()
 	if state.Version != tls.VersionTLS13 {
 		// Only a client that sent a TLS 1.3 hello has a tag, so this
 		// cannot happen with a genuine client.
-		return nil, ErrNotTLS13
+		return nil, nil, op, proof, ErrNotTLS13
 	}
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
-		return nil, err
+		return nil, nil, op, proof, err
 	}
-	if _, err := tc.Write(serverOpening(auth.ServerProof(hs.key, exporter), randRead)); err != nil {
-		return nil, fmt.Errorf("writing proof: %w", err)
+	// The client sends its opening right after its Finished, so reading it
+	// before answering costs no round trip.
+	if op, err = readClientOpening(tc); err != nil {
+		return nil, nil, op, proof, fmt.Errorf("reading client opening: %w", err)
 	}
-	if err := readClientOpening(tc); err != nil {
-		return nil, fmt.Errorf("reading client opening: %w", err)
-	}
-	tc.SetDeadline(time.Time{})
-	return tc, nil
+	return tc, raw, op, auth.ServerProof(hs.key, exporter), nil
 }
 
 // boundCertificate makes a fresh ECDSA P-256 certificate whose signature

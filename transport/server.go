@@ -42,10 +42,13 @@ type Server struct {
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
 
+	maxSessions int
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{} // authenticated carriers, closed on Close
-	pendingBy map[netip.Prefix]int  // connections being classified, by source
+	conns     map[net.Conn]struct{} // carriers and spliced strangers, closed on Close
+	sessions  map[sessionID]*serverSession
+	pendingBy map[netip.Prefix]int // connections being classified, by source
 	closed    bool
 	wg        sync.WaitGroup
 }
@@ -62,6 +65,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
 		pendingBy: make(map[netip.Prefix]int),
+		sessions:  make(map[sessionID]*serverSession),
+	}
+	s.maxSessions = cfg.MaxSessions
+	if s.maxSessions <= 0 {
+		s.maxSessions = DefaultMaxSessions
 	}
 	if len(cfg.ShortIDs) > 0 {
 		s.shortIDs = make(map[keys.ShortID]struct{})
@@ -225,22 +233,7 @@ func (s *Server) handle(raw net.Conn) {
 	if cover != nil {
 		cover.abandon()
 	}
-	id := s.sessionIDs.Add(1)
-	log := s.log.With("session", id)
-	tc, err := hs.tunnel(context.Background())
-	if err != nil {
-		log.Info("authenticated handshake failed", "error", safelog.Error(err, false))
-		raw.Close()
-		return
-	}
-	if !s.track(tc, true) {
-		tc.Close()
-		return
-	}
-	defer s.track(tc, false)
-	log.Debug("session open")
-	s.serveSession(tc, id, log)
-	log.Debug("session closed")
+	s.carry(hs)
 }
 
 func (s *Server) toFace(hs *serverHandshake, cover *earlyCover) {
@@ -258,14 +251,100 @@ func (s *Server) toFace(hs *serverHandshake, cover *earlyCover) {
 	cover.splice(hs.raw, hs.consumed)
 }
 
-// serveSession runs smux over an authenticated connection and hands each
-// stream to the handler.
-func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
-	sess, err := smux.Server(newBatchConn(tc), muxConfig())
-	if err != nil {
-		tc.Close()
+// carry completes an authenticated client's handshake, joins the carrier
+// to the session its opening names (making it, for a first carrier), and
+// reads the carrier until it ends.
+func (s *Server) carry(hs *serverHandshake) {
+	if !s.track(hs.raw, true) {
+		hs.raw.Close()
 		return
 	}
+	defer s.track(hs.raw, false)
+	tc, raw, op, proof, err := hs.tunnel(s.ctx)
+	if err != nil {
+		s.log.Info("authenticated handshake failed", "error", safelog.Error(err, false))
+		hs.raw.Close()
+		return
+	}
+	sess, status := s.join(op, hs.shortID)
+	var received uint64
+	if sess != nil {
+		received = sess.conn.received()
+	}
+	if _, err := tc.Write(serverOpening(proof, status, received, randRead)); err != nil || sess == nil {
+		raw.Close()
+		return
+	}
+	tc.SetDeadline(time.Time{})
+	c := &carrier{seq: op.Carrier, conn: tc, raw: raw, budget: op.Budget}
+	if !sess.conn.attach(c, op.Received) {
+		raw.Close()
+		return
+	}
+	sess.log.Debug("carrier joined", "carrier", op.Carrier, "budget", op.Budget)
+	sess.conn.readLoop(c)
+}
+
+// serverSession is one client's session on the bridge.
+type serverSession struct {
+	id      sessionID
+	num     uint64 // for logs
+	shortID keys.ShortID
+	conn    *sessionConn
+	mux     *smux.Session
+	log     *slog.Logger
+}
+
+// join finds the session a carrier's opening names, or makes it, and
+// returns it with the status to answer. A session is found only by the
+// client that made it: its id is random and travels only inside TLS, and
+// it must come with the same short id.
+func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSession, byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, statusBusy
+	}
+	if !op.New {
+		sess := s.sessions[op.Session]
+		if sess == nil || sess.shortID != shortID {
+			return nil, statusUnknownSession
+		}
+		return sess, statusResumed
+	}
+	if _, ok := s.sessions[op.Session]; ok || len(s.sessions) >= s.maxSessions {
+		return nil, statusBusy
+	}
+	num := s.sessionIDs.Add(1)
+	log := s.log.With("session", num)
+	conn := newSessionConn(false, s.cfg.SessionLinger, log)
+	mux, err := smux.Server(conn, muxConfig())
+	if err != nil {
+		conn.Close()
+		return nil, statusBusy
+	}
+	sess := &serverSession{id: op.Session, num: num, shortID: shortID, conn: conn, mux: mux, log: log}
+	conn.mu.Lock()
+	conn.onEnd = func() { mux.Close() }
+	conn.mu.Unlock()
+	s.sessions[op.Session] = sess
+	s.wg.Add(1)
+	go s.serveSession(sess)
+	log.Debug("session open")
+	return sess, statusResumed
+}
+
+// serveSession hands each stream of ss to the handler until the session
+// ends, then forgets it.
+func (s *Server) serveSession(ss *serverSession) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.sessions, ss.id)
+		s.mu.Unlock()
+		ss.log.Debug("session closed")
+	}()
+	sess, id, log := ss.mux, ss.num, ss.log
 	var wg sync.WaitGroup
 	// lastActive is when a stream last started or ended (unix ns): a
 	// session is idle only if none is open and none came or went lately.
@@ -303,8 +382,9 @@ func (s *Server) serveSession(tc *tls.Conn, id uint64, log *slog.Logger) {
 			s.serveStream(st, sess.CloseChan(), id, log)
 		}()
 	}
-	// The carrier is gone: close the session first, which ends every
-	// stream (and so every relay on one), then wait for the handlers.
+	// The session is over: end it everywhere (which ends every stream,
+	// and so every relay on one), then wait for the handlers.
+	ss.conn.Close()
 	sess.Close()
 	wg.Wait()
 }
@@ -392,9 +472,9 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Close stops all listeners, closes every session, every connection passed
-// to the cover and the site face, and waits for connection handlers to
-// return.
+// Close stops all listeners, ends every session (telling its client),
+// closes every connection passed to the cover and the site face, and
+// waits for connection handlers to return.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -406,6 +486,20 @@ func (s *Server) Close() error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	sessions := make([]*serverSession, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	// End sessions first: that tells their clients, which closing their
+	// carriers would not. It takes at most half a second.
+	for _, ss := range sessions {
+		ss.conn.Close()
+	}
+	for _, ss := range sessions {
+		<-ss.conn.ended
+	}
+	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}

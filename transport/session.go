@@ -1,0 +1,783 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/safelog"
+)
+
+// A session is the durable byte stream smux runs over. It outlives the
+// connections that carry it (carriers): a carrier may end because its
+// byte budget is spent, because a middlebox froze it, or because the
+// network changed, and the session goes on over the next one. The layers:
+//
+//	smux v2: streams with per-stream flow control
+//	sessionConn: one reliable byte stream per direction, with offsets;
+//	             bytes are kept until the peer acknowledges them
+//	carriers: authenticated TLS connections, in the order they joined,
+//	          each carrying frames (framing.go)
+//
+// Sending: every byte smux writes gets the next offset and stays in sendq
+// until the peer's ACK covers it. The flusher writes on the oldest carrier
+// that is neither dead nor retired; a SEEK frame says where its DATA
+// starts. When a carrier dies, sending goes back to the last acknowledged
+// offset on the next carrier. When a carrier's budget is nearly spent, the
+// sender writes RETIRE and moves on; the peer answers RETIRE, and the
+// carrier is closed.
+//
+// Receiving: each carrier has a reader goroutine. DATA is placed by
+// offset: bytes already received are dropped, the rest are appended. DATA
+// that starts beyond what was received (the carrier that held the bytes
+// before them is slower, or lost them) waits a little for them, then is
+// dropped and RESEND asks the sender to go back. So nothing is lost,
+// duplicated or reordered, whichever carriers deliver.
+type sessionConn struct {
+	client bool
+	log    *slog.Logger
+	linger time.Duration // how long the session survives without carriers
+	onEnd  func()        // called once, outside the lock, when the session ends
+
+	mu   sync.Mutex
+	cond *sync.Cond // broadcast on every change
+
+	// Sending. sendq holds the bytes [acked, written); next is the offset
+	// of the first byte not yet sent on the current carrier.
+	sendq    []byte
+	acked    uint64
+	written  uint64
+	next     uint64
+	padDue   bool      // a young stream's bytes are queued: pad the next flush
+	lastSend time.Time // when smux last wrote
+	pad      padPolicy
+
+	// Receiving. rbuf[rstart:] are received bytes smux has not read;
+	// recvd is the offset of the end of them.
+	rbuf          []byte
+	rstart        int
+	recvd         uint64
+	ackSent       uint64
+	ackEvery      uint64
+	ackDue        bool
+	ackTimer      bool // an ACK is scheduled
+	pingDue       bool
+	pingAt        time.Time // when the outstanding PING was queued
+	pingVia       *carrier  // the carrier it was queued on
+	resendDue     bool
+	resendFrom    uint64
+	resendAskedAt time.Time
+	drops         []uint32 // DROP frames to send
+
+	carriers    []*carrier // attach order
+	lingerTimer *time.Timer
+	closed      bool
+	err         error         // why the session ended
+	done        chan struct{} // closed when the session ends
+	ended       chan struct{} // closed when the peer was told and every carrier closed
+	flusherDone chan struct{}
+	events      chan struct{} // poked on carrier changes (the client's manager listens)
+}
+
+const (
+	sessionIDLen = 16
+	// sendLimit bounds the bytes a session keeps for resending: past it,
+	// smux's writes wait for acknowledgements.
+	sendLimit = 4 << 20
+	// recvLimit bounds received bytes smux has not read yet.
+	recvLimit = 512 << 10
+	// maxWriteChunk bounds the data in one write to a carrier.
+	maxWriteChunk = 64 << 10
+	// defaultAckEvery and ackDelay: an ACK goes out once this many bytes
+	// arrived since the last, or ackDelay after the first of them, or with
+	// any frame going the other way.
+	defaultAckEvery = 256 << 10
+	ackDelay        = 20 * time.Millisecond
+	// gapWait is how long DATA that starts beyond the received bytes waits
+	// for the carrier holding the bytes before it.
+	gapWait = time.Second
+	// Budget accounting. Each TLS record costs 22 bytes besides its
+	// content (header 5, content type 1, tag 16), and early records hold
+	// about 1.2 KB; retireReserve keeps room for the RETIRE frame.
+	tlsRecordOverhead = 22
+	retireReserve     = 64
+	minBudgetChunk    = 512
+	// DefaultSessionLinger is how long a session waits for a new carrier
+	// after its last one ended, on both sides.
+	DefaultSessionLinger = 2 * time.Minute
+)
+
+// sessionID names a session to the bridge. Random, and sent only inside
+// the encrypted client opening.
+type sessionID [sessionIDLen]byte
+
+var (
+	errSessionClosed = errors.New("transport: session closed")
+	errPeerClosed    = errors.New("transport: the bridge ended the session")
+	errNoCarrier     = errors.New("transport: no connection to the bridge for too long: check your network; the session was dropped")
+	errCarrierFrozen = errors.New("transport: connection stopped making progress")
+	errCarrierDrop   = errors.New("transport: the peer dropped this connection")
+	errBadOffset     = errors.New("transport: peer acknowledged bytes never sent")
+)
+
+// countingConn counts the bytes that cross a carrier's TCP connection,
+// TLS handshake and record overhead included: a budget is in these bytes.
+type countingConn struct {
+	net.Conn
+	read, written atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+// (No NetConn method: readAvailable must not reach around the count.)
+
+// carrier is one authenticated TLS connection carrying a session.
+type carrier struct {
+	seq    uint32
+	conn   net.Conn // TLS, over raw
+	raw    *countingConn
+	budget int // bytes each way, handshake included; 0: none
+	rtt    time.Duration
+	joined time.Time
+
+	lastRecv atomic.Int64 // unix ns of the last frame received
+	lastData atomic.Int64 // unix ns of the last DATA received
+
+	// Guarded by the session's mu.
+	dead        bool
+	sendRetired bool // we sent RETIRE
+	peerRetired bool // the peer sent RETIRE
+	needSeek    bool // the next DATA we send on it needs a SEEK first
+	rpos        uint64
+}
+
+// spent returns the larger share of the budget used by either direction.
+func (c *carrier) spent() float64 {
+	if c.budget <= 0 {
+		return 0
+	}
+	return float64(max(c.raw.read.Load(), c.raw.written.Load())) / float64(c.budget)
+}
+
+func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessionConn {
+	s := &sessionConn{
+		client:      client,
+		log:         log,
+		linger:      orDefault(linger, DefaultSessionLinger),
+		ackEvery:    defaultAckEvery,
+		done:        make(chan struct{}),
+		ended:       make(chan struct{}),
+		flusherDone: make(chan struct{}),
+		events:      make(chan struct{}, 1),
+	}
+	s.cond = sync.NewCond(&s.mu)
+	// Until its first carrier joins, a session is as good as one that
+	// lost its last.
+	s.lingerTimer = time.AfterFunc(s.linger, func() { s.end(errNoCarrier, false) })
+	go s.flushLoop()
+	return s
+}
+
+// poke tells the manager something changed. Never blocks.
+func (s *sessionConn) poke() {
+	select {
+	case s.events <- struct{}{}:
+	default:
+	}
+}
+
+// attach adds c, whose peer has received peerRecvd bytes of ours, and
+// returns false if the session is over. The caller then runs readLoop(c).
+func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	c.needSeek = true
+	c.joined = time.Now()
+	c.lastRecv.Store(c.joined.UnixNano())
+	if err := s.ackedTo(peerRecvd); err != nil {
+		return false
+	}
+	if c.budget > 0 {
+		// Acknowledge often enough that a carrier's worth of bytes is
+		// never all unacknowledged when it ends.
+		s.ackEvery = uint64(max(c.budget/4, 1024))
+	}
+	s.carriers = append(s.carriers, c)
+	if s.lingerTimer != nil {
+		s.lingerTimer.Stop()
+		s.lingerTimer = nil
+	}
+	s.cond.Broadcast()
+	return true
+}
+
+// ackedTo records that the peer has every byte before off.
+func (s *sessionConn) ackedTo(off uint64) error {
+	if off > s.written {
+		return errBadOffset
+	}
+	if off <= s.acked {
+		return nil
+	}
+	n := off - s.acked
+	s.sendq = s.sendq[n:]
+	if len(s.sendq) == 0 {
+		s.sendq = s.sendq[:0:0] // let go of a burst's buffer
+	}
+	s.acked = off
+	if s.next < off {
+		s.next = off
+	}
+	s.cond.Broadcast()
+	return nil
+}
+
+// Write queues p for sending. It blocks while sendLimit bytes are
+// unacknowledged.
+func (s *sessionConn) Write(p []byte) (int, error) {
+	return s.WriteBuffers([][]byte{p})
+}
+
+// WriteBuffers queues one smux frame given as header and data (smux uses
+// it when the conn has it, which saves it a copy).
+func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
+	total := 0
+	for _, b := range v {
+		total += len(b)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed && len(s.sendq) > 0 && len(s.sendq)+total > sendLimit {
+		s.cond.Wait()
+	}
+	if s.closed {
+		return 0, s.endErr()
+	}
+	if len(v) > 0 {
+		hdr := v[0]
+		if len(v) == 1 && len(hdr) >= smuxHeaderLen {
+			hdr = hdr[:smuxHeaderLen]
+		}
+		if s.pad.young(hdr, total-smuxHeaderLen) {
+			s.padDue = true
+		}
+	}
+	if s.sendq == nil {
+		s.sendq = make([]byte, 0, max(total, 64<<10))
+	}
+	for _, b := range v {
+		s.sendq = append(s.sendq, b...)
+	}
+	s.written += uint64(total)
+	s.lastSend = time.Now()
+	s.cond.Broadcast()
+	return total, nil
+}
+
+// Read returns received bytes in order.
+func (s *sessionConn) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.rbuf) == s.rstart {
+		if s.closed {
+			return 0, s.endErr()
+		}
+		s.cond.Wait()
+	}
+	n := copy(p, s.rbuf[s.rstart:])
+	s.rstart += n
+	if s.rstart == len(s.rbuf) {
+		s.rbuf, s.rstart = s.rbuf[:0], 0
+	}
+	s.cond.Broadcast()
+	return n, nil
+}
+
+func (s *sessionConn) endErr() error {
+	if s.err != nil && s.err != errSessionClosed {
+		return s.err
+	}
+	return io.EOF
+}
+
+// sendCarrier returns the carrier to send on: the oldest one neither
+// dead nor retired.
+func (s *sessionConn) sendCarrier() *carrier {
+	for _, c := range s.carriers {
+		if !c.dead && !c.sendRetired {
+			return c
+		}
+	}
+	return nil
+}
+
+func (s *sessionConn) hasWork(c *carrier) bool {
+	return s.ackDue || s.pingDue || s.resendDue || len(s.drops) > 0 ||
+		s.next < s.written || c.peerRetired
+}
+
+func (s *sessionConn) flushLoop() {
+	defer close(s.flusherDone)
+	var out []byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed {
+		c := s.sendCarrier()
+		if c == nil || !s.hasWork(c) {
+			s.cond.Wait()
+			continue
+		}
+		out = s.compose(out[:0], c)
+		if len(out) == 0 {
+			continue
+		}
+		s.mu.Unlock()
+		_, err := c.conn.Write(out)
+		s.mu.Lock()
+		if err != nil {
+			s.carrierEnded(c, err)
+		} else if c.sendRetired && c.peerRetired {
+			s.retireDone(c)
+		}
+		if cap(out) > 4*maxWriteChunk {
+			out = nil
+		}
+	}
+}
+
+// maxPlaintext returns how many bytes of frames fit in room bytes on the
+// wire, TLS record overhead counted for records as small as 1000 bytes.
+func maxPlaintext(room int) int {
+	if room <= tlsRecordOverhead {
+		return 0
+	}
+	return room - tlsRecordOverhead*(room/1000+1)
+}
+
+// compose fills out with what to send on c now: control frames, then
+// data, within c's budget. Called with mu held.
+func (s *sessionConn) compose(out []byte, c *carrier) []byte {
+	room := math.MaxInt
+	if c.budget > 0 {
+		room = maxPlaintext(c.budget - int(c.raw.written.Load()) - retireReserve)
+	}
+	retire := func() []byte {
+		c.sendRetired = true
+		s.poke()
+		s.cond.Broadcast()
+		return appendEmptyFrame(out, frameRetire)
+	}
+	if c.peerRetired || room < 64 {
+		return retire()
+	}
+	if s.ackDue || (s.recvd > s.ackSent && s.next < s.written) {
+		// Due (a PING, a timer, enough bytes), or free to piggyback.
+		out = appendOffsetFrame(out, frameAck, s.recvd)
+		s.ackSent, s.ackDue = s.recvd, false
+	}
+	if s.pingDue {
+		out = appendEmptyFrame(out, framePing)
+		s.pingDue, s.pingVia = false, c
+	}
+	if s.resendDue {
+		out = appendOffsetFrame(out, frameResend, s.resendFrom)
+		s.resendDue = false
+	}
+	for _, seq := range s.drops {
+		out = appendDropFrame(out, seq)
+	}
+	s.drops = s.drops[:0]
+	if s.next >= s.written {
+		return out
+	}
+	avail := room - len(out) - 11 // a SEEK may come first
+	if s.padDue {
+		avail -= frameHeaderLen + maxPad
+	}
+	avail -= frameHeaderLen * (avail/maxFrameBody + 1)
+	if c.budget > 0 && avail < minBudgetChunk {
+		return retire()
+	}
+	n := int(min(s.written-s.next, uint64(maxWriteChunk), uint64(max(avail, 0))))
+	if c.needSeek {
+		out = appendOffsetFrame(out, frameSeek, s.next)
+		c.needSeek = false
+	}
+	pad := 0
+	if s.padDue {
+		pad, s.padDue = padLen(), false
+	}
+	start := s.next - s.acked
+	out = appendFrames(out, s.sendq[start:start+uint64(n)], pad)
+	s.next += uint64(n)
+	return out
+}
+
+// readLoop reads c's frames until it ends.
+func (s *sessionConn) readLoop(c *carrier) {
+	fr := &frameReader{r: c.conn}
+	for {
+		typ, body, err := fr.next()
+		if err != nil {
+			s.mu.Lock()
+			s.carrierEnded(c, err)
+			s.mu.Unlock()
+			return
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		s.mu.Lock()
+		if c.dead || s.closed {
+			s.mu.Unlock()
+			return
+		}
+		stop := false
+		switch typ {
+		case frameData:
+			c.lastData.Store(time.Now().UnixNano())
+			s.receive(c, body)
+		case frameSeek:
+			c.rpos = binary.BigEndian.Uint64(body)
+		case frameAck:
+			if err := s.ackedTo(binary.BigEndian.Uint64(body)); err != nil {
+				s.carrierEnded(c, err)
+				stop = true
+			}
+		case framePing:
+			s.ackDue = true
+			s.cond.Broadcast()
+		case frameResend:
+			off := binary.BigEndian.Uint64(body)
+			if err := s.ackedTo(off); err != nil {
+				s.carrierEnded(c, err)
+				stop = true
+			} else if off < s.next {
+				s.rewind(off)
+			}
+		case frameRetire:
+			c.peerRetired = true
+			stop = true
+			if c.sendRetired {
+				s.retireDone(c)
+			}
+			s.poke()
+			s.cond.Broadcast()
+		case frameDrop:
+			seq := binary.BigEndian.Uint32(body)
+			for _, d := range s.carriers {
+				if d.seq == seq && d != c {
+					s.carrierEnded(d, errCarrierDrop)
+					break
+				}
+			}
+		case frameClose:
+			s.endLocked(errPeerClosed, false)
+			stop = true
+		}
+		s.mu.Unlock()
+		if stop {
+			return
+		}
+	}
+}
+
+// receive places DATA that c carried at c.rpos. Called with mu held; may
+// wait (releasing it) for room, or for the bytes before it.
+func (s *sessionConn) receive(c *carrier, data []byte) {
+	off := c.rpos
+	c.rpos += uint64(len(data))
+	if off > s.recvd {
+		// Bytes before these are still on their way on another carrier,
+		// or were lost with it. Wait for them a little.
+		deadline := time.Now().Add(gapWait)
+		t := time.AfterFunc(gapWait, func() {
+			s.mu.Lock()
+			s.cond.Broadcast()
+			s.mu.Unlock()
+		})
+		for off > s.recvd && !c.dead && !s.closed && time.Now().Before(deadline) {
+			s.cond.Wait()
+		}
+		t.Stop()
+		if off > s.recvd {
+			if !c.dead && !s.closed && (s.resendFrom != s.recvd || time.Since(s.resendAskedAt) > gapWait) {
+				s.resendDue, s.resendFrom, s.resendAskedAt = true, s.recvd, time.Now()
+				s.cond.Broadcast()
+			}
+			return
+		}
+	}
+	if end := off + uint64(len(data)); end <= s.recvd {
+		return // a copy of bytes already received
+	}
+	data = data[s.recvd-off:]
+	for len(data) > 0 {
+		for !c.dead && !s.closed && len(s.rbuf)-s.rstart >= recvLimit {
+			s.cond.Wait()
+		}
+		if c.dead || s.closed {
+			return
+		}
+		if c.rpos-uint64(len(data)) != s.recvd {
+			return // another carrier delivered these meanwhile
+		}
+		n := min(len(data), recvLimit-(len(s.rbuf)-s.rstart))
+		if s.rstart > 0 && len(s.rbuf)+n > cap(s.rbuf) {
+			m := copy(s.rbuf, s.rbuf[s.rstart:])
+			s.rbuf, s.rstart = s.rbuf[:m], 0
+		}
+		s.rbuf = append(s.rbuf, data[:n]...)
+		s.recvd += uint64(n)
+		data = data[n:]
+	}
+	if s.recvd-s.ackSent >= s.ackEvery {
+		s.ackDue = true
+	} else if !s.ackTimer {
+		s.ackTimer = true
+		time.AfterFunc(ackDelay, func() {
+			s.mu.Lock()
+			s.ackTimer = false
+			if s.recvd > s.ackSent {
+				s.ackDue = true
+			}
+			s.cond.Broadcast()
+			s.mu.Unlock()
+		})
+	}
+	s.cond.Broadcast()
+}
+
+// rewind makes the sender go back to off, which the peer asked for or
+// which is the last acknowledged offset after a carrier was lost.
+func (s *sessionConn) rewind(off uint64) {
+	if off < s.acked {
+		off = s.acked
+	}
+	if off >= s.next {
+		return
+	}
+	s.next = off
+	for _, c := range s.carriers {
+		c.needSeek = true
+	}
+	s.cond.Broadcast()
+}
+
+// carrierEnded removes c after a failure. Bytes it may have lost are sent
+// again from the last acknowledged offset. Called with mu held.
+func (s *sessionConn) carrierEnded(c *carrier, err error) {
+	if c.dead {
+		return
+	}
+	c.dead = true
+	c.raw.Close() // no close_notify: the carrier is broken
+	s.remove(c)
+	if !(c.sendRetired && c.peerRetired) {
+		s.rewind(s.acked)
+		if s.client && err != errCarrierDrop {
+			s.drops = append(s.drops, c.seq)
+		}
+		if !s.closed {
+			s.log.Debug("carrier ended", "carrier", c.seq, "reason", safelog.Error(err, false),
+				"down", c.raw.read.Load(), "up", c.raw.written.Load())
+		}
+	}
+	s.poke()
+	s.cond.Broadcast()
+}
+
+// retireDone closes c once both sides retired it. Called with mu held.
+func (s *sessionConn) retireDone(c *carrier) {
+	if c.dead {
+		return
+	}
+	c.dead = true
+	s.remove(c)
+	// A browser closes a finished connection with close_notify; it may
+	// wait on a slow peer, so not under the lock.
+	go func() {
+		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		c.conn.Close()
+	}()
+	s.poke()
+	s.cond.Broadcast()
+}
+
+func (s *sessionConn) remove(c *carrier) {
+	for i, d := range s.carriers {
+		if d == c {
+			s.carriers = append(s.carriers[:i], s.carriers[i+1:]...)
+			break
+		}
+	}
+	if len(s.carriers) == 0 && !s.closed && s.lingerTimer == nil {
+		s.lingerTimer = time.AfterFunc(s.linger, func() { s.end(errNoCarrier, false) })
+	}
+}
+
+// Close ends the session: the peer is told, and every carrier closed.
+func (s *sessionConn) Close() error {
+	s.end(errSessionClosed, true)
+	return nil
+}
+
+// end ends the session for reason err, telling the peer if tell.
+func (s *sessionConn) end(err error, tell bool) {
+	s.mu.Lock()
+	s.endLocked(err, tell)
+	s.mu.Unlock()
+}
+
+func (s *sessionConn) endLocked(err error, tell bool) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.err = err
+	if s.lingerTimer != nil {
+		s.lingerTimer.Stop()
+	}
+	carriers := s.carriers
+	s.carriers = nil
+	for _, c := range carriers {
+		c.dead = true
+	}
+	close(s.done)
+	s.cond.Broadcast()
+	onEnd := s.onEnd
+	go func() {
+		// Tell the peer on every carrier, so it need not wait for a
+		// timeout, without waiting long on one that is stuck.
+		var wg sync.WaitGroup
+		for _, c := range carriers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if tell {
+					c.conn.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+					c.conn.Write(appendEmptyFrame(nil, frameClose))
+				}
+				c.raw.Close()
+			}()
+		}
+		wg.Wait()
+		close(s.ended)
+		if onEnd != nil {
+			onEnd()
+		}
+	}()
+	s.poke()
+}
+
+// Done is closed when the session has ended.
+func (s *sessionConn) Done() <-chan struct{} { return s.done }
+
+// liveCarriers returns how many carriers the session has.
+func (s *sessionConn) liveCarriers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.carriers)
+}
+
+// Deadlines are smux's business on streams, not on the session stream.
+func (s *sessionConn) SetDeadline(time.Time) error      { return nil }
+func (s *sessionConn) SetReadDeadline(time.Time) error  { return nil }
+func (s *sessionConn) SetWriteDeadline(time.Time) error { return nil }
+
+var _ io.ReadWriteCloser = (*sessionConn)(nil)
+
+// carrierNeeds tells the client's manager how many carriers can still
+// carry both ways, how much of the budget the one in use has spent, and
+// how many carriers are open.
+func (s *sessionConn) carrierNeeds() (usable int, spent float64, open int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.carriers {
+		if c.dead || c.sendRetired || c.peerRetired {
+			continue
+		}
+		if usable == 0 {
+			spent = c.spent()
+		}
+		usable++
+	}
+	return usable, spent, len(s.carriers)
+}
+
+// checkFrozen is the client's freeze detector, run every tick. A carrier
+// the bridge sends on that owes bytes (we have unacknowledged bytes, or
+// it or we carried data lately) and has been silent for pingAfter gets a
+// PING; if nothing at all arrives within freezeWait and two round trips,
+// the carrier is frozen: a middlebox stopped it without a reset. It is
+// dropped (with the carrier the PING went out on, which may be the one
+// that froze), the session resends on the next, and the downstream bytes
+// at which each froze are returned for learning.
+func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rc *carrier
+	for _, c := range s.carriers {
+		if !c.dead && !c.peerRetired {
+			rc = c
+			break
+		}
+	}
+	if rc == nil || s.closed {
+		s.pingAt = time.Time{}
+		return nil
+	}
+	last := time.Unix(0, rc.lastRecv.Load())
+	silence := now.Sub(last)
+	if s.pingAt.IsZero() {
+		owed := s.written > s.acked ||
+			now.Sub(time.Unix(0, rc.lastData.Load())) < activeFor ||
+			now.Sub(s.lastSend) < activeFor
+		idle := streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
+		if (owed && silence >= pingAfter) || idle {
+			s.pingDue, s.pingAt, s.pingVia = true, now, nil
+			s.cond.Broadcast()
+		}
+		return nil
+	}
+	if last.After(s.pingAt) {
+		s.pingAt = time.Time{} // answered
+		return nil
+	}
+	if now.Sub(s.pingAt) < freezeWait+2*rc.rtt {
+		return nil
+	}
+	s.pingAt = time.Time{}
+	frozen := []int64{rc.raw.read.Load()}
+	s.carrierEnded(rc, errCarrierFrozen)
+	if v := s.pingVia; v != nil && v != rc && !v.dead {
+		s.carrierEnded(v, errCarrierFrozen)
+	}
+	s.pingVia = nil
+	return frozen
+}
+
+// received returns how many bytes of the peer's stream have arrived.
+func (s *sessionConn) received() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recvd
+}
