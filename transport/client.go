@@ -52,7 +52,7 @@ type Session struct {
 	// The manager's own state.
 	dials      chan dialResult
 	dialing    []time.Time // starts of dials in flight
-	handshakes []time.Time // starts of recent dials, for pacing
+	handshakes []*atomic.Int64 // when recent dials connected (unix ns), for pacing
 	backoff    time.Duration
 	retryAt    time.Time
 	freezes    []int64 // downstream bytes at which carriers froze
@@ -74,9 +74,9 @@ const (
 	// plus two round trips means the carrier is frozen.
 	pingAfter  = time.Second
 	freezeWait = time.Second
-	// activeFor: a carrier that carried data this recently is expected to
-	// keep talking.
-	activeFor = 3 * time.Second
+	// activeFor: with streams open, a carrier that carried data (or a
+	// request) this recently is expected to keep talking.
+	activeFor = 10 * time.Second
 	// keepAliveIdle: with streams open and nothing heard for this long,
 	// the client checks the carrier is still there (jittered per check).
 	keepAliveIdle = 30 * time.Second
@@ -123,7 +123,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.conn.mu.Lock()
 	s.conn.onEnd = func() { mux.Close() }
 	s.conn.mu.Unlock()
-	c, status, received, err := s.dialCarrier(ctx, true)
+	c, status, received, err := s.dialCarrier(ctx, true, s.pace(time.Now()))
 	if err == nil && status != statusResumed {
 		c.raw.Close()
 		err = errBridgeBusy
@@ -141,6 +141,13 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 		return nil, ErrClosed
 	}
 	go s.conn.readLoop(c)
+	if cfg.singleCarrier {
+		go func() {
+			<-s.conn.Done()
+			close(s.stopped)
+		}()
+		return s, nil
+	}
 	go s.manage()
 	return s, nil
 }
@@ -151,7 +158,7 @@ var (
 )
 
 // dialCarrier opens one carrier: TCP, TLS with the tagged hello, openings.
-func (s *Session) dialCarrier(ctx context.Context, first bool) (*carrier, byte, uint64, error) {
+func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic.Int64) (*carrier, byte, uint64, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadlineFrom(ctx, s.cfg.handshakeTimeout()))
 	defer cancel()
 	dial := s.cfg.Dial
@@ -160,6 +167,9 @@ func (s *Session) dialCarrier(ctx context.Context, first bool) (*carrier, byte, 
 	}
 	start := time.Now()
 	raw, err := dial(ctx, "tcp", s.cfg.Address)
+	if connected != nil {
+		connected.Store(time.Now().UnixNano())
+	}
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("transport: cannot reach the bridge: %w", err)
 	}
@@ -279,22 +289,38 @@ func (s *Session) maybeDial(now time.Time) {
 	if open+len(s.dialing) >= maxOpenCarriers {
 		return
 	}
+	if !s.paceAllows(now) {
+		return
+	}
+	connected := s.pace(now)
+	s.dialing = append(s.dialing, now)
+	go func() {
+		c, status, received, err := s.dialCarrier(s.ctx, false, connected)
+		s.dials <- dialResult{c: c, status: status, received: received, err: err, started: now}
+	}()
+}
+
+// paceAllows reports whether a handshake may start now: fewer than
+// maxHandshakeBurst connected within handshakeWindow (plus a margin: an
+// observer sees a connection arrive a little after it connected here).
+// A dial still connecting counts as connected now.
+func (s *Session) paceAllows(now time.Time) bool {
 	recent := s.handshakes[:0]
 	for _, t := range s.handshakes {
-		if now.Sub(t) < handshakeWindow {
+		if now.Sub(time.Unix(0, t.Load())) < handshakeWindow+handshakeWindow/8 {
 			recent = append(recent, t)
 		}
 	}
 	s.handshakes = recent
-	if len(recent) >= maxHandshakeBurst {
-		return
-	}
-	s.handshakes = append(s.handshakes, now)
-	s.dialing = append(s.dialing, now)
-	go func() {
-		c, status, received, err := s.dialCarrier(s.ctx, false)
-		s.dials <- dialResult{c: c, status: status, received: received, err: err, started: now}
-	}()
+	return len(recent) < maxHandshakeBurst
+}
+
+// pace records a handshake starting now; the dial stores when it connected.
+func (s *Session) pace(now time.Time) *atomic.Int64 {
+	t := new(atomic.Int64)
+	t.Store(now.Add(time.Hour).UnixNano()) // connecting: counts as recent
+	s.handshakes = append(s.handshakes, t)
+	return t
 }
 
 // learn takes note of a carrier that froze after down bytes came down it.

@@ -65,6 +65,10 @@ type ClientConfig struct {
 	// Logger receives debug events. It is never given an address. nil
 	// means no logging.
 	Logger *slog.Logger
+
+	// singleCarrier keeps a session on its first connection (tests: the
+	// control that shows what carriers are for).
+	singleCarrier bool
 }
 
 func (c *ClientConfig) check() error {

@@ -355,6 +355,25 @@ func (s *Server) serveSession(ss *serverSession) {
 		defer close(stop)
 		go closeWhenIdle(sess, &lastActive, d, stop)
 	}
+	// The bridge checks its carriers as the client does, so that a
+	// client that vanished (its network gone, a middlebox holding the
+	// connection open) loses its carriers, and after the linger time its
+	// session: otherwise nothing would end a session whose connections
+	// look alive.
+	stopCheck := make(chan struct{})
+	defer close(stopCheck)
+	go func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopCheck:
+				return
+			case now := <-tick.C:
+				ss.conn.checkFrozen(now, sess.NumStreams() > 0)
+			}
+		}
+	}()
 	// Bound what one client can make the bridge hold: past
 	// maxStreamsPerSession open streams, new ones are refused at once.
 	// (Waiting to accept them would stall smux's receive loop, and with
@@ -565,4 +584,11 @@ func (st *Stream) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return st.Conn.Close()
+}
+
+// sessionCount returns how many sessions the bridge holds.
+func (s *Server) sessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
 }

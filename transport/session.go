@@ -748,9 +748,12 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	last := time.Unix(0, rc.lastRecv.Load())
 	silence := now.Sub(last)
 	if s.pingAt.IsZero() {
-		owed := s.written > s.acked ||
-			now.Sub(time.Unix(0, rc.lastData.Load())) < activeFor ||
-			now.Sub(s.lastSend) < activeFor
+		// The bridge owes us bytes if it has not acknowledged ours, or,
+		// with streams open, if anything moved lately (a request went
+		// out, data came in, this carrier is new): a reply may be on
+		// its way. A long-idle stream is checked only by keepalives.
+		lastMove := max(rc.lastData.Load(), s.lastSend.UnixNano(), rc.joined.UnixNano())
+		owed := s.written > s.acked || (streams && now.Sub(time.Unix(0, lastMove)) < activeFor)
 		idle := streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
 		if (owed && silence >= pingAfter) || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil

@@ -1,0 +1,447 @@
+//go:build linux
+
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/transporttest"
+)
+
+// loadHandler serves test transfers on default-target streams. The client
+// sends mode(1) size(8) seed(8): mode 'D' asks for size bytes of
+// payload(size, seed); mode 'U' sends them, and the bridge answers 'k' if
+// they hash right, 'x' if not.
+func loadHandler(st *Stream) {
+	if err := st.Reply(StatusOK); err != nil {
+		return
+	}
+	var hdr [17]byte
+	if _, err := io.ReadFull(st, hdr[:]); err != nil {
+		return
+	}
+	size := int(binary.BigEndian.Uint64(hdr[1:]))
+	seed := binary.BigEndian.Uint64(hdr[9:])
+	switch hdr[0] {
+	case 'D':
+		st.Write(payload(size, seed))
+		st.CloseWrite()
+		io.Copy(io.Discard, st)
+	case 'U':
+		h := sha256.New()
+		n, _ := io.Copy(h, io.LimitReader(st, int64(size)))
+		want := sha256.Sum256(payload(size, seed))
+		ok := byte('x')
+		if n == int64(size) && bytes.Equal(h.Sum(nil), want[:]) {
+			ok = 'k'
+		}
+		st.Write([]byte{ok})
+		st.CloseWrite()
+		io.Copy(io.Discard, st)
+	}
+}
+
+// transfer runs one load transfer on a new stream of sess and checks it.
+func transfer(ctx context.Context, sess *Session, mode byte, size int, seed uint64, idle time.Duration) error {
+	st, err := sess.OpenStream(ctx, Request{Command: CmdDefault})
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	defer st.Close()
+	var hdr [17]byte
+	hdr[0] = mode
+	binary.BigEndian.PutUint64(hdr[1:], uint64(size))
+	binary.BigEndian.PutUint64(hdr[9:], seed)
+	if _, err := st.Write(hdr[:]); err != nil {
+		return err
+	}
+	// r reads with a deadline that moves with progress: a stall longer
+	// than idle is an error, however long the whole transfer takes.
+	r := &progressReader{c: st, idle: idle}
+	switch mode {
+	case 'D':
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		if err != nil {
+			return fmt.Errorf("download stalled after %d of %d bytes: %w", n, size, err)
+		}
+		want := sha256.Sum256(payload(size, seed))
+		if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
+			return fmt.Errorf("download of %d bytes came back as %d bytes with another hash", size, n)
+		}
+	case 'U':
+		errc := make(chan error, 1)
+		go func() {
+			_, err := st.Write(payload(size, seed))
+			errc <- err
+		}()
+		// The verdict comes after the whole upload: wait for the upload,
+		// not for progress on the read side.
+		var ok [1]byte
+		st.SetReadDeadline(time.Now().Add(idle + time.Duration(size/(16<<10))*time.Second))
+		if _, err := io.ReadFull(st, ok[:]); err != nil {
+			return fmt.Errorf("upload of %d bytes: no verdict: %w", size, err)
+		}
+		if err := <-errc; err != nil {
+			return err
+		}
+		if ok[0] != 'k' {
+			return fmt.Errorf("upload of %d bytes arrived damaged", size)
+		}
+	}
+	return nil
+}
+
+type progressReader struct {
+	c    net.Conn
+	idle time.Duration
+}
+
+func (r *progressReader) Read(p []byte) (int, error) {
+	r.c.SetReadDeadline(time.Now().Add(r.idle))
+	return r.c.Read(p)
+}
+
+// relayedBridge starts a bridge with loadHandler behind a relay.
+func relayedBridge(t *testing.T, opts transporttest.RelayOptions, configure func(*ServerConfig)) (*testBridge, *transporttest.Relay) {
+	t.Helper()
+	b := startBridge(t, newSiteFace(t), loadHandler, configure)
+	r, err := transporttest.NewRelay(b.addr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return b, r
+}
+
+// checkPacing fails the test if the client opened carriers faster, or
+// held more at once, than a browser would.
+func checkPacing(t *testing.T, r *transporttest.Relay) {
+	t.Helper()
+	if n := r.MaxOpen(); n > maxOpenCarriers {
+		t.Errorf("%d connections open at once, more than %d", n, maxOpenCarriers)
+	}
+	if n := r.MaxAcceptsWithin(handshakeWindow); n > maxHandshakeBurst {
+		t.Errorf("%d handshakes within %v, more than %d", n, handshakeWindow, maxHandshakeBurst)
+	}
+}
+
+// freezeAt is where the test relays freeze a connection, as TSPU does
+// after 12 to 24 KB.
+const freezeAt = 16000
+
+// TestBudgetCarriesThroughFreezes: on a path that freezes every
+// connection after 16 KB, a budget of 14k carries a 1 MiB download, a
+// 1 MiB upload and ten concurrent 128 KiB downloads intact, with no
+// connection carrying more than the budget, and browser pacing.
+func TestBudgetCarriesThroughFreezes(t *testing.T) {
+	t.Parallel()
+	for _, dir := range []string{"down", "up"} {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			opts := transporttest.RelayOptions{FreezeDown: freezeAt}
+			mode := byte('D')
+			if dir == "up" {
+				opts = transporttest.RelayOptions{FreezeUp: freezeAt}
+				mode = 'U'
+			}
+			b, r := relayedBridge(t, opts, nil)
+			cfg := b.clientConfig()
+			cfg.Address = r.Addr()
+			cfg.Budget = 14 << 10
+			cfg.Logger = testLogger(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			sess, err := Dial(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			start := time.Now()
+			if err := transfer(ctx, sess, mode, 1<<20, 1, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("1 MiB %s in %v over %d connections", dir, time.Since(start).Round(time.Millisecond), len(r.Stats()))
+			if dir == "down" {
+				var wg sync.WaitGroup
+				errs := make(chan error, 10)
+				for i := range 10 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						errs <- transfer(ctx, sess, 'D', 128<<10, uint64(10+i), 40*time.Second)
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for i, c := range r.Stats() {
+				if c.Down > int64(cfg.Budget) || c.Up > int64(cfg.Budget) {
+					t.Errorf("connection %d carried %d down, %d up: over the %d budget", i, c.Down, c.Up, cfg.Budget)
+				}
+			}
+			checkPacing(t, r)
+		})
+	}
+}
+
+// TestFreezeWithoutCarriersHangs is the control: the same freezing path
+// stops a session that cannot move to another connection.
+func TestFreezeWithoutCarriersHangs(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	cfg.singleCarrier = true
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	err = transfer(context.Background(), sess, 'D', 1<<20, 1, 3*time.Second)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a single frozen connection: err = %v, want a stall", err)
+	}
+	t.Logf("control: %v", err)
+}
+
+// TestFreezeDetectedAndBudgetLearned: without a budget, the client
+// notices each frozen connection, moves on, and after two freezes at the
+// same offset applies a budget below it on its own, and says so.
+func TestFreezeDetectedAndBudgetLearned(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	var logs lockedBuffer
+	cfg.Logger = newTextLogger(&logs)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	start := time.Now()
+	if err := transfer(ctx, sess, 'D', 1<<20, 2, 15*time.Second); err != nil {
+		t.Fatalf("%v; client log:\n%s", err, logs.String())
+	}
+	t.Logf("1 MiB in %v over %d connections; learned budget %d", time.Since(start).Round(time.Millisecond), len(r.Stats()), sess.Budget())
+	if got := sess.Budget(); got <= 0 || got >= freezeAt {
+		t.Fatalf("learned budget %d, want one below %d", got, freezeAt)
+	}
+	if n := strings.Count(logs.String(), "freeze after about the same number of bytes"); n != 1 {
+		t.Fatalf("the log says %d times that a budget was learned, want once:\n%s", n, logs.String())
+	}
+	checkPacing(t, r)
+}
+
+// TestCarriersCutAtRandom: a path that cuts every connection at random
+// moments (reset or silence, 0.5 to 3 s apart) still carries 100 streams
+// of 4 MiB intact.
+func TestCarriersCutAtRandom(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{CutMin: 500 * time.Millisecond, CutMax: 3 * time.Second}, nil)
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	const streams, size = 100, 4 << 20
+	start := time.Now()
+	sem := make(chan struct{}, 10)
+	errs := make(chan error, streams)
+	var wg sync.WaitGroup
+	for i := range streams {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs <- transfer(ctx, sess, 'D', size, uint64(100+i), 20*time.Second)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	resets := 0
+	for _, c := range r.Stats() {
+		if c.Reset {
+			resets++
+		}
+	}
+	t.Logf("%d MiB in %v over %d connections (%d reset, the rest silent or whole)", streams*size>>20, time.Since(start).Round(time.Millisecond), len(r.Stats()), resets)
+	if len(r.Stats()) < 3 || resets == 0 {
+		t.Fatalf("only %d connections, %d resets: the cuts were not exercised", len(r.Stats()), resets)
+	}
+	checkPacing(t, r)
+}
+
+// TestNetworkOutage: the route to the bridge disappears for 30 s and comes
+// back; an open stream goes on. With an outage longer than the linger
+// time, the stream ends cleanly on both sides.
+func TestNetworkOutage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		outage  time.Duration
+		linger  time.Duration
+		survive bool
+	}{
+		{"30s-outage", 30 * time.Second, 0, true},
+		{"past-linger", 6 * time.Second, 3 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b, r := relayedBridge(t, transporttest.RelayOptions{}, func(c *ServerConfig) {
+				c.Handler = echoHandler
+				c.SessionLinger = tc.linger
+			})
+			cfg := b.clientConfig()
+			cfg.Address = r.Addr()
+			cfg.SessionLinger = tc.linger
+			sess, err := Dial(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sess.Close()
+			st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			echo := func(i int) error {
+				msg := payload(1000, uint64(i))
+				if _, err := st.Write(msg); err != nil {
+					return err
+				}
+				got := make([]byte, len(msg))
+				st.SetReadDeadline(time.Now().Add(tc.outage + 30*time.Second))
+				if _, err := io.ReadFull(st, got); err != nil {
+					return err
+				}
+				if !bytes.Equal(got, msg) {
+					return errors.New("echo came back different")
+				}
+				return nil
+			}
+			if err := echo(0); err != nil {
+				t.Fatal(err)
+			}
+			r.SetOutage(true)
+			// A message sent into the outage is held, and resent.
+			errc := make(chan error, 1)
+			go func() { errc <- echo(1) }()
+			time.Sleep(tc.outage)
+			r.SetOutage(false)
+			err = <-errc
+			if tc.survive {
+				if err != nil {
+					t.Fatalf("after a %v outage: %v", tc.outage, err)
+				}
+				if err := echo(2); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("the stream survived an outage longer than the linger time")
+			}
+			select {
+			case <-sess.CloseChan():
+			case <-time.After(5 * time.Second):
+				t.Fatal("the session did not end after the linger time")
+			}
+			// And the bridge forgot it.
+			deadline := time.Now().Add(5 * time.Second)
+			for b.server.sessionCount() > 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the bridge still holds the session after its linger time")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestSessionIDBoundToClient: a carrier naming a session that is not its
+// own (unknown, or another short id's) joins nothing.
+func TestSessionIDBoundToClient(t *testing.T) {
+	other, _ := keys.NewShortID(nil)
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) {
+		c.ShortIDs = append(c.ShortIDs, other)
+	})
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	cfg := b.clientConfig()
+	cfg.ShortID = other
+	thief := &Session{cfg: *cfg, id: sess.id, conn: newSessionConn(true, time.Minute, testLogger(t))}
+	defer thief.conn.Close()
+	if _, _, _, err := thief.dialCarrier(context.Background(), false, nil); !errors.Is(err, errSessionUnknown) {
+		t.Fatalf("another user naming this session: err = %v, want errSessionUnknown", err)
+	}
+	thief.id = sessionID{1, 2, 3}
+	thief.cfg = *b.clientConfig()
+	if _, _, _, err := thief.dialCarrier(context.Background(), false, nil); !errors.Is(err, errSessionUnknown) {
+		t.Fatalf("an unknown session: err = %v, want errSessionUnknown", err)
+	}
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := roundTrip(st, payload(5000, 9)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newTextLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
