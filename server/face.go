@@ -177,9 +177,48 @@ func siteHandler(o faceOptions) (http.Handler, error) {
 		if err != nil || !st.IsDir() {
 			return nil, fmt.Errorf("-www %q is not a directory", o.www)
 		}
-		return http.FileServer(http.Dir(o.www)), nil
+		return http.FileServer(staticDir{http.Dir(o.www)}), nil
 	}
 	return builtinSite{}, nil
+}
+
+// staticDir is the -www directory as the site shows it: files, and
+// directories that have an index.html, and nothing else. A directory listing
+// would show a prober the whole tree, and dotfiles (.git, .env, .htpasswd)
+// are what operators leave in a web root by mistake. Both answer exactly as
+// a missing file does, so a prober cannot even tell that they exist.
+type staticDir struct {
+	dir http.Dir
+}
+
+func (d staticDir) Open(name string) (http.File, error) {
+	// http.FileServer cleans name and starts it with "/"; every element is
+	// checked, so a dot-directory hides everything under it.
+	for _, elem := range strings.Split(name, "/") {
+		if strings.HasPrefix(elem, ".") {
+			return nil, os.ErrNotExist
+		}
+	}
+	f, err := d.dir.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.IsDir() {
+		// http.FileServer serves a directory's index.html and lists the
+		// others: only the first kind is shown.
+		index, err := d.dir.Open(strings.TrimSuffix(name, "/") + "/index.html")
+		if err != nil {
+			f.Close()
+			return nil, os.ErrNotExist
+		}
+		index.Close()
+	}
+	return f, nil
 }
 
 // builtinSite is a small static page, for bridges with nothing else to show.

@@ -110,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.face.cover, "cover", "", "cover face: pass strangers to this HOST:PORT of another HTTPS site")
 	fs.StringVar(&sni, "sni", "", "comma-separated server names clients may send; the first goes into the link (default: the face's name)")
 	fs.StringVar(&c.face.upstream, "upstream", "", "site content: reverse-proxy to this URL (e.g. http://127.0.0.1:8080)")
-	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory")
+	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory (directories need an index.html: no listings; dotfiles are hidden)")
 	fs.StringVar(&c.forward, "forward", "", "send every client stream to this HOST:PORT instead of where the client asks")
 	fs.BoolVar(&c.allowPrivate, "allow-private", false, "let clients reach loopback, private and link-local addresses (unsafe on a shared network)")
 	fs.StringVar(&c.linkHost, "link-host", "", "HOST[:PORT] to put in the link and bridge line (default: this machine's address and the listen port)")
