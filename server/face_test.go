@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -80,3 +81,50 @@ func TestWWWHidesListingsAndDotfiles(t *testing.T) {
 		}
 	}
 }
+
+// TestACMEOptions: -acme-directory and -acme-root are checked before the
+// bridge starts, with errors that say what to give instead, and the same
+// choices reach a bridge under tor as ServerTransportOptions.
+func TestACMEOptions(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root.pem")
+	if err := os.WriteFile(root, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // in the error; "" means no error
+	}{
+		{[]string{"-domain", "a.example", "-acme-directory", "https://acme.example/dir"}, ""},
+		{[]string{"-acme-directory", "https://acme.example/dir"}, "give -domain too"},
+		{[]string{"-acme-root", root}, "give -domain too"},
+		{[]string{"-domain", "a.example", "-acme-directory", "http://acme.example/dir"}, "want the https:// URL"},
+		{[]string{"-domain", "a.example", "-acme-directory", "acme.example"}, "want the https:// URL"},
+	} {
+		_, err := parseFlags(tc.args, io.Discard)
+		if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+
+	c, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = managedConfig(c, t.TempDir(), map[string][]string{
+		"domain": {"a.example"}, "acme-directory": {"https://acme.example/dir"}, "acme-root": {root},
+	}, discardLogger)
+	if err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Fatalf("managed mode with acme-root of a file that is no certificate: %v, want an error naming it", err)
+	}
+	cfg, params, err := managedConfig(c, t.TempDir(), map[string][]string{
+		"domain": {"a.example"}, "acme-directory": {"https://acme.example/dir"},
+	}, discardLogger)
+	if err != nil {
+		t.Fatalf("managed mode with domain and acme-directory: %v", err)
+	}
+	if params.ServerName != "a.example" || cfg.Site == nil || cfg.Site.TLSConfig.GetCertificate == nil {
+		t.Fatalf("managed mode with domain: sni %q, site %v, want an ACME site face for a.example", params.ServerName, cfg.Site)
+	}
+}
+
+var discardLogger = slog.New(slog.DiscardHandler)
