@@ -46,53 +46,17 @@ const validatedLog = "set VALID by completed challenge"
 // (by TLS-ALPN-01 again: pebble reuses no authorization), the bridge keeps
 // serving both, and then serves the new certificate.
 func TestACMESiteFace(t *testing.T) {
-	pebbleBin := requirePeer(t, "pebble")
 	curl := requirePeer(t, "curl")
-	dir := t.TempDir()
-
-	// Pebble's own HTTPS (ACME API and management) uses a certificate from
-	// a CA made here; the bridge is told to trust it with -acme-root, as an
-	// operator of a private ACME server would.
-	acmeRoot := filepath.Join(dir, "acme-root.pem")
-	pebbleCert, pebbleKey := writeLoopbackCA(t, dir, acmeRoot)
-
-	dnsAddr := startDNS(t, acmeDomain)
 	bridgeAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	_, bridgePort, _ := net.SplitHostPort(bridgeAddr)
-	acmeAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	mgmtAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	config := map[string]any{"pebble": map[string]any{
-		"listenAddress":           acmeAddr,
-		"managementListenAddress": mgmtAddr,
-		"certificate":             pebbleCert,
-		"privateKey":              pebbleKey,
-		"httpPort":                freePort(t), // HTTP-01: unused, nothing listens
-		"tlsPort":                 mustAtoi(t, bridgePort),
-		"ocspResponderURL":        "",
-		// Seconds; pebble 2.4 reads this field.
-		"certificateValidityPeriod":      acmeCertLifetime,
-		"externalAccountBindingRequired": false,
-	}}
-	configFile := filepath.Join(dir, "pebble.json")
-	b, _ := json.Marshal(config)
-	if err := os.WriteFile(configFile, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pebble := startProc(t, "pebble", pebbleBin, []string{
-		"PEBBLE_VA_NOSLEEP=1",      // validate at once, not after up to 15 s
-		"PEBBLE_WFE_NONCEREJECT=0", // no random badNonce errors
-		"PEBBLE_AUTHZREUSE=0",      // every order, renewals too, is validated afresh
-	}, "-config", configFile, "-dnsserver", dnsAddr, "-strict=false")
-	waitListening(t, acmeAddr, 20*time.Second)
-	waitListening(t, mgmtAddr, 20*time.Second)
-	pebble.waitOutput(t, regexp.MustCompile(`validity period of (\d+) seconds`), 10*time.Second)
+	pb := startPebble(t, bridgeAddr)
+	pebble, acmeRoot := pb.proc, pb.rootFile
 
 	// The bridge asks for its certificate as soon as it listens.
 	state := t.TempDir()
 	bridge := startProc(t, "mirage-server", serverBin, nil,
 		"-state", state, "-listen", bridgeAddr, "-log-level", "debug",
 		"-domain", acmeDomain,
-		"-acme-directory", "https://"+acmeAddr+"/dir", "-acme-root", acmeRoot,
+		"-acme-directory", pb.directory, "-acme-root", acmeRoot,
 		"-allow-private")
 	link := bridge.waitOutput(t, linkRE, 20*time.Second)
 	bridge.waitOutput(t, regexp.MustCompile(`certificate ready.*name=`+regexp.QuoteMeta(acmeDomain)+`.*expires=(\S+)`), 60*time.Second)
@@ -103,7 +67,7 @@ func TestACMESiteFace(t *testing.T) {
 	}
 
 	// A browser-like client that trusts pebble's root and nothing else.
-	root := fetchPebbleRoot(t, mgmtAddr, acmeRoot)
+	root := fetchPebbleRoot(t, pb.mgmtAddr, acmeRoot)
 	first := fetchFace(t, bridgeAddr, root)
 	t.Logf("first certificate: serial %x, %v to %v", first.SerialNumber, first.NotBefore, first.NotAfter)
 
@@ -142,6 +106,114 @@ func TestACMESiteFace(t *testing.T) {
 	curlFetch(t, curl, o, "through the ACME bridge after renewal", "--socks5-hostname", proxy)
 	_, proxy2 := startClient(t, link)
 	curlFetch(t, curl, o, "a new client after renewal", "--socks5-hostname", proxy2)
+}
+
+// TestACMEManagedMode: under tor, ServerTransportOptions domain=,
+// acme-directory= and acme-root= give the same face: the bridge line names
+// the domain, a visitor who trusts pebble's root sees the site with the
+// certificate pebble issued after TLS-ALPN-01 on the bind port, and tor's
+// client PT tunnels through the same port to the ORPort.
+func TestACMEManagedMode(t *testing.T) {
+	ext := startFakeExtORPort(t)
+	port := freePort(t)
+	bridgeAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	pb := startPebble(t, bridgeAddr)
+	// Values escape ':', ';', '=' and '\' with a backslash, as the PT spec says.
+	esc := strings.NewReplacer(`\`, `\\`, ":", `\:`, ";", `\;`, "=", `\=`).Replace
+	server := startManaged(t, "mirage-server", serverBin, serverEnv(t, ext, port,
+		"TOR_PT_SERVER_TRANSPORT_OPTIONS=mirage:domain="+acmeDomain+
+			";mirage:acme-directory="+esc(pb.directory)+
+			";mirage:acme-root="+esc(pb.rootFile)))
+	server.waitOutput(t, regexp.MustCompile(`(?m)^SMETHODS DONE$`), 20*time.Second)
+	m := smethodRE.FindStringSubmatch(server.stdout.String())
+	if m == nil {
+		t.Fatalf("no SMETHOD line with ARGS:\n%s", server.stdout.String())
+	}
+	args := m[2]
+	if !strings.Contains(args, "sni="+acmeDomain) {
+		t.Fatalf("SMETHOD ARGS %s do not send the domain as SNI", args)
+	}
+
+	// Under tor the first visitor's handshake waits for the certificate.
+	root := fetchPebbleRoot(t, pb.mgmtAddr, pb.rootFile)
+	cert := fetchFace(t, bridgeAddr, root)
+	if n := strings.Count(pb.proc.out.String(), validatedLog); n != 1 {
+		t.Fatalf("pebble's log shows %d validated challenges, want 1", n)
+	}
+	t.Logf("certificate: serial %x, %v to %v", cert.SerialNumber, cert.NotBefore, cert.NotAfter)
+
+	client := startManaged(t, "mirage-client", clientBin, clientEnv(t))
+	client.waitOutput(t, regexp.MustCompile(`(?m)^CMETHODS DONE$`), 20*time.Second)
+	cm := cmethodRE.FindStringSubmatch(client.stdout.String())
+	if cm == nil {
+		t.Fatalf("no CMETHOD line:\n%s", client.stdout.String())
+	}
+	c, rep := socksConnectWithArgs(t, cm[1], bridgeAddr, smethodArgsToSOCKS(args))
+	if rep != 0 {
+		t.Fatalf("SOCKS reply %d through the ACME bridge", rep)
+	}
+	defer c.Close()
+	data := []byte("through the ACME bridge to tor")
+	go c.Write(data)
+	got := make([]byte, len(data))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(data) {
+		t.Fatalf("echo from the ORPort through the bridge: %q, %v", got, err)
+	}
+}
+
+// pebbleServer is a running pebble.
+type pebbleServer struct {
+	proc      *proc
+	directory string // ACME directory URL
+	mgmtAddr  string // management interface: /roots/0
+	rootFile  string // PEM of the CA of pebble's own HTTPS, for -acme-root
+}
+
+// startPebble runs pebble on loopback, validating TLS-ALPN-01 challenges
+// on bridgeAddr's port and resolving acmeDomain to 127.0.0.1 with a DNS
+// server of the test's own. Its certificates last acmeCertLifetime seconds.
+func startPebble(t *testing.T, bridgeAddr string) *pebbleServer {
+	t.Helper()
+	pebbleBin := requirePeer(t, "pebble")
+	dir := t.TempDir()
+
+	// Pebble's own HTTPS (ACME API and management) uses a certificate from
+	// a CA made here; the bridge is told to trust it with -acme-root, as an
+	// operator of a private ACME server would.
+	rootFile := filepath.Join(dir, "acme-root.pem")
+	pebbleCert, pebbleKey := writeLoopbackCA(t, dir, rootFile)
+
+	dnsAddr := startDNS(t, acmeDomain)
+	_, bridgePort, _ := net.SplitHostPort(bridgeAddr)
+	acmeAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	mgmtAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	config := map[string]any{"pebble": map[string]any{
+		"listenAddress":           acmeAddr,
+		"managementListenAddress": mgmtAddr,
+		"certificate":             pebbleCert,
+		"privateKey":              pebbleKey,
+		"httpPort":                freePort(t), // HTTP-01: nothing listens there
+		"tlsPort":                 mustAtoi(t, bridgePort),
+		"ocspResponderURL":        "",
+		// Seconds; pebble 2.4 reads this field.
+		"certificateValidityPeriod":      acmeCertLifetime,
+		"externalAccountBindingRequired": false,
+	}}
+	configFile := filepath.Join(dir, "pebble.json")
+	b, _ := json.Marshal(config)
+	if err := os.WriteFile(configFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "pebble", pebbleBin, []string{
+		"PEBBLE_VA_NOSLEEP=1",      // validate at once, not after up to 15 s
+		"PEBBLE_WFE_NONCEREJECT=0", // no random badNonce errors
+		"PEBBLE_AUTHZREUSE=0",      // every order, renewals too, is validated afresh
+	}, "-config", configFile, "-dnsserver", dnsAddr, "-strict=false")
+	waitListening(t, acmeAddr, 20*time.Second)
+	waitListening(t, mgmtAddr, 20*time.Second)
+	p.waitOutput(t, regexp.MustCompile(`validity period of (\d+) seconds`), 10*time.Second)
+	return &pebbleServer{proc: p, directory: "https://" + acmeAddr + "/dir", mgmtAddr: mgmtAddr, rootFile: rootFile}
 }
 
 // fetchFace visits the bridge as https://acmeDomain/ trusting only root,
