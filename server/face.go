@@ -238,9 +238,11 @@ func (f *face) obtainCertificate(log *slog.Logger) {
 			"error", err.Error())
 		return
 	}
+	expires := "unknown"
 	if cert.Leaf != nil {
-		log.Info("certificate ready", "name", f.domain, "expires", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		expires = cert.Leaf.NotAfter.UTC().Format(time.RFC3339)
 	}
+	log.Info("certificate ready", "name", f.domain, "expires", expires)
 }
 
 // siteHandler returns the site's content: a reverse proxy, a directory, or
