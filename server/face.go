@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/mirage-pt/mirage/transport"
@@ -25,6 +27,8 @@ import (
 // strangers meet.
 type faceOptions struct {
 	domain   string   // ACME certificate for this name
+	acmeDir  string   // ACME directory URL; "" means Let's Encrypt
+	acmeRoot string   // PEM file of roots the ACME server's HTTPS chains to; "" means the system's
 	certFile string   // certificate files
 	keyFile  string   //
 	cover    string   // host:port of a site to borrow
@@ -40,6 +44,8 @@ type face struct {
 	cover    *transport.CoverFace
 	names    []string
 	warnings []string
+	acme     *autocert.Manager // -domain: gets and renews the certificate
+	domain   string
 }
 
 // Files of the self-signed site face in the state directory.
@@ -74,6 +80,15 @@ func (o *faceOptions) check() error {
 	if o.upstream != "" && o.www != "" {
 		return errors.New("choose one site content: -upstream or -www")
 	}
+	if (o.acmeDir != "" || o.acmeRoot != "") && o.domain == "" {
+		return errors.New("-acme-directory and -acme-root choose where -domain gets its certificate: give -domain too")
+	}
+	if o.acmeDir != "" {
+		// RFC 8555 §6.1: ACME runs over HTTPS only.
+		if u, err := url.Parse(o.acmeDir); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("-acme-directory %q: want the https:// URL of an ACME directory, e.g. https://acme-v02.api.letsencrypt.org/directory", o.acmeDir)
+		}
+	}
 	return nil
 }
 
@@ -107,13 +122,13 @@ func buildFace(o faceOptions, stateDir string) (*face, error) {
 	var tlsConfig *tls.Config
 	switch {
 	case o.domain != "":
-		m := &autocert.Manager{
-			Prompt:     autocert.AcceptTOS,
-			HostPolicy: autocert.HostWhitelist(o.domain),
-			Cache:      autocert.DirCache(filepath.Join(stateDir, autocertDir)),
+		m, err := acmeManager(o, stateDir)
+		if err != nil {
+			return nil, err
 		}
 		// TLSConfig answers TLS-ALPN-01 challenges on this same port.
 		tlsConfig = m.TLSConfig()
+		f.acme, f.domain = m, o.domain
 		if len(f.names) == 0 {
 			f.names = []string{o.domain}
 		}
@@ -155,6 +170,81 @@ func buildFace(o faceOptions, stateDir string) (*face, error) {
 	return f, nil
 }
 
+// acmeManager gets and renews the certificate for o.domain from Let's
+// Encrypt, or from the ACME server at o.acmeDir, trusting o.acmeRoot for
+// its HTTPS if given (a private or test CA).
+func acmeManager(o faceOptions, stateDir string) (*autocert.Manager, error) {
+	cacheDir := filepath.Join(stateDir, autocertDir)
+	client := &acme.Client{DirectoryURL: autocert.DefaultACMEDirectory}
+	if o.acmeDir != "" {
+		client.DirectoryURL = o.acmeDir
+		// Certificates from another CA go in a cache of their own: a
+		// certificate from a test CA must not be served after the
+		// operator switches to a real one.
+		u, _ := url.Parse(o.acmeDir) // checked in check
+		cacheDir += "-" + strings.NewReplacer(":", "_", "/", "_", "\\", "_").Replace(u.Host)
+	}
+	if o.acmeRoot != "" {
+		pemBytes, err := os.ReadFile(o.acmeRoot)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-root: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("-acme-root %s holds no PEM certificate: give the CA certificate the ACME server's HTTPS chains to", o.acmeRoot)
+		}
+		client.HTTPClient = &http.Client{
+			Transport: &http.Transport{
+				Proxy:               http.ProxyFromEnvironment,
+				TLSClientConfig:     &tls.Config{RootCAs: roots},
+				TLSHandshakeTimeout: 30 * time.Second,
+			},
+			// Bounds each ACME request; the whole order is bounded by
+			// autocert (5 minutes per certificate).
+			Timeout: time.Minute,
+		}
+	}
+	return &autocert.Manager{
+		Prompt:     autocert.AcceptTOS,
+		HostPolicy: autocert.HostWhitelist(o.domain),
+		Cache:      autocert.DirCache(cacheDir),
+		Client:     client,
+	}, nil
+}
+
+// obtainCertificate asks for the -domain certificate as soon as the bridge
+// listens, rather than when the first visitor arrives: a site whose first
+// handshake stalls for seconds while a CA is asked would stand out to a
+// prober who is that first visitor, and the operator learns at once whether
+// ACME works. It returns once the certificate is there or the attempt
+// failed (autocert tries again, a minute later, for the next visitor).
+func (f *face) obtainCertificate(log *slog.Logger) {
+	if f.acme == nil {
+		return
+	}
+	// A hello as a current browser sends it, so that the certificate made
+	// is the ECDSA one browsers and clients get (autocert keeps an RSA one
+	// apart for old clients).
+	cert, err := f.acme.GetCertificate(&tls.ClientHelloInfo{
+		ServerName:        f.domain,
+		CipherSuites:      []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		SupportedCurves:   []tls.CurveID{tls.X25519, tls.CurveP256},
+		SignatureSchemes:  []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedVersions: []uint16{tls.VersionTLS13, tls.VersionTLS12},
+	})
+	if err != nil {
+		log.Warn("could not get a certificate for "+f.domain+" yet; visitors meet a TLS error until one is issued. "+
+			"Check that DNS for the name points at this bridge and that this port is what the name's port 443 reaches",
+			"error", err.Error())
+		return
+	}
+	expires := "unknown"
+	if cert.Leaf != nil {
+		expires = cert.Leaf.NotAfter.UTC().Format(time.RFC3339)
+	}
+	log.Info("certificate ready", "name", f.domain, "expires", expires)
+}
+
 // siteHandler returns the site's content: a reverse proxy, a directory, or
 // the built-in page.
 func siteHandler(o faceOptions) (http.Handler, error) {
@@ -177,9 +267,48 @@ func siteHandler(o faceOptions) (http.Handler, error) {
 		if err != nil || !st.IsDir() {
 			return nil, fmt.Errorf("-www %q is not a directory", o.www)
 		}
-		return http.FileServer(http.Dir(o.www)), nil
+		return http.FileServer(staticDir{http.Dir(o.www)}), nil
 	}
 	return builtinSite{}, nil
+}
+
+// staticDir is the -www directory as the site shows it: files, and
+// directories that have an index.html, and nothing else. A directory listing
+// would show a prober the whole tree, and dotfiles (.git, .env, .htpasswd)
+// are what operators leave in a web root by mistake. Both answer exactly as
+// a missing file does, so a prober cannot even tell that they exist.
+type staticDir struct {
+	dir http.Dir
+}
+
+func (d staticDir) Open(name string) (http.File, error) {
+	// http.FileServer cleans name and starts it with "/"; every element is
+	// checked, so a dot-directory hides everything under it.
+	for _, elem := range strings.Split(name, "/") {
+		if strings.HasPrefix(elem, ".") {
+			return nil, os.ErrNotExist
+		}
+	}
+	f, err := d.dir.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.IsDir() {
+		// http.FileServer serves a directory's index.html and lists the
+		// others: only the first kind is shown.
+		index, err := d.dir.Open(strings.TrimSuffix(name, "/") + "/index.html")
+		if err != nil {
+			f.Close()
+			return nil, os.ErrNotExist
+		}
+		index.Close()
+	}
+	return f, nil
 }
 
 // builtinSite is a small static page, for bridges with nothing else to show.

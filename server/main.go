@@ -79,7 +79,8 @@ Examples:
 
 Under tor (ServerTransportPlugin mirage exec /usr/bin/mirage-server), the
 face is set with ServerTransportOptions: mirage cover=HOST:PORT, domain=NAME,
-cert=FILE key=FILE, sni=NAME, upstream=URL, www=DIR; the bridge line is
+acme-directory=URL acme-root=FILE, cert=FILE key=FILE, sni=NAME, upstream=URL,
+www=DIR; the bridge line is
 written to TOR_PT_STATE_LOCATION/mirage_bridgeline.txt.
 
 Flags:
@@ -105,12 +106,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.stateDir, "state", defaultStateDir(), "directory for the bridge's keys and certificates (kept across restarts)")
 	fs.StringVar(&c.listen, "listen", ":8443", "TCP address to listen on")
 	fs.StringVar(&c.face.domain, "domain", "", "site face with an ACME (Let's Encrypt) certificate for this domain name")
+	fs.StringVar(&c.face.acmeDir, "acme-directory", "", "with -domain: the ACME directory URL to get the certificate from (default: Let's Encrypt)")
+	fs.StringVar(&c.face.acmeRoot, "acme-root", "", "with -acme-directory: PEM file of the CA certificate(s) the ACME server's HTTPS chains to (a private ACME server)")
 	fs.StringVar(&c.face.certFile, "cert", "", "site face with this certificate file (PEM, with -key)")
 	fs.StringVar(&c.face.keyFile, "key", "", "private key file (PEM) for -cert")
 	fs.StringVar(&c.face.cover, "cover", "", "cover face: pass strangers to this HOST:PORT of another HTTPS site")
 	fs.StringVar(&sni, "sni", "", "comma-separated server names clients may send; the first goes into the link (default: the face's name)")
 	fs.StringVar(&c.face.upstream, "upstream", "", "site content: reverse-proxy to this URL (e.g. http://127.0.0.1:8080)")
-	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory")
+	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory (directories need an index.html: no listings; dotfiles are hidden)")
 	fs.StringVar(&c.forward, "forward", "", "send every client stream to this HOST:PORT instead of where the client asks")
 	fs.BoolVar(&c.allowPrivate, "allow-private", false, "let clients reach loopback, private and link-local addresses (unsafe on a shared network)")
 	fs.StringVar(&c.linkHost, "link-host", "", "HOST[:PORT] to put in the link and bridge line (default: this machine's address and the listen port)")
@@ -245,6 +248,8 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.describe())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()
+	// Once the port serves, so the CA's TLS-ALPN-01 check can reach it.
+	go f.obtainCertificate(log)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
@@ -277,6 +282,10 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 			o.cover = v
 		case "domain":
 			o.domain = v
+		case "acme-directory":
+			o.acmeDir = v
+		case "acme-root":
+			o.acmeRoot = v
 		case "cert":
 			o.certFile = v
 		case "key":
@@ -288,7 +297,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 		case "www":
 			o.www = v
 		default:
-			return nil, link.Params{}, fmt.Errorf("ServerTransportOptions: unknown option %q (known: cover, domain, cert, key, sni, upstream, www)", k)
+			return nil, link.Params{}, fmt.Errorf("ServerTransportOptions: unknown option %q (known: cover, domain, acme-directory, acme-root, cert, key, sni, upstream, www)", k)
 		}
 	}
 	state, _, err := keys.LoadOrCreateState(stateDir, nil)
