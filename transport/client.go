@@ -51,7 +51,7 @@ type Session struct {
 
 	// The manager's own state.
 	dials      chan dialResult
-	dialing    []time.Time // starts of dials in flight
+	dialing    []time.Time     // starts of dials in flight
 	handshakes []*atomic.Int64 // when recent dials connected (unix ns), for pacing
 	backoff    time.Duration
 	retryAt    time.Time
