@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/mirage-pt/mirage/localproxy"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -87,8 +88,8 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 		return c, nil
 	}
 	if c.auth != "" {
-		if _, err := parseAuth(c.auth); err != nil {
-			return nil, err
+		if _, err := localproxy.ParseCredentials(c.auth); err != nil {
+			return nil, fmt.Errorf("-auth: %w", err)
 		}
 	}
 	var raw string
@@ -176,7 +177,12 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
 	}
-	p := newProxyServer(client, c.auth, log)
+	creds, err := localproxy.ParseCredentials(c.auth)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Logger: log})
 	log.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "bridge", c.link.Label)
 	// Dial now, so a wrong link shows at start and not at the first app
 	// connection; the proxy runs either way, and retries.
