@@ -22,6 +22,7 @@ import (
 	"github.com/mdp/qrterminal/v3"
 	"golang.org/x/term"
 
+	"github.com/mirage-pt/mirage/egress"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
@@ -47,6 +48,7 @@ type config struct {
 	face          faceOptions
 	forward       string
 	allowPrivate  bool
+	allowSMTP     bool
 	linkHost      string
 	label         string
 	unsafeLogging bool
@@ -113,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory")
 	fs.StringVar(&c.forward, "forward", "", "send every client stream to this HOST:PORT instead of where the client asks")
 	fs.BoolVar(&c.allowPrivate, "allow-private", false, "let clients reach loopback, private and link-local addresses (unsafe on a shared network)")
+	fs.BoolVar(&c.allowSMTP, "allow-smtp", false, "let clients connect to port 25 (SMTP); off by default because open paths to port 25 are found and used for spam within hours")
 	fs.StringVar(&c.linkHost, "link-host", "", "HOST[:PORT] to put in the link and bridge line (default: this machine's address and the listen port)")
 	fs.StringVar(&c.label, "label", "mirage", "label shown for the link in client apps")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log client IP addresses (never do this on a real bridge)")
@@ -225,14 +228,20 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	}
 	printLink(stdout, l)
 
-	eg := newEgress(c.allowPrivate, c.forward, log)
+	eg := egress.New(egress.Config{
+		AllowPrivate:  c.allowPrivate,
+		AllowSMTP:     c.allowSMTP,
+		Forward:       c.forward,
+		Logger:        log,
+		UnsafeLogging: c.unsafeLogging,
+	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
 		ShortIDs:             state.ShortIDs,
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,
-		Handler:              eg.handle,
+		Handler:              eg.Handle,
 		MaxPendingHandshakes: c.maxHandshakes,
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
@@ -242,7 +251,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		ln.Close()
 		return err
 	}
-	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.describe())
+	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.Describe())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()
 	select {
