@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -36,6 +37,8 @@ Examples:
   # Point Telegram, a browser or any app at SOCKS5 (or HTTP proxy) 127.0.0.1:1080:
   mirage-client -listen 127.0.0.1:1080 'mirage://KEY@203.0.113.5:443?sni=www.example.com&id=0123456789abcdef'
   mirage-client -link-file ~/bridge.link
+  # WhatsApp on the phones of a household (192.168.1.10: this computer on the Wi-Fi):
+  mirage-client -whatsapp 192.168.1.10 -link-file ~/bridge.link
   mirage-client check -link-file ~/bridge.link
 
 Under tor (ClientTransportPlugin mirage exec /usr/bin/mirage-client) the
@@ -47,6 +50,10 @@ Flags:
 
 type config struct {
 	listen        string
+	whatsapp      string // IP to open the WhatsApp ports on; "": none
+	waChatPort    int
+	waMediaPort   int
+	waHeader      bool
 	link          *link.Link
 	auth          string
 	target        string
@@ -72,6 +79,10 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	var linkFile, level string
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:1080", "address of the local SOCKS5 + HTTP proxy")
 	fs.StringVar(&linkFile, "link-file", "", "read the mirage:// link from this file")
+	fs.StringVar(&c.whatsapp, "whatsapp", "", "also serve WhatsApp's proxy setting on this IP (127.0.0.1 for this machine, or its LAN address for the phones of a household)")
+	fs.IntVar(&c.waChatPort, "whatsapp-chat-port", localproxy.DefaultWhatsAppChatPort, "-whatsapp: the chat port (leads to g.whatsapp.net:5222)")
+	fs.IntVar(&c.waMediaPort, "whatsapp-media-port", localproxy.DefaultWhatsAppMediaPort, "-whatsapp: the media port (leads to whatsapp.net:443)")
+	fs.BoolVar(&c.waHeader, "whatsapp-proxy-header", false, "-whatsapp: start each chat connection with a PROXY protocol header naming no address")
 	fs.StringVar(&c.auth, "auth", "", "USER:PASS required of local apps (SOCKS5 user/password, HTTP Proxy-Authorization); empty: none")
 	fs.StringVar(&c.target, "target", "www.wikipedia.org:443", "check: the HOST:PORT to open a stream to")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log addresses (for debugging only)")
@@ -86,6 +97,14 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	}
 	if c.showVersion || managed {
 		return c, nil
+	}
+	if c.whatsapp != "" {
+		if _, err := netip.ParseAddr(c.whatsapp); err != nil {
+			return nil, fmt.Errorf("-whatsapp %q: want an IP address to listen on, such as 127.0.0.1 or this computer's LAN address", c.whatsapp)
+		}
+		if !validPort(c.waChatPort) || !validPort(c.waMediaPort) || c.waChatPort == c.waMediaPort {
+			return nil, errors.New("-whatsapp-chat-port and -whatsapp-media-port must be two different ports from 1 to 65535")
+		}
 	}
 	if c.auth != "" {
 		if _, err := localproxy.ParseCredentials(c.auth); err != nil {
@@ -116,6 +135,8 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	c.link = l
 	return c, nil
 }
+
+func validPort(p int) bool { return p > 0 && p < 65536 }
 
 // firstLine returns the first line of s that is not empty or a comment.
 func firstLine(s string) string {
@@ -155,7 +176,7 @@ func main() {
 	case c.check:
 		err = runCheck(ctx, c.link, c.target, os.Stdout)
 	default:
-		err = run(ctx, c, logger)
+		err = run(ctx, c, logger, os.Stdout)
 	}
 	if err != nil {
 		logger.Debug(err.Error())
@@ -166,24 +187,37 @@ func main() {
 	}
 }
 
-// run serves the local proxy until ctx ends.
-func run(ctx context.Context, c *config, log *slog.Logger) error {
+// run serves the local proxy (and the WhatsApp endpoint, if asked for)
+// until ctx ends. What to type into apps goes to stdout.
+func run(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
 	client, err := transport.NewClient(transport.ClientConfig{Address: c.link.Address, Params: c.link.Params, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	creds, err := localproxy.ParseCredentials(c.auth)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
 	}
-	creds, err := localproxy.ParseCredentials(c.auth)
-	if err != nil {
-		ln.Close()
-		return err
+	var wa *localproxy.WhatsApp
+	var chatLn, mediaLn net.Listener
+	if c.whatsapp != "" {
+		chatLn, mediaLn, err = listenWhatsApp(c)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		wa = localproxy.NewWhatsApp(localproxy.WhatsAppConfig{Opener: client, ProxyHeader: c.waHeader, Logger: log})
 	}
 	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Logger: log})
 	log.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "bridge", c.link.Label)
+	if wa != nil {
+		fmt.Fprintf(stdout, "WhatsApp endpoint ready.\n%s\n", whatsAppHelp(c.whatsapp, c.waChatPort, c.waMediaPort))
+	}
 	// Dial now, so a wrong link shows at start and not at the first app
 	// connection; the proxy runs either way, and retries.
 	go func() {
@@ -193,14 +227,74 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 			log.Info("connected to the bridge")
 		}
 	}()
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- p.Serve(ln) }()
+	if wa != nil {
+		go func() { errc <- wa.Serve(chatLn, mediaLn) }()
+	}
 	select {
 	case <-ctx.Done():
-		client.Close() // first: it ends a dial in flight, which handlers may wait on
-		p.Close()
-		return nil
-	case err := <-errc:
-		return err
+		err = nil
+	case err = <-errc:
 	}
+	client.Close() // first: it ends a dial in flight, which handlers may wait on
+	p.Close()
+	if wa != nil {
+		wa.Close()
+	}
+	return err
+}
+
+// listenWhatsApp opens the WhatsApp chat and media ports.
+func listenWhatsApp(c *config) (chat, media net.Listener, err error) {
+	ip := netip.MustParseAddr(c.whatsapp)
+	chat, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waChatPort)).String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("-whatsapp: cannot open the chat port: %w (choose another with -whatsapp-chat-port)", err)
+	}
+	media, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waMediaPort)).String())
+	if err != nil {
+		chat.Close()
+		return nil, nil, fmt.Errorf("-whatsapp: cannot open the media port: %w (choose another with -whatsapp-media-port)", err)
+	}
+	return chat, media, nil
+}
+
+// whatsAppHelp says what to type into WhatsApp. For an unspecified
+// address (0.0.0.0, ::) it names this machine's LAN addresses, which is
+// what the phones must use.
+func whatsAppHelp(listen string, chatPort, mediaPort int) string {
+	ip := netip.MustParseAddr(listen)
+	hosts := []string{ip.String()}
+	if ip.IsUnspecified() {
+		hosts = lanAddresses()
+	}
+	var b strings.Builder
+	switch {
+	case len(hosts) == 1:
+		b.WriteString(localproxy.WhatsAppSettings(hosts[0], chatPort, mediaPort))
+	case len(hosts) == 0:
+		b.WriteString(localproxy.WhatsAppSettings("(this computer's LAN address)", chatPort, mediaPort))
+	default:
+		b.WriteString(localproxy.WhatsAppSettings(hosts[0], chatPort, mediaPort))
+		fmt.Fprintf(&b, "(Proxy address: whichever of %s the phone's network reaches.)\n", strings.Join(hosts, ", "))
+	}
+	if ip.IsLoopback() {
+		b.WriteString("Only apps on this computer can reach 127.0.0.1; for phones on your Wi-Fi, use -whatsapp with this computer's LAN address.\n")
+	} else {
+		b.WriteString("Phones on your network can use it: it leads only to WhatsApp's servers. Your firewall must let them reach these two ports.\n")
+	}
+	return b.String()
+}
+
+// lanAddresses returns this machine's private IPv4 addresses.
+func lanAddresses() []string {
+	var out []string
+	as, _ := net.InterfaceAddrs()
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsPrivate() {
+			out = append(out, p.Addr().String())
+		}
+	}
+	return out
 }

@@ -150,6 +150,11 @@ type Server struct {
 	keepAliveTimeout time.Duration
 	openTimeout      time.Duration
 
+	// forward, if set (NewForwarder), is where every connection goes,
+	// instead of where its SOCKS5 or HTTP request says.
+	forward     *transport.Addr
+	proxyHeader bool // forward: send proxyHeaderUnknown first
+
 	sem      chan struct{} // one slot per app connection being served
 	connIDs  atomic.Uint64
 	lastWarn atomic.Int64 // unix nanoseconds of the last bridge warning
@@ -258,7 +263,11 @@ func (p *Server) Serve(ln net.Listener) error {
 			defer func() { <-sem }()
 			defer p.track(c, false)
 			defer c.Close()
-			p.serveConn(c)
+			if p.forward != nil {
+				p.serveForward(c)
+			} else {
+				p.serveConn(c)
+			}
 		}()
 	}
 }
