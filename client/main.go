@@ -13,8 +13,12 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/mdp/qrterminal/v3"
+	"golang.org/x/term"
 
 	"github.com/mirage-pt/mirage/localproxy"
 	mpt "github.com/mirage-pt/mirage/pt"
@@ -32,6 +36,11 @@ const usageText = `Usage:
 
 LINK is the mirage://KEY@HOST:PORT?sni=NAME&id=ID link the bridge printed;
 instead of an argument it can come from -link-file or $MIRAGE_LINK.
+
+The local proxy requires a user name and password, made on first run and
+kept in -state: it prints them, a tg://socks link that sets up Telegram in
+one tap, and what to type into a browser. (-auth none turns this off, and
+lets any app on the machine find your bridge.)
 
 Examples:
   # Point Telegram, a browser or any app at SOCKS5 (or HTTP proxy) 127.0.0.1:1080:
@@ -55,7 +64,8 @@ type config struct {
 	waMediaPort   int
 	waHeader      bool
 	link          *link.Link
-	auth          string
+	auth          string // "USER:PASS", "none", or "": credentials kept in stateDir
+	stateDir      string
 	target        string
 	unsafeLogging bool
 	logLevel      slog.Level
@@ -83,7 +93,8 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	fs.IntVar(&c.waChatPort, "whatsapp-chat-port", localproxy.DefaultWhatsAppChatPort, "-whatsapp: the chat port (leads to g.whatsapp.net:5222)")
 	fs.IntVar(&c.waMediaPort, "whatsapp-media-port", localproxy.DefaultWhatsAppMediaPort, "-whatsapp: the media port (leads to whatsapp.net:443)")
 	fs.BoolVar(&c.waHeader, "whatsapp-proxy-header", false, "-whatsapp: start each chat connection with a PROXY protocol header naming no address")
-	fs.StringVar(&c.auth, "auth", "", "USER:PASS required of local apps (SOCKS5 user/password, HTTP Proxy-Authorization); empty: none")
+	fs.StringVar(&c.auth, "auth", "", "USER:PASS local apps must give (SOCKS5 user/password, HTTP Proxy-Authorization); default: random ones made once and kept in -state; \"none\": no authentication (other apps can then find the proxy and your bridge)")
+	fs.StringVar(&c.stateDir, "state", defaultStateDir(), "directory where the client keeps its local proxy credentials")
 	fs.StringVar(&c.target, "target", "www.wikipedia.org:443", "check: the HOST:PORT to open a stream to")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log addresses (for debugging only)")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
@@ -106,7 +117,7 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 			return nil, errors.New("-whatsapp-chat-port and -whatsapp-media-port must be two different ports from 1 to 65535")
 		}
 	}
-	if c.auth != "" {
+	if c.auth != "" && c.auth != "none" {
 		if _, err := localproxy.ParseCredentials(c.auth); err != nil {
 			return nil, fmt.Errorf("-auth: %w", err)
 		}
@@ -136,6 +147,17 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	return c, nil
 }
 
+// defaultStateDir is the per-user configuration directory
+// (~/.config/mirage-client on Linux, %AppData%\mirage-client on Windows,
+// ~/Library/Application Support/mirage-client on macOS).
+func defaultStateDir() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "mirage-client-state"
+	}
+	return filepath.Join(dir, "mirage-client")
+}
+
 func validPort(p int) bool { return p > 0 && p < 65536 }
 
 // firstLine returns the first line of s that is not empty or a comment.
@@ -162,7 +184,7 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
+	logger, ownLog, closeLog, err := newLoggers(c, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
 		os.Exit(1)
@@ -176,7 +198,7 @@ func main() {
 	case c.check:
 		err = runCheck(ctx, c.link, c.target, os.Stdout)
 	default:
-		err = run(ctx, c, logger, os.Stdout)
+		err = run(ctx, c, logger, ownLog, os.Stdout)
 	}
 	if err != nil {
 		logger.Debug(err.Error())
@@ -187,15 +209,61 @@ func main() {
 	}
 }
 
+// newLoggers returns the logger for everything (scrubbed unless
+// -unsafe-logging; to -log, stderr, or nowhere in managed mode) and one
+// to the same place that does not scrub, for the lines that name this
+// machine's own listening addresses: those are the user's, not a
+// client's, and a log that says "[scrubbed]" where the proxy listens
+// helps nobody. The returned function closes the log file.
+func newLoggers(c *config, managed bool) (log, own *slog.Logger, closeFn func(), err error) {
+	var w io.Writer = os.Stderr
+	closeFn = func() {}
+	switch {
+	case c.logFile != "":
+		f, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("opening the log file: %w", err)
+		}
+		w, closeFn = f, func() { f.Close() }
+	case managed:
+		w = io.Discard
+	}
+	log = slog.New(safelog.NewHandler(w, c.logLevel, c.unsafeLogging))
+	own = slog.New(safelog.NewHandler(w, c.logLevel, true))
+	return log, own, closeFn, nil
+}
+
+// proxyCredentials returns what local apps must authenticate with: -auth
+// USER:PASS, nothing for -auth none, or else the credentials kept in the
+// state directory (made on first use).
+func proxyCredentials(c *config, log *slog.Logger) (*localproxy.Credentials, error) {
+	switch c.auth {
+	case "none":
+		log.Warn("the local proxy has no password (-auth none): any app on this computer, and anyone who can reach its port, can use your bridge and learn its address")
+		return nil, nil
+	case "":
+		creds, created, err := localproxy.LoadOrCreateCredentials(c.stateDir)
+		if err != nil {
+			return nil, fmt.Errorf("%w (or choose them with -auth USER:PASS)", err)
+		}
+		if created {
+			log.Info("made new local proxy credentials", "file", filepath.Join(c.stateDir, localproxy.CredentialsFile))
+		}
+		return creds, nil
+	}
+	return localproxy.ParseCredentials(c.auth)
+}
+
 // run serves the local proxy (and the WhatsApp endpoint, if asked for)
-// until ctx ends. What to type into apps goes to stdout.
-func run(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) error {
+// until ctx ends. What to type into apps goes to stdout; own logs the
+// lines that name the proxy's own addresses.
+func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer) error {
 	client, err := transport.NewClient(transport.ClientConfig{Address: c.link.Address, Params: c.link.Params, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	creds, err := localproxy.ParseCredentials(c.auth)
+	creds, err := proxyCredentials(c, log)
 	if err != nil {
 		return err
 	}
@@ -214,9 +282,11 @@ func run(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) err
 		wa = localproxy.NewWhatsApp(localproxy.WhatsAppConfig{Opener: client, ProxyHeader: c.waHeader, Logger: log})
 	}
 	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Logger: log})
-	log.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "bridge", c.link.Label)
+	own.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "auth", creds != nil, "bridge", c.link.Label)
+	printProxyHelp(stdout, ln.Addr().(*net.TCPAddr).AddrPort(), creds)
 	if wa != nil {
-		fmt.Fprintf(stdout, "WhatsApp endpoint ready.\n%s\n", whatsAppHelp(c.whatsapp, c.waChatPort, c.waMediaPort))
+		own.Info("WhatsApp endpoint ready", "chat", chatLn.Addr().String(), "media", mediaLn.Addr().String())
+		fmt.Fprintf(stdout, "WhatsApp:\n%s\n", whatsAppHelp(c.whatsapp, c.waChatPort, c.waMediaPort))
 	}
 	// Dial now, so a wrong link shows at start and not at the first app
 	// connection; the proxy runs either way, and retries.
@@ -243,6 +313,46 @@ func run(ctx context.Context, c *config, log *slog.Logger, stdout io.Writer) err
 		wa.Close()
 	}
 	return err
+}
+
+// printProxyHelp says how to point Telegram, a browser and other apps at
+// the proxy at addr: a tg://socks link (and its QR code on a terminal)
+// and the settings to type in.
+func printProxyHelp(w io.Writer, addr netip.AddrPort, creds *localproxy.Credentials) {
+	host := addr.Addr().String()
+	if addr.Addr().IsUnspecified() {
+		if lan := lanAddresses(); len(lan) > 0 {
+			host = lan[0]
+		} else {
+			host = "127.0.0.1"
+		}
+	}
+	port := int(addr.Port())
+	tg := localproxy.TelegramLink(host, port, creds)
+	fmt.Fprintf(w, "Local proxy: %s port %d, SOCKS5 and HTTP on the same port.\n", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, "  User name: %s\n  Password:  %s\n", creds.User, creds.Pass)
+	} else {
+		fmt.Fprintf(w, "  No user name or password (-auth none).\n")
+	}
+	fmt.Fprintf(w, "\nTelegram: open this link on the device Telegram runs on (or scan the QR code), and tap Connect:\n\n  %s\n\n", tg)
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		qrterminal.GenerateHalfBlock(tg, qrterminal.L, w)
+		if addr.Addr().IsLoopback() {
+			fmt.Fprintf(w, "(%s is this computer: the QR code works for a phone only with -listen on this computer's LAN address.)\n", host)
+		}
+	}
+	fmt.Fprintf(w, "Browser: set the HTTP proxy (and the HTTPS proxy, if asked) to %s port %d;", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, " the browser asks for the user name and password once.\n")
+	} else {
+		fmt.Fprintf(w, "\n")
+	}
+	fmt.Fprintf(w, "Other apps: SOCKS5 proxy %s port %d", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, " with the user name and password above")
+	}
+	fmt.Fprintf(w, ".\n\n")
 }
 
 // listenWhatsApp opens the WhatsApp chat and media ports.

@@ -157,9 +157,11 @@ func (p *Server) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 			return err
 		}
 		app.SetReadDeadline(time.Time{})
+		// A request without the credentials learns nothing but that a
+		// proxy wants them: a generic realm, nothing opened.
 		if p.auth != nil && !p.httpAuthOK(req.Header) {
 			writeHTTPError(app, http.StatusProxyAuthRequired, "proxy authentication required",
-				"Proxy-Authenticate", `Basic realm="mirage"`)
+				"Proxy-Authenticate", `Basic realm="proxy"`)
 			return errors.New("http proxy: missing or wrong Proxy-Authorization")
 		}
 		if req.Method == http.MethodConnect {

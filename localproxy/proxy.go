@@ -23,13 +23,11 @@ package localproxy
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,46 +69,6 @@ type StreamOpener interface {
 }
 
 var _ StreamOpener = (*transport.Client)(nil)
-
-// Credentials are the user name and password local apps must give: as
-// SOCKS5 user/password (RFC 1929) or as HTTP Proxy-Authorization: Basic.
-// SOCKS5 carries each part in 1 to 255 bytes (a password may be empty).
-type Credentials struct {
-	User, Pass string
-}
-
-// ParseCredentials parses "USER:PASS" (everything after the first colon
-// is the password); "" means no authentication (nil, nil).
-func ParseCredentials(s string) (*Credentials, error) {
-	if s == "" {
-		return nil, nil
-	}
-	user, pass, ok := strings.Cut(s, ":")
-	if !ok || user == "" {
-		return nil, errors.New("localproxy: credentials want USER:PASS")
-	}
-	c := &Credentials{User: user, Pass: pass}
-	if err := c.check(); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-// check reports credentials that a SOCKS5 app could not send.
-func (a *Credentials) check() error {
-	if a.User == "" || len(a.User) > 255 || len(a.Pass) > 255 {
-		return errors.New("localproxy: the user name must be 1 to 255 bytes and the password at most 255 (SOCKS5 cannot carry more)")
-	}
-	return nil
-}
-
-// ok reports whether user and pass match, in time that does not depend on
-// where they differ.
-func (a *Credentials) ok(user, pass string) bool {
-	u := subtle.ConstantTimeCompare([]byte(user), []byte(a.User))
-	p := subtle.ConstantTimeCompare([]byte(pass), []byte(a.Pass))
-	return u&p == 1
-}
 
 // Config configures a Server. Zero limits mean the defaults.
 type Config struct {
