@@ -69,6 +69,9 @@ an ordinary HTTPS website: its own (the default) or another one it borrows
 to DIR/client.link and the Tor bridge-line arguments to DIR/bridgeline.txt,
 and prints the link (with a QR code on a terminal).
 
+Manage users (a link each, revocable): mirage-server users add|list|revoke
+(see mirage-server users -help).
+
 Examples:
   # Try it out: self-signed site on :8443, link printed.
   mirage-server
@@ -157,6 +160,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "users" {
+		err := runUsers(os.Args[2:], os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mirage-server:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	c, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -206,6 +220,10 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	if created {
 		log.Info("made a new bridge identity", "state", c.stateDir)
 	}
+	users, err := loadUsers(c.stateDir)
+	if err != nil {
+		return err
+	}
 	f, err := buildFace(c.face, c.stateDir)
 	if err != nil {
 		return err
@@ -237,7 +255,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
-		ShortIDs:             state.ShortIDs,
+		ShortIDs:             acceptedShortIDs(state, users),
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,
@@ -304,6 +322,10 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	if err != nil {
 		return nil, link.Params{}, err
 	}
+	users, err := loadUsers(stateDir)
+	if err != nil {
+		return nil, link.Params{}, err
+	}
 	f, err := buildFace(o, stateDir)
 	if err != nil {
 		return nil, link.Params{}, err
@@ -317,7 +339,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	}
 	return &transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
-		ShortIDs:             state.ShortIDs,
+		ShortIDs:             acceptedShortIDs(state, users),
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,
