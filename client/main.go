@@ -10,11 +10,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
+	"github.com/mdp/qrterminal/v3"
+	"golang.org/x/term"
+
+	"github.com/mirage-pt/mirage/localproxy"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -31,10 +37,17 @@ const usageText = `Usage:
 LINK is the mirage://KEY@HOST:PORT?sni=NAME&id=ID link the bridge printed;
 instead of an argument it can come from -link-file or $MIRAGE_LINK.
 
+The local proxy requires a user name and password, made on first run and
+kept in -state: it prints them, a tg://socks link that sets up Telegram in
+one tap, and what to type into a browser. (-auth none turns this off, and
+lets any app on the machine find your bridge.)
+
 Examples:
   # Point Telegram, a browser or any app at SOCKS5 (or HTTP proxy) 127.0.0.1:1080:
   mirage-client -listen 127.0.0.1:1080 'mirage://KEY@203.0.113.5:443?sni=www.example.com&id=0123456789abcdef'
   mirage-client -link-file ~/bridge.link
+  # WhatsApp on the phones of a household (192.168.1.10: this computer on the Wi-Fi):
+  mirage-client -whatsapp 192.168.1.10 -link-file ~/bridge.link
   mirage-client check -link-file ~/bridge.link
 
 Under tor (ClientTransportPlugin mirage exec /usr/bin/mirage-client) the
@@ -46,8 +59,13 @@ Flags:
 
 type config struct {
 	listen        string
+	whatsapp      string // IP to open the WhatsApp ports on; "": none
+	waChatPort    int
+	waMediaPort   int
+	waHeader      bool
 	link          *link.Link
-	auth          string
+	auth          string // "USER:PASS", "none", or "": credentials kept in stateDir
+	stateDir      string
 	target        string
 	unsafeLogging bool
 	logLevel      slog.Level
@@ -71,7 +89,12 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	var linkFile, level string
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:1080", "address of the local SOCKS5 + HTTP proxy")
 	fs.StringVar(&linkFile, "link-file", "", "read the mirage:// link from this file")
-	fs.StringVar(&c.auth, "auth", "", "USER:PASS required of local apps (SOCKS5 user/password, HTTP Proxy-Authorization); empty: none")
+	fs.StringVar(&c.whatsapp, "whatsapp", "", "also serve WhatsApp's proxy setting on this IP (127.0.0.1 for this machine, or its LAN address for the phones of a household)")
+	fs.IntVar(&c.waChatPort, "whatsapp-chat-port", localproxy.DefaultWhatsAppChatPort, "-whatsapp: the chat port (leads to g.whatsapp.net:5222)")
+	fs.IntVar(&c.waMediaPort, "whatsapp-media-port", localproxy.DefaultWhatsAppMediaPort, "-whatsapp: the media port (leads to whatsapp.net:443)")
+	fs.BoolVar(&c.waHeader, "whatsapp-proxy-header", false, "-whatsapp: start each chat connection with a PROXY protocol header naming no address")
+	fs.StringVar(&c.auth, "auth", "", "USER:PASS local apps must give (SOCKS5 user/password, HTTP Proxy-Authorization); default: random ones made once and kept in -state; \"none\": no authentication (other apps can then find the proxy and your bridge)")
+	fs.StringVar(&c.stateDir, "state", defaultStateDir(), "directory where the client keeps its local proxy credentials")
 	fs.StringVar(&c.target, "target", "www.wikipedia.org:443", "check: the HOST:PORT to open a stream to")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log addresses (for debugging only)")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
@@ -86,9 +109,17 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	if c.showVersion || managed {
 		return c, nil
 	}
-	if c.auth != "" {
-		if _, err := parseAuth(c.auth); err != nil {
-			return nil, err
+	if c.whatsapp != "" {
+		if _, err := netip.ParseAddr(c.whatsapp); err != nil {
+			return nil, fmt.Errorf("-whatsapp %q: want an IP address to listen on, such as 127.0.0.1 or this computer's LAN address", c.whatsapp)
+		}
+		if !validPort(c.waChatPort) || !validPort(c.waMediaPort) || c.waChatPort == c.waMediaPort {
+			return nil, errors.New("-whatsapp-chat-port and -whatsapp-media-port must be two different ports from 1 to 65535")
+		}
+	}
+	if c.auth != "" && c.auth != "none" {
+		if _, err := localproxy.ParseCredentials(c.auth); err != nil {
+			return nil, fmt.Errorf("-auth: %w", err)
 		}
 	}
 	var raw string
@@ -116,6 +147,19 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	return c, nil
 }
 
+// defaultStateDir is the per-user configuration directory
+// (~/.config/mirage-client on Linux, %AppData%\mirage-client on Windows,
+// ~/Library/Application Support/mirage-client on macOS).
+func defaultStateDir() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "mirage-client-state"
+	}
+	return filepath.Join(dir, "mirage-client")
+}
+
+func validPort(p int) bool { return p > 0 && p < 65536 }
+
 // firstLine returns the first line of s that is not empty or a comment.
 func firstLine(s string) string {
 	for _, line := range strings.Split(s, "\n") {
@@ -140,7 +184,7 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
+	logger, ownLog, closeLog, err := newLoggers(c, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
 		os.Exit(1)
@@ -154,7 +198,7 @@ func main() {
 	case c.check:
 		err = runCheck(ctx, c.link, c.target, os.Stdout)
 	default:
-		err = run(ctx, c, logger)
+		err = run(ctx, c, logger, ownLog, os.Stdout)
 	}
 	if err != nil {
 		logger.Debug(err.Error())
@@ -165,19 +209,85 @@ func main() {
 	}
 }
 
-// run serves the local proxy until ctx ends.
-func run(ctx context.Context, c *config, log *slog.Logger) error {
+// newLoggers returns the logger for everything (scrubbed unless
+// -unsafe-logging; to -log, stderr, or nowhere in managed mode) and one
+// to the same place that does not scrub, for the lines that name this
+// machine's own listening addresses: those are the user's, not a
+// client's, and a log that says "[scrubbed]" where the proxy listens
+// helps nobody. The returned function closes the log file.
+func newLoggers(c *config, managed bool) (log, own *slog.Logger, closeFn func(), err error) {
+	var w io.Writer = os.Stderr
+	closeFn = func() {}
+	switch {
+	case c.logFile != "":
+		f, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("opening the log file: %w", err)
+		}
+		w, closeFn = f, func() { f.Close() }
+	case managed:
+		w = io.Discard
+	}
+	log = slog.New(safelog.NewHandler(w, c.logLevel, c.unsafeLogging))
+	own = slog.New(safelog.NewHandler(w, c.logLevel, true))
+	return log, own, closeFn, nil
+}
+
+// proxyCredentials returns what local apps must authenticate with: -auth
+// USER:PASS, nothing for -auth none, or else the credentials kept in the
+// state directory (made on first use).
+func proxyCredentials(c *config, log *slog.Logger) (*localproxy.Credentials, error) {
+	switch c.auth {
+	case "none":
+		log.Warn("the local proxy has no password (-auth none): any app on this computer, and anyone who can reach its port, can use your bridge and learn its address")
+		return nil, nil
+	case "":
+		creds, created, err := localproxy.LoadOrCreateCredentials(c.stateDir)
+		if err != nil {
+			return nil, fmt.Errorf("%w (or choose them with -auth USER:PASS)", err)
+		}
+		if created {
+			log.Info("made new local proxy credentials", "file", filepath.Join(c.stateDir, localproxy.CredentialsFile))
+		}
+		return creds, nil
+	}
+	return localproxy.ParseCredentials(c.auth)
+}
+
+// run serves the local proxy (and the WhatsApp endpoint, if asked for)
+// until ctx ends. What to type into apps goes to stdout; own logs the
+// lines that name the proxy's own addresses.
+func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer) error {
 	client, err := transport.NewClient(transport.ClientConfig{Address: c.link.Address, Params: c.link.Params, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	creds, err := proxyCredentials(c, log)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
 	}
-	p := newProxyServer(client, c.auth, log)
-	log.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "bridge", c.link.Label)
+	var wa *localproxy.WhatsApp
+	var chatLn, mediaLn net.Listener
+	if c.whatsapp != "" {
+		chatLn, mediaLn, err = listenWhatsApp(c)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		wa = localproxy.NewWhatsApp(localproxy.WhatsAppConfig{Opener: client, ProxyHeader: c.waHeader, Logger: log})
+	}
+	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Logger: log})
+	own.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "auth", creds != nil, "bridge", c.link.Label)
+	printProxyHelp(stdout, ln.Addr().(*net.TCPAddr).AddrPort(), creds)
+	if wa != nil {
+		own.Info("WhatsApp endpoint ready", "chat", chatLn.Addr().String(), "media", mediaLn.Addr().String())
+		fmt.Fprintf(stdout, "WhatsApp:\n%s\n", whatsAppHelp(c.whatsapp, c.waChatPort, c.waMediaPort))
+	}
 	// Dial now, so a wrong link shows at start and not at the first app
 	// connection; the proxy runs either way, and retries.
 	go func() {
@@ -187,14 +297,114 @@ func run(ctx context.Context, c *config, log *slog.Logger) error {
 			log.Info("connected to the bridge")
 		}
 	}()
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- p.Serve(ln) }()
+	if wa != nil {
+		go func() { errc <- wa.Serve(chatLn, mediaLn) }()
+	}
 	select {
 	case <-ctx.Done():
-		client.Close() // first: it ends a dial in flight, which handlers may wait on
-		p.Close()
-		return nil
-	case err := <-errc:
-		return err
+		err = nil
+	case err = <-errc:
 	}
+	client.Close() // first: it ends a dial in flight, which handlers may wait on
+	p.Close()
+	if wa != nil {
+		wa.Close()
+	}
+	return err
+}
+
+// printProxyHelp says how to point Telegram, a browser and other apps at
+// the proxy at addr: a tg://socks link (and its QR code on a terminal)
+// and the settings to type in.
+func printProxyHelp(w io.Writer, addr netip.AddrPort, creds *localproxy.Credentials) {
+	host := addr.Addr().String()
+	if addr.Addr().IsUnspecified() {
+		if lan := lanAddresses(); len(lan) > 0 {
+			host = lan[0]
+		} else {
+			host = "127.0.0.1"
+		}
+	}
+	port := int(addr.Port())
+	tg := localproxy.TelegramLink(host, port, creds)
+	fmt.Fprintf(w, "Local proxy: %s port %d, SOCKS5 and HTTP on the same port.\n", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, "  User name: %s\n  Password:  %s\n", creds.User, creds.Pass)
+	} else {
+		fmt.Fprintf(w, "  No user name or password (-auth none).\n")
+	}
+	fmt.Fprintf(w, "\nTelegram: open this link on the device Telegram runs on (or scan the QR code), and tap Connect:\n\n  %s\n\n", tg)
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		qrterminal.GenerateHalfBlock(tg, qrterminal.L, w)
+		if addr.Addr().IsLoopback() {
+			fmt.Fprintf(w, "(%s is this computer: the QR code works for a phone only with -listen on this computer's LAN address.)\n", host)
+		}
+	}
+	fmt.Fprintf(w, "Browser: set the HTTP proxy (and the HTTPS proxy, if asked) to %s port %d;", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, " the browser asks for the user name and password once.\n")
+	} else {
+		fmt.Fprintf(w, "\n")
+	}
+	fmt.Fprintf(w, "Other apps: SOCKS5 proxy %s port %d", host, port)
+	if creds != nil {
+		fmt.Fprintf(w, " with the user name and password above")
+	}
+	fmt.Fprintf(w, ".\n\n")
+}
+
+// listenWhatsApp opens the WhatsApp chat and media ports.
+func listenWhatsApp(c *config) (chat, media net.Listener, err error) {
+	ip := netip.MustParseAddr(c.whatsapp)
+	chat, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waChatPort)).String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("-whatsapp: cannot open the chat port: %w (choose another with -whatsapp-chat-port)", err)
+	}
+	media, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waMediaPort)).String())
+	if err != nil {
+		chat.Close()
+		return nil, nil, fmt.Errorf("-whatsapp: cannot open the media port: %w (choose another with -whatsapp-media-port)", err)
+	}
+	return chat, media, nil
+}
+
+// whatsAppHelp says what to type into WhatsApp. For an unspecified
+// address (0.0.0.0, ::) it names this machine's LAN addresses, which is
+// what the phones must use.
+func whatsAppHelp(listen string, chatPort, mediaPort int) string {
+	ip := netip.MustParseAddr(listen)
+	hosts := []string{ip.String()}
+	if ip.IsUnspecified() {
+		hosts = lanAddresses()
+	}
+	var b strings.Builder
+	switch {
+	case len(hosts) == 1:
+		b.WriteString(localproxy.WhatsAppSettings(hosts[0], chatPort, mediaPort))
+	case len(hosts) == 0:
+		b.WriteString(localproxy.WhatsAppSettings("(this computer's LAN address)", chatPort, mediaPort))
+	default:
+		b.WriteString(localproxy.WhatsAppSettings(hosts[0], chatPort, mediaPort))
+		fmt.Fprintf(&b, "(Proxy address: whichever of %s the phone's network reaches.)\n", strings.Join(hosts, ", "))
+	}
+	if ip.IsLoopback() {
+		b.WriteString("Only apps on this computer can reach 127.0.0.1; for phones on your Wi-Fi, use -whatsapp with this computer's LAN address.\n")
+	} else {
+		b.WriteString("Phones on your network can use it: it leads only to WhatsApp's servers. Your firewall must let them reach these two ports.\n")
+	}
+	return b.String()
+}
+
+// lanAddresses returns this machine's private IPv4 addresses.
+func lanAddresses() []string {
+	var out []string
+	as, _ := net.InterfaceAddrs()
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsPrivate() {
+			out = append(out, p.Addr().String())
+		}
+	}
+	return out
 }

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -207,16 +208,57 @@ func startServer(t *testing.T, state string, args ...string) *bridge {
 	return &bridge{proc: p, addr: addr, state: state, link: l}
 }
 
-// startClient runs mirage-client's local proxy for link and returns its
-// address once it listens.
-func startClient(t *testing.T, link string, args ...string) (*proc, string) {
+// localProxy is a running mirage-client's local proxy: its address and
+// the credentials apps must give (empty with -auth none).
+type localProxy struct {
+	addr, user, pass string
+}
+
+// curlSOCKS returns curl's arguments to use the proxy as SOCKS5 with
+// remote DNS, and curlHTTP as an HTTP proxy, with the credentials.
+func (l localProxy) curlSOCKS() []string {
+	return append([]string{"--socks5-hostname", l.addr}, l.curlAuth()...)
+}
+
+func (l localProxy) curlHTTP() []string {
+	return append([]string{"--proxy", "http://" + l.addr}, l.curlAuth()...)
+}
+
+func (l localProxy) curlAuth() []string {
+	if l.user == "" {
+		return nil
+	}
+	return []string{"--proxy-user", l.user + ":" + l.pass}
+}
+
+// startClient runs mirage-client's local proxy for link, with a fresh
+// state directory, and returns it once it listens. Unless args say
+// otherwise (-auth), the proxy requires the credentials the client made
+// on first run, which are read from its state directory as a user would
+// copy them from its output.
+func startClient(t *testing.T, link string, args ...string) (*proc, localProxy) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	all := append([]string{"-listen", addr, "-log-level", "debug"}, args...)
+	state := t.TempDir()
+	all := append([]string{"-listen", addr, "-state", state, "-log-level", "debug"}, args...)
 	all = append(all, link)
 	p := startProc(t, "mirage-client", clientBin, nil, all...)
 	waitListening(t, addr, 20*time.Second)
-	return p, addr
+	lp := localProxy{addr: addr}
+	if !slices.Contains(args, "-auth") {
+		b, err := os.ReadFile(filepath.Join(state, "proxy-auth"))
+		if err != nil {
+			t.Fatalf("mirage-client made no credentials: %v", err)
+		}
+		user, pass, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
+		if !ok {
+			t.Fatalf("credentials file %q", b)
+		}
+		lp.user, lp.pass = user, pass
+		// The tg:// link Telegram imports carries them.
+		p.waitOutput(t, regexp.MustCompile(`tg://socks\?server=127\.0\.0\.1&port=\d+&user=`+user+`&pass=`+pass), 10*time.Second)
+	}
+	return p, lp
 }
 
 // runCmd runs a short command with a timeout and returns its output.

@@ -74,9 +74,14 @@ func TestStandaloneCurl(t *testing.T) {
 	b := startServer(t, state, "-allow-private")
 	client, proxy := startClient(t, b.link)
 	url := "http://" + o.addr + "/blob"
-	curlFetch(t, curl, o, "socks5-hostname", "--socks5-hostname", proxy)
-	curlFetch(t, curl, o, "http proxy", "--proxy", "http://"+proxy)
-	curlFetch(t, curl, o, "http connect", "--proxytunnel", "--proxy", "http://"+proxy)
+	curlFetch(t, curl, o, "socks5-hostname", proxy.curlSOCKS()...)
+	curlFetch(t, curl, o, "http proxy", proxy.curlHTTP()...)
+	curlFetch(t, curl, o, "http connect", append([]string{"--proxytunnel"}, proxy.curlHTTP()...)...)
+	// The log says where the proxy listens (the user's own address, not
+	// a client's).
+	if want := "point apps at SOCKS5 or HTTP proxy " + proxy.addr; !strings.Contains(client.out.String(), want) {
+		t.Errorf("client log lacks %q:\n%s", want, client.out.String())
+	}
 
 	// Restart the bridge on the same address with the same state.
 	b.stop()
@@ -88,7 +93,7 @@ func TestStandaloneCurl(t *testing.T) {
 	waitListening(t, b.addr, 10*time.Second)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, err := runCmd(t, 20*time.Second, curl, "-sS", "--fail", "--max-time", "15", "--socks5-hostname", proxy, url)
+		out, err := runCmd(t, 20*time.Second, curl, append(append([]string{"-sS", "--fail", "--max-time", "15"}, proxy.curlSOCKS()...), url)...)
 		if err == nil && sha256Hex(out) == o.hash {
 			break
 		}
@@ -97,7 +102,7 @@ func TestStandaloneCurl(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	checkNoAddresses(t, client.out.String(), p.out.String(), b.out.String())
+	checkNoAddresses(t, ownAddressLines(client.out.String()), p.out.String(), b.out.String())
 }
 
 // TestStandaloneCurlFaces proves the same path with the two faces an
@@ -117,10 +122,24 @@ func TestStandaloneCurlFaces(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			b := startServer(t, "", append(args(t), "-allow-private")...)
 			_, proxy := startClient(t, b.link)
-			curlFetch(t, curl, o, "socks5-hostname", "--socks5-hostname", proxy)
-			curlFetch(t, curl, o, "http proxy", "--proxy", "http://"+proxy)
+			curlFetch(t, curl, o, "socks5-hostname", proxy.curlSOCKS()...)
+			curlFetch(t, curl, o, "http proxy", proxy.curlHTTP()...)
 		})
 	}
+}
+
+// ownAddressLines drops from a client's output what names its own
+// listening addresses on purpose: the lines saying where the proxy
+// listens and how to configure apps (the tg:// link, the settings).
+func ownAddressLines(out string) string {
+	var keep []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, " ready") || strings.Contains(line, "tg://") || strings.Contains(line, "port ") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "\n")
 }
 
 // ipPortRE finds an IP address with a port in log text.
@@ -153,7 +172,7 @@ func TestEgressPolicy(t *testing.T) {
 	b := startServer(t, "")
 	_, proxy := startClient(t, b.link)
 	start := time.Now()
-	_, err := runCmd(t, 30*time.Second, curl, "-sS", "--max-time", "20", "--socks5-hostname", proxy, "http://"+o.addr+"/blob")
+	_, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "--max-time", "20"}, proxy.curlSOCKS()...), "http://"+o.addr+"/blob")...)
 	if err == nil {
 		t.Fatal("the bridge let a client reach its loopback origin without -allow-private")
 	}
@@ -168,7 +187,7 @@ func TestEgressPolicy(t *testing.T) {
 	b2 := startServer(t, "", "-allow-private")
 	_, proxy2 := startClient(t, b2.link)
 	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	_, err = runCmd(t, 30*time.Second, curl, "-sS", "--max-time", "20", "--socks5-hostname", proxy2, "http://"+closed+"/")
+	_, err = runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "--max-time", "20"}, proxy2.curlSOCKS()...), "http://"+closed+"/")...)
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "refused") && !strings.Contains(err.Error(), "(5)") {
 		t.Fatalf("a closed port: curl error %v, want connection refused", err)
 	}
@@ -194,9 +213,10 @@ func TestUDPAssociate(t *testing.T) {
 		}
 	}()
 	b := startServer(t, "", "-allow-private")
-	_, proxy := startClient(t, b.link)
+	// A hand-written SOCKS5 client without authentication: -auth none.
+	_, proxy := startClient(t, b.link, "-auth", "none")
 
-	ctrl, err := net.DialTimeout("tcp", proxy, 5*time.Second)
+	ctrl, err := net.DialTimeout("tcp", proxy.addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,5 +320,58 @@ func TestClientCheck(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "FAILED") || !strings.Contains(string(out), "key=") {
 		t.Fatalf("check of a wrong key does not say what is wrong:\n%s", out)
+	}
+}
+
+// TestServerUsers proves per-user links with the real binaries: users
+// add gives alice and bob links of their own that work; after users
+// revoke alice (and a restart, until the transport can change its short
+// ids at run time), alice's link meets the face and bob's and the
+// bridge's own still work.
+func TestServerUsers(t *testing.T) {
+	state := t.TempDir()
+	b := startServer(t, state)
+	b.stop()
+	// Restarts keep the address, which the users' links carry.
+	restart := func() *bridge {
+		p := startProc(t, "mirage-server (restarted)", serverBin, nil, "-state", state, "-listen", b.addr, "-log-level", "debug")
+		l := p.waitOutput(t, linkRE, 20*time.Second)
+		waitListening(t, b.addr, 10*time.Second)
+		return &bridge{proc: p, addr: b.addr, state: state, link: l}
+	}
+	userLink := func(name string) string {
+		out, err := runCmd(t, 20*time.Second, serverBin, "users", "add", name, "-state", state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := linkRE.FindString(string(out))
+		if l == "" || l == b.link {
+			t.Fatalf("users add %s printed %q", name, out)
+		}
+		return l
+	}
+	alice, bob := userLink("alice"), userLink("bob")
+	check := func(l string) error {
+		_, err := runCmd(t, 40*time.Second, clientBin, "check", "-target", "127.0.0.1:1", l)
+		return err
+	}
+	b = restart()
+	for name, l := range map[string]string{"alice": alice, "bob": bob, "the bridge": b.link} {
+		if err := check(l); err != nil {
+			t.Fatalf("%s's link: %v", name, err)
+		}
+	}
+	b.stop()
+	if _, err := runCmd(t, 20*time.Second, serverBin, "users", "revoke", "alice", "-state", state); err != nil {
+		t.Fatal(err)
+	}
+	b = restart()
+	if err := check(alice); err == nil {
+		t.Fatal("a revoked user's link still works")
+	}
+	for name, l := range map[string]string{"bob": bob, "the bridge": b.link} {
+		if err := check(l); err != nil {
+			t.Fatalf("%s's link after alice was revoked: %v", name, err)
+		}
 	}
 }

@@ -37,7 +37,8 @@ type ClientOptions struct {
 // each SOCKS connection by opening a stream to the bridge named in the
 // connection's target and bridge-line arguments. All connections to the
 // same bridge with the same arguments share one session. It returns when
-// tor closes stdin, on SIGTERM or SIGINT, or when ctx ends.
+// tor closes stdin or ctx ends (the caller ends ctx on SIGTERM and
+// SIGINT: RunClient installs no signal handler).
 func RunClient(ctx context.Context, opts ClientOptions) error {
 	log := opts.Logger
 	if log == nil {

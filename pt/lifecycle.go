@@ -11,21 +11,19 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 // ManagedMode reports whether tor started this process as a managed
 // pluggable transport.
 func ManagedMode() bool { return os.Getenv("TOR_PT_MANAGED_TRANSPORT_VER") != "" }
 
-// waitForExit blocks until ctx ends, the process gets SIGTERM or SIGINT,
-// or, when tor asks for it with TOR_PT_EXIT_ON_STDIN_CLOSE=1, stdin
-// closes (tor exiting or dying closes it). It returns what ended the wait.
+// waitForExit blocks until ctx ends or, when tor asks for it with
+// TOR_PT_EXIT_ON_STDIN_CLOSE=1, stdin closes (tor exiting or dying closes
+// it). It returns what ended the wait. Signals are the caller's business:
+// a library installs no signal handlers, so the binaries end ctx on
+// SIGTERM and SIGINT (signal.NotifyContext) and an embedding program
+// keeps its own.
 func waitForExit(ctx context.Context, stdin io.Reader) string {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
 	stdinClosed := make(chan struct{})
 	if os.Getenv("TOR_PT_EXIT_ON_STDIN_CLOSE") == "1" && stdin != nil {
 		go func() {
@@ -35,9 +33,10 @@ func waitForExit(ctx context.Context, stdin io.Reader) string {
 	}
 	select {
 	case <-ctx.Done():
+		if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
+			return cause.Error()
+		}
 		return "context done"
-	case s := <-sig:
-		return s.String()
 	case <-stdinClosed:
 		return "stdin closed"
 	}

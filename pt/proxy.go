@@ -4,15 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
+
+	"github.com/mirage-pt/mirage/transport"
 )
 
 // DialFunc opens a connection, as net.Dialer.DialContext does.
@@ -54,13 +54,9 @@ func proxyConn(ctx context.Context, u *url.URL) (net.Conn, func(), error) {
 }
 
 func dialSOCKS5(ctx context.Context, u *url.URL, address string) (net.Conn, error) {
-	host, portStr, err := net.SplitHostPort(address)
+	dst, err := transport.ParseAddr(address)
 	if err != nil {
 		return nil, err
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return nil, fmt.Errorf("bad port in %q", address)
 	}
 	c, clear, err := proxyConn(ctx, u)
 	if err != nil {
@@ -102,45 +98,24 @@ func dialSOCKS5(ctx context.Context, u *url.URL, address string) (net.Conn, erro
 			return fail(errors.New("proxy refused the user name and password"))
 		}
 	}
-	req := []byte{5, 1, 0}
-	if ip := net.ParseIP(host); ip != nil && ip.To4() != nil {
-		req = append(append(req, 1), ip.To4()...)
-	} else if ip != nil {
-		req = append(append(req, 4), ip.To16()...)
-	} else {
-		if len(host) > 255 {
-			return fail(errors.New("host name too long"))
-		}
-		req = append(append(req, 3, byte(len(host))), host...)
+	// The module's one SOCKS5 address codec encodes the destination
+	// and reads the proxy's bound address.
+	req, err := dst.AppendBinary([]byte{5, 1, 0})
+	if err != nil {
+		return fail(err)
 	}
-	req = binary.BigEndian.AppendUint16(req, uint16(port))
 	if _, err := c.Write(req); err != nil {
 		return fail(err)
 	}
-	var hdr [4]byte
+	var hdr [3]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return fail(err)
 	}
 	if hdr[1] != 0 {
 		return fail(fmt.Errorf("proxy answered code %d", hdr[1]))
 	}
-	skip := 0
-	switch hdr[3] {
-	case 1:
-		skip = 4 + 2
-	case 4:
-		skip = 16 + 2
-	case 3:
-		var n [1]byte
-		if _, err := io.ReadFull(c, n[:]); err != nil {
-			return fail(err)
-		}
-		skip = int(n[0]) + 2
-	default:
-		return fail(fmt.Errorf("proxy answered address type %d", hdr[3]))
-	}
-	if _, err := io.CopyN(io.Discard, c, int64(skip)); err != nil {
-		return fail(err)
+	if _, err := transport.ReadAddr(c); err != nil {
+		return fail(fmt.Errorf("reading the bound address: %w", err))
 	}
 	clear()
 	return c, nil

@@ -43,7 +43,9 @@ type ServerOptions struct {
 // address tor asks for, each stream dialed to tor's ORPort through the
 // ExtORPort when tor offers one, so tor learns the client's address and
 // the transport name without Mirage ever logging them. Only the default
-// target (tor) is served: the bridge is no open proxy in this mode.
+// target (tor) is served: the bridge is no open proxy in this mode. It
+// returns when tor closes stdin or ctx ends (the caller ends ctx on
+// SIGTERM and SIGINT: RunServer installs no signal handler).
 func RunServer(ctx context.Context, opts ServerOptions) error {
 	log := opts.Logger
 	if log == nil {

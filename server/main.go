@@ -22,6 +22,7 @@ import (
 	"github.com/mdp/qrterminal/v3"
 	"golang.org/x/term"
 
+	"github.com/mirage-pt/mirage/egress"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
@@ -47,6 +48,7 @@ type config struct {
 	face          faceOptions
 	forward       string
 	allowPrivate  bool
+	allowSMTP     bool
 	linkHost      string
 	label         string
 	unsafeLogging bool
@@ -66,6 +68,9 @@ an ordinary HTTPS website: its own (the default) or another one it borrows
 (-cover). On first run it makes a key pair in -state, writes the client link
 to DIR/client.link and the Tor bridge-line arguments to DIR/bridgeline.txt,
 and prints the link (with a QR code on a terminal).
+
+Manage users (a link each, revocable): mirage-server users add|list|revoke
+(see mirage-server users -help).
 
 Examples:
   # Try it out: self-signed site on :8443, link printed.
@@ -116,6 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.face.www, "www", "", "site content: serve files from this directory (directories need an index.html: no listings; dotfiles are hidden)")
 	fs.StringVar(&c.forward, "forward", "", "send every client stream to this HOST:PORT instead of where the client asks")
 	fs.BoolVar(&c.allowPrivate, "allow-private", false, "let clients reach loopback, private and link-local addresses (unsafe on a shared network)")
+	fs.BoolVar(&c.allowSMTP, "allow-smtp", false, "let clients connect to port 25 (SMTP); off by default because open paths to port 25 are found and used for spam within hours")
 	fs.StringVar(&c.linkHost, "link-host", "", "HOST[:PORT] to put in the link and bridge line (default: this machine's address and the listen port)")
 	fs.StringVar(&c.label, "label", "mirage", "label shown for the link in client apps")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log client IP addresses (never do this on a real bridge)")
@@ -157,6 +163,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "users" {
+		err := runUsers(os.Args[2:], os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mirage-server:", err)
+			os.Exit(2)
+		}
+		return
+	}
 	c, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -206,6 +223,10 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	if created {
 		log.Info("made a new bridge identity", "state", c.stateDir)
 	}
+	users, err := loadUsers(c.stateDir)
+	if err != nil {
+		return err
+	}
 	f, err := buildFace(c.face, c.stateDir)
 	if err != nil {
 		return err
@@ -228,14 +249,20 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	}
 	printLink(stdout, l)
 
-	eg := newEgress(c.allowPrivate, c.forward, log)
+	eg := egress.New(egress.Config{
+		AllowPrivate:  c.allowPrivate,
+		AllowSMTP:     c.allowSMTP,
+		Forward:       c.forward,
+		Logger:        log,
+		UnsafeLogging: c.unsafeLogging,
+	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
-		ShortIDs:             state.ShortIDs,
+		ShortIDs:             acceptedShortIDs(state, users),
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,
-		Handler:              eg.handle,
+		Handler:              eg.Handle,
 		MaxPendingHandshakes: c.maxHandshakes,
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
@@ -245,7 +272,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		ln.Close()
 		return err
 	}
-	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.describe())
+	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.Describe())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()
 	// Once the port serves, so the CA's TLS-ALPN-01 check can reach it.
@@ -304,6 +331,10 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	if err != nil {
 		return nil, link.Params{}, err
 	}
+	users, err := loadUsers(stateDir)
+	if err != nil {
+		return nil, link.Params{}, err
+	}
 	f, err := buildFace(o, stateDir)
 	if err != nil {
 		return nil, link.Params{}, err
@@ -317,7 +348,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	}
 	return &transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
-		ShortIDs:             state.ShortIDs,
+		ShortIDs:             acceptedShortIDs(state, users),
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,

@@ -46,12 +46,18 @@ func (c Command) String() string {
 	return fmt.Sprintf("command(%#x)", byte(c))
 }
 
-// Address types, as in SOCKS5.
+// Address types, as in SOCKS5 (RFC 1928 ATYP).
 const (
 	atypIPv4   = 0x01
 	atypDomain = 0x03
 	atypIPv6   = 0x04
 )
+
+// The address codec (Addr.AppendBinary, ReadAddr) is the one SOCKS5
+// address encoding of the module: stream requests, UDP datagram frames,
+// the local proxy's SOCKS5 requests and UDP headers, and the upstream
+// SOCKS5 proxy dialer all use it, so a fix (such as decoding IPv4-mapped
+// IPv6 as IPv4) lands everywhere at once.
 
 // MaxAddrLen is the longest encoded address: type, length, 255-byte domain, port.
 const MaxAddrLen = 1 + 1 + 255 + 2
@@ -73,7 +79,7 @@ func ParseAddr(hostport string) (Addr, error) {
 		return Addr{}, fmt.Errorf("transport: address %q: bad port", hostport)
 	}
 	a := Addr{Host: host, Port: uint16(p)}
-	if _, err := a.appendTo(nil); err != nil {
+	if _, err := a.AppendBinary(nil); err != nil {
 		return Addr{}, err
 	}
 	return a, nil
@@ -84,8 +90,11 @@ func (a Addr) String() string {
 	return net.JoinHostPort(a.Host, strconv.Itoa(int(a.Port)))
 }
 
-// appendTo appends the wire encoding of a.
-func (a Addr) appendTo(b []byte) ([]byte, error) {
+// AppendBinary appends the SOCKS5 encoding of a (ATYP | ADDR | PORT) to
+// b: an IP literal as IPv4 or IPv6 (an IPv4-mapped IPv6 address as IPv4),
+// anything else as a domain name of 1 to 255 bytes. An IP literal with a
+// zone is encoded as a name, since the wire has no room for a zone.
+func (a Addr) AppendBinary(b []byte) ([]byte, error) {
 	if ip, err := netip.ParseAddr(a.Host); err == nil && ip.Zone() == "" {
 		if ip.Is4() || ip.Is4In6() {
 			v4 := ip.Unmap().As4()
@@ -103,9 +112,13 @@ func (a Addr) appendTo(b []byte) ([]byte, error) {
 	return binary.BigEndian.AppendUint16(b, a.Port), nil
 }
 
-// readAddr reads one encoded address from r. It reads no more than the
-// address, and at most MaxAddrLen bytes.
-func readAddr(r io.Reader) (Addr, error) {
+// ReadAddr reads one SOCKS5-encoded address (ATYP | ADDR | PORT) from r.
+// It reads no more than the address, and at most MaxAddrLen bytes. An
+// IPv4-mapped IPv6 address comes back as IPv4. An unknown address type
+// or an empty host name is a *StatusError carrying the status to answer
+// with (SOCKS5 and stream replies use the same codes); any other error is
+// the reader's.
+func ReadAddr(r io.Reader) (Addr, error) {
 	var buf [MaxAddrLen]byte
 	if _, err := io.ReadFull(r, buf[:1]); err != nil {
 		return Addr{}, err
@@ -132,7 +145,7 @@ func readAddr(r io.Reader) (Addr, error) {
 		}
 		n := int(buf[0])
 		if n == 0 {
-			return Addr{}, errors.New("transport: empty host name in request")
+			return Addr{}, &StatusError{Status: StatusGeneralFailure, Msg: "empty host name"}
 		}
 		if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
 			return Addr{}, err
@@ -162,7 +175,7 @@ func (r Request) MarshalBinary() ([]byte, error) {
 	b := []byte{requestVersion, byte(r.Command)}
 	switch r.Command {
 	case CmdConnect:
-		return r.Addr.appendTo(b)
+		return r.Addr.AppendBinary(b)
 	case CmdDefault, CmdUDP:
 		return b, nil
 	}
@@ -183,7 +196,7 @@ func ReadRequest(r io.Reader) (Request, error) {
 	req := Request{Command: Command(hdr[1])}
 	switch req.Command {
 	case CmdConnect:
-		a, err := readAddr(r)
+		a, err := ReadAddr(r)
 		if err != nil {
 			return Request{}, fmt.Errorf("transport: reading request address: %w", err)
 		}
@@ -280,7 +293,7 @@ const MaxDatagramLen = 65535
 // WriteDatagram writes one framed datagram to w in a single Write.
 func WriteDatagram(w io.Writer, addr Addr, payload []byte) error {
 	b := make([]byte, 2, 2+MaxAddrLen+len(payload))
-	b, err := addr.appendTo(b)
+	b, err := addr.AppendBinary(b)
 	if err != nil {
 		return err
 	}
@@ -309,7 +322,7 @@ func ReadDatagram(r io.Reader, buf []byte) (Addr, []byte, error) {
 		return Addr{}, nil, fmt.Errorf("transport: truncated datagram: %w", err)
 	}
 	fr := &sliceReader{b: frame}
-	addr, err := readAddr(fr)
+	addr, err := ReadAddr(fr)
 	if err != nil {
 		return Addr{}, nil, fmt.Errorf("transport: datagram address: %w", err)
 	}

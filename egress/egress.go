@@ -1,4 +1,28 @@
-package main
+// Package egress is where a bridge sends its clients' streams, and the
+// policy that keeps it from being an open proxy into its own network: the
+// stream handler of a standalone mirage-server, importable so that any
+// program embedding a bridge gets the same rules.
+//
+// In proxy mode (Config.Forward empty) a CONNECT stream goes where its
+// request says and a UDP stream relays datagrams, both within the policy
+// of AllowedIP; in forward mode every stream goes to the one Forward
+// target and nowhere else. The policy, in proxy mode:
+//
+//   - Cloud metadata and control endpoints (169.254.169.254, Azure's
+//     WireServer 168.63.129.16, Alibaba's 100.100.100.200, AWS's
+//     fd00:ec2::254, … : see controlPrefixes) are refused always: they
+//     hand out the machine's credentials to whoever asks from inside it.
+//   - Loopback, private, link-local, CGNAT, multicast, documentation and
+//     reserved ranges, and this machine's own addresses, are refused
+//     unless Config.AllowPrivate.
+//   - TCP port 25 (SMTP) is refused unless Config.AllowSMTP: every open
+//     path to port 25 is found and used for spam within hours, and gets
+//     the bridge's address on block lists.
+//
+// The handler logs no client address, and no destination address unless
+// Config.UnsafeLogging: errors are scrubbed (safelog) before they reach
+// the logger, whatever handler the embedder gives it.
+package egress
 
 import (
 	"context"
@@ -15,20 +39,19 @@ import (
 	"time"
 
 	"github.com/mirage-pt/mirage/transport"
+	"github.com/mirage-pt/mirage/transport/safelog"
 )
-
-// Egress: where a standalone bridge sends its clients' streams. In proxy
-// mode (no -forward) a stream goes where its request says, within the
-// policy of allowedIP; in forward mode every stream goes to the one
-// -forward target and nowhere else.
 
 // Time limits and sizes of the egress.
 const (
-	// dialTimeout bounds resolving a destination and connecting to it.
-	dialTimeout = 10 * time.Second
-	// udpIdleTimeout ends a UDP relay that has carried nothing either
-	// way for this long, as a NAT would forget the mapping.
-	udpIdleTimeout = 2 * time.Minute
+	// DefaultDialTimeout bounds resolving a destination and connecting
+	// to it.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultUDPIdleTimeout ends a UDP relay that has carried nothing
+	// either way for this long, as a NAT would forget the mapping.
+	DefaultUDPIdleTimeout = 2 * time.Minute
+	// smtpPort is refused unless Config.AllowSMTP.
+	smtpPort = 25
 	// udpResolveTimeout bounds the lookup of one datagram's destination.
 	udpResolveTimeout = 5 * time.Second
 	// maxUDPPacket is the largest datagram read from the UDP socket.
@@ -44,6 +67,23 @@ const (
 	// udpNameTTL is how long a cached host name lookup is used.
 	udpNameTTL = time.Minute
 )
+
+// controlPrefixes are cloud metadata and control endpoints, refused even
+// with AllowPrivate: from inside a cloud VM they answer with the
+// machine's credentials, user data and management channels, and nothing
+// a bridge's user needs lives there. Most clouds use 169.254.169.254;
+// the rest are the well-known exceptions.
+var controlPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("169.254.169.254/32"), // instance metadata: AWS, GCP, Azure IMDS, OpenStack, DigitalOcean, Hetzner, Oracle, Huawei …
+	netip.MustParsePrefix("169.254.170.2/32"),   // AWS ECS task metadata and credentials
+	netip.MustParsePrefix("169.254.170.23/32"),  // AWS EKS Pod Identity agent
+	netip.MustParsePrefix("169.254.0.23/32"),    // Tencent Cloud metadata
+	netip.MustParsePrefix("168.63.129.16/32"),   // Azure WireServer: a public address with host powers
+	netip.MustParsePrefix("100.100.100.200/32"), // Alibaba Cloud metadata
+	netip.MustParsePrefix("192.0.0.192/32"),     // Oracle Cloud (OCI) legacy metadata
+	netip.MustParsePrefix("fd00:ec2::/32"),      // AWS over IPv6: metadata fd00:ec2::254, DNS, NTP, EKS fd00:ec2::23
+	netip.MustParsePrefix("fd20:ce::254/128"),   // Google Cloud metadata over IPv6
+}
 
 // refusedPrefixes are the destinations the bridge does not connect to
 // unless -allow-private is given: its own host, the networks it sits in,
@@ -86,47 +126,55 @@ var (
 	sixToFour   = netip.MustParsePrefix("2002::/16")
 )
 
-// allowedIP reports whether the bridge may connect to ip. With
-// allowPrivate everything is allowed; otherwise loopback, private,
+// AllowedIP reports whether the bridge may connect to ip. Cloud metadata
+// and control endpoints (controlPrefixes) are refused always; with
+// allowPrivate everything else is allowed; otherwise loopback, private,
 // link-local, multicast, unspecified, broadcast, CGNAT, benchmarking,
-// documentation and reserved ranges are refused, in any form (IPv4,
-// IPv4-mapped IPv6, NAT64 and 6to4 embeddings of them, with or without
-// a zone).
-func allowedIP(ip netip.Addr, allowPrivate bool) bool {
-	if allowPrivate {
-		return true
-	}
+// documentation and reserved ranges are refused too. Every form of an
+// address is judged as the address it reaches: IPv4-mapped IPv6, the
+// NAT64 and 6to4 embeddings of an IPv4 address, with or without a zone.
+// An invalid address is refused. AllowedIP does not know this machine's
+// own addresses; the stream handler refuses those as well.
+func AllowedIP(ip netip.Addr, allowPrivate bool) bool {
 	if !ip.IsValid() {
 		return false
 	}
 	ip = ip.WithZone("").Unmap()
+	if ip.Is6() {
+		b := ip.As16()
+		switch {
+		case nat64Prefix.Contains(ip):
+			return AllowedIP(netip.AddrFrom4([4]byte(b[12:16])), allowPrivate)
+		case sixToFour.Contains(ip):
+			return AllowedIP(netip.AddrFrom4([4]byte(b[2:6])), allowPrivate)
+		}
+	}
+	for _, p := range controlPrefixes {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	if allowPrivate {
+		return true
+	}
 	for _, p := range refusedPrefixes {
 		if p.Contains(ip) {
 			return false
 		}
 	}
-	if ip.Is6() {
-		b := ip.As16()
-		switch {
-		case nat64Prefix.Contains(ip):
-			return allowedIP(netip.AddrFrom4([4]byte(b[12:16])), false)
-		case sixToFour.Contains(ip):
-			return allowedIP(netip.AddrFrom4([4]byte(b[2:6])), false)
-		}
-	}
 	return true
 }
 
-// allowed applies the policy: allowedIP, and, unless private
+// allowed applies the policy: AllowedIP, and, unless private
 // destinations are allowed, none of this machine's own addresses either:
 // its public address reaches every service bound to all interfaces (the
 // site's upstream, an admin panel) over the loopback interface, past
 // firewall rules written for the outside.
-func (e *egress) allowed(ip netip.Addr) bool {
-	if e.allowPrivate {
-		return true
+func (e *Handler) allowed(ip netip.Addr) bool {
+	if !AllowedIP(ip, e.allowPrivate) {
+		return false
 	}
-	return allowedIP(ip, false) && !e.local.has(ip)
+	return e.allowPrivate || !e.local.has(ip)
 }
 
 // localAddrs is the set of this machine's interface addresses, re-read
@@ -161,56 +209,101 @@ func (l *localAddrs) has(ip netip.Addr) bool {
 // errNotAllowed is a destination refused by the policy.
 var errNotAllowed = errors.New("destination not allowed by the bridge's policy")
 
-// egress handles the streams of a standalone bridge. Its fields are set
-// by newEgress and not changed after; handle is safe for concurrent use.
-type egress struct {
+// Config configures a Handler. The zero value is a proxy to public
+// destinations with the default time limits.
+type Config struct {
+	// AllowPrivate lets clients reach loopback, private, link-local and
+	// the other non-public ranges, and this machine's own addresses
+	// (mirage-server -allow-private). Cloud metadata and control
+	// endpoints stay refused.
+	AllowPrivate bool
+	// AllowSMTP lets clients connect to TCP port 25 (mirage-server
+	// -allow-smtp).
+	AllowSMTP bool
+	// Forward, if not empty, is the HOST:PORT every stream goes to
+	// (mirage-server -forward): only default-target streams are served,
+	// and the target, chosen by the operator, is not subject to the
+	// policy.
+	Forward string
+	// Logger gets events; nil means none.
+	Logger *slog.Logger
+	// UnsafeLogging lets destination addresses into log lines.
+	UnsafeLogging bool
+	// DialTimeout bounds resolving and connecting to a destination
+	// (DefaultDialTimeout if zero).
+	DialTimeout time.Duration
+	// UDPIdleTimeout ends a UDP relay idle for this long
+	// (DefaultUDPIdleTimeout if zero).
+	UDPIdleTimeout time.Duration
+	// Lookup resolves a host name; nil means the system resolver. Tests
+	// set it to answer without DNS.
+	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// Handler handles the streams of a standalone bridge: its Handle method
+// is a transport.ServerConfig.Handler. Its fields are set by New and not
+// changed after; Handle is safe for concurrent use.
+type Handler struct {
 	allowPrivate bool
+	allowSMTP    bool
+	unsafe       bool
 	resolver     *net.Resolver
 	dialer       *net.Dialer
 	forward      string // "": proxy mode; else every stream goes here
 	log          *slog.Logger
 	local        localAddrs // this machine's own addresses
-	// lookup resolves a host name; nil means resolver.LookupNetIP. Tests
-	// set it to answer without DNS.
-	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
-
-	// Time limits; newEgress sets the defaults, tests shorten them.
-	dialTimeout time.Duration
-	udpIdle     time.Duration
+	lookup       func(ctx context.Context, host string) ([]netip.Addr, error)
+	dialTimeout  time.Duration
+	udpIdle      time.Duration
 }
 
-// newEgress returns the stream handler of a standalone bridge: a proxy
-// to requested destinations (forward == "") within the policy of
-// allowedIP, or a forwarder of every stream to forward (HOST:PORT, chosen
-// by the operator and so not subject to the policy).
-func newEgress(allowPrivate bool, forward string, log *slog.Logger) *egress {
+// New returns the stream handler of a standalone bridge: a proxy to
+// requested destinations within the policy (see the package doc), or a
+// forwarder of every stream to cfg.Forward.
+func New(cfg Config) *Handler {
+	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &egress{
-		allowPrivate: allowPrivate,
+	h := &Handler{
+		allowPrivate: cfg.AllowPrivate,
+		allowSMTP:    cfg.AllowSMTP,
+		unsafe:       cfg.UnsafeLogging,
 		resolver:     net.DefaultResolver,
 		dialer:       &net.Dialer{},
-		forward:      forward,
+		forward:      cfg.Forward,
 		log:          log,
-		dialTimeout:  dialTimeout,
-		udpIdle:      udpIdleTimeout,
+		lookup:       cfg.Lookup,
+		dialTimeout:  cfg.DialTimeout,
+		udpIdle:      cfg.UDPIdleTimeout,
 	}
+	if h.dialTimeout <= 0 {
+		h.dialTimeout = DefaultDialTimeout
+	}
+	if h.udpIdle <= 0 {
+		h.udpIdle = DefaultUDPIdleTimeout
+	}
+	return h
 }
 
-// describe says what the egress does, for the start-up log line.
-func (e *egress) describe() string {
+// Describe says what the handler does, for a start-up log line.
+func (e *Handler) Describe() string {
 	switch {
 	case e.forward != "":
 		return "forward every stream to " + e.forward
+	case e.allowPrivate && e.allowSMTP:
+		return "proxy (private and loopback destinations and SMTP port 25 ALLOWED)"
 	case e.allowPrivate:
 		return "proxy (private and loopback destinations ALLOWED)"
+	case e.allowSMTP:
+		return "proxy (public destinations only; SMTP port 25 ALLOWED)"
 	}
 	return "proxy (public destinations only)"
 }
 
-// handle is the transport.ServerConfig.Handler for standalone mode.
-func (e *egress) handle(st *transport.Stream) {
+// Handle serves one stream; it is the transport.ServerConfig.Handler of a
+// standalone bridge.
+func (e *Handler) Handle(st *transport.Stream) {
 	log := e.log.With("session", st.Session, "stream", st.StreamID)
 	var status transport.Status
 	switch cmd := st.Request.Command; {
@@ -234,13 +327,16 @@ func (e *egress) handle(st *transport.Stream) {
 
 // serveTCP connects to forward, or to the requested destination if
 // forward is "", replies, and relays. It returns the status it replied.
-func (e *egress) serveTCP(st *transport.Stream, forward string, log *slog.Logger) transport.Status {
+func (e *Handler) serveTCP(st *transport.Stream, forward string, log *slog.Logger) transport.Status {
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
 	var conn net.Conn
 	var err error
-	if forward != "" {
+	switch {
+	case forward != "":
 		conn, err = e.dialer.DialContext(ctx, "tcp", forward)
-	} else {
+	case st.Request.Addr.Port == smtpPort && !e.allowSMTP:
+		err = errNotAllowed
+	default:
 		conn, err = e.dialAllowed(ctx, st.Request.Addr)
 	}
 	cancel()
@@ -261,7 +357,7 @@ func (e *egress) serveTCP(st *transport.Stream, forward string, log *slog.Logger
 		return transport.StatusOK
 	}
 	if err := transport.Relay(st, conn); err != nil {
-		log.Debug("relay ended", "error", err.Error())
+		log.Debug("relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK
 }
@@ -270,7 +366,7 @@ func (e *egress) serveTCP(st *transport.Stream, forward string, log *slog.Logger
 // policy, or errNotAllowed if any is not: a name that resolves to one
 // public and one private address is refused as a whole, so a DNS answer
 // cannot smuggle a private address past the check.
-func (e *egress) resolveAllowed(ctx context.Context, host string) ([]netip.Addr, error) {
+func (e *Handler) resolveAllowed(ctx context.Context, host string) ([]netip.Addr, error) {
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
@@ -302,7 +398,7 @@ func (e *egress) resolveAllowed(ctx context.Context, host string) ([]netip.Addr,
 // resolved addresses in turn (never to the name, so that what was
 // checked is what is dialled), each try getting a fair share of the time
 // left. It returns the last error if none answers.
-func (e *egress) dialAllowed(ctx context.Context, a transport.Addr) (net.Conn, error) {
+func (e *Handler) dialAllowed(ctx context.Context, a transport.Addr) (net.Conn, error) {
 	ips, err := e.resolveAllowed(ctx, a.Host)
 	if err != nil {
 		return nil, err
@@ -362,7 +458,7 @@ func isTimeout(err error) bool {
 // Replies are let through only from addresses the client has sent to
 // (like a NAT with endpoint-dependent filtering), so a stranger who finds
 // the socket's port cannot push datagrams into the tunnel.
-func (e *egress) serveUDP(st *transport.Stream, log *slog.Logger) transport.Status {
+func (e *Handler) serveUDP(st *transport.Stream, log *slog.Logger) transport.Status {
 	pc, err := net.ListenUDP("udp", nil)
 	if err != nil {
 		log.Warn("cannot open a UDP socket", "error", err.Error())
@@ -382,7 +478,7 @@ func (e *egress) serveUDP(st *transport.Stream, log *slog.Logger) transport.Stat
 		names: make(map[string]cachedName),
 	}
 	if err := r.run(); err != nil {
-		log.Debug("UDP relay ended", "error", err.Error())
+		log.Debug("UDP relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK
 }
@@ -390,7 +486,7 @@ func (e *egress) serveUDP(st *transport.Stream, log *slog.Logger) transport.Stat
 // udpRelay is one UDP stream's relay. Its two goroutines, joined by run,
 // share peers under mu; names belongs to the stream reader alone.
 type udpRelay struct {
-	e   *egress
+	e   *Handler
 	st  *transport.Stream
 	pc  *net.UDPConn
 	log *slog.Logger

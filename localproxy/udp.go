@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"errors"
@@ -55,7 +55,7 @@ func parseUDPHeader(b []byte) (transport.Addr, []byte, error) {
 
 // appendUDPHeader appends the header of a datagram from src.
 func appendUDPHeader(b []byte, src transport.Addr) ([]byte, error) {
-	return appendSOCKSAddr(append(b, 0, 0, 0), src)
+	return src.AppendBinary(append(b, 0, 0, 0))
 }
 
 // byteReader reads from a byte slice and leaves the rest in b.
@@ -72,7 +72,7 @@ func (r *byteReader) Read(p []byte) (int, error) {
 
 // serveUDPAssociate answers a UDP ASSOCIATE request and relays until the
 // control connection c or the stream ends.
-func (p *proxyServer) serveUDPAssociate(c *bufferedConn, req socksRequest, log *slog.Logger) error {
+func (p *Server) serveUDPAssociate(c *bufferedConn, req socksRequest, log *slog.Logger) error {
 	local, ok1 := c.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := c.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {

@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"encoding/binary"
@@ -90,64 +90,20 @@ func readSOCKSRequest(r io.Reader) (socksRequest, error) {
 	return socksRequest{cmd: hdr[1], addr: addr}, nil
 }
 
-// readSOCKSAddr reads ATYP | ADDR | PORT. It reads at most
-// transport.MaxAddrLen bytes.
+// readSOCKSAddr reads ATYP | ADDR | PORT with the module's one address
+// codec (transport.ReadAddr), so an IPv4-mapped IPv6 address is IPv4
+// here as on the bridge. It reads at most transport.MaxAddrLen bytes. An
+// address to answer with a failure reply is a *socksError.
 func readSOCKSAddr(r io.Reader) (transport.Addr, error) {
-	var buf [transport.MaxAddrLen]byte
-	if _, err := io.ReadFull(r, buf[:1]); err != nil {
+	a, err := transport.ReadAddr(r)
+	var se *transport.StatusError
+	switch {
+	case errors.As(err, &se):
+		return transport.Addr{}, &socksError{rep: byte(se.Status), msg: se.Msg}
+	case err != nil:
 		return transport.Addr{}, fmt.Errorf("socks5: reading address: %w", err)
-	}
-	var n int
-	switch buf[0] {
-	case socksAtypIPv4:
-		n = 4
-	case socksAtypIPv6:
-		n = 16
-	case socksAtypDomain:
-		if _, err := io.ReadFull(r, buf[:1]); err != nil {
-			return transport.Addr{}, fmt.Errorf("socks5: reading address: %w", err)
-		}
-		n = int(buf[0])
-		if n == 0 {
-			return transport.Addr{}, &socksError{rep: repGeneralFailure, msg: "empty host name"}
-		}
-	default:
-		return transport.Addr{}, &socksError{rep: repAddrNotSupported, msg: fmt.Sprintf("address type %#x", buf[0])}
-	}
-	atyp := buf[0]
-	if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
-		return transport.Addr{}, fmt.Errorf("socks5: reading address: %w", err)
-	}
-	a := transport.Addr{Port: binary.BigEndian.Uint16(buf[n:])}
-	switch atyp {
-	case socksAtypIPv4:
-		a.Host = netip.AddrFrom4([4]byte(buf[:4])).String()
-	case socksAtypIPv6:
-		a.Host = netip.AddrFrom16([16]byte(buf[:16])).String()
-	default:
-		a.Host = string(buf[:n])
 	}
 	return a, nil
-}
-
-// appendSOCKSAddr appends ATYP | ADDR | PORT for a: an IP literal as IPv4
-// or IPv6 (keeping the form it has), anything else as a domain name.
-func appendSOCKSAddr(b []byte, a transport.Addr) ([]byte, error) {
-	if ip, err := netip.ParseAddr(a.Host); err == nil {
-		if ip.Is4() {
-			v4 := ip.As4()
-			b = append(append(b, socksAtypIPv4), v4[:]...)
-		} else {
-			v6 := ip.As16()
-			b = append(append(b, socksAtypIPv6), v6[:]...)
-		}
-	} else {
-		if len(a.Host) == 0 || len(a.Host) > 255 {
-			return nil, fmt.Errorf("socks5: host name of %d bytes", len(a.Host))
-		}
-		b = append(append(b, socksAtypDomain, byte(len(a.Host))), a.Host...)
-	}
-	return binary.BigEndian.AppendUint16(b, a.Port), nil
 }
 
 // socksReply returns a reply with code rep and the bound address bnd (the
@@ -184,7 +140,7 @@ func socksReplyCode(err error) byte {
 }
 
 // serveSOCKS runs one SOCKS5 connection, whose first byte is 0x05.
-func (p *proxyServer) serveSOCKS(c *bufferedConn, log *slog.Logger) error {
+func (p *Server) serveSOCKS(c *bufferedConn, log *slog.Logger) error {
 	// The greeting, authentication and request share one read deadline
 	// (set by serveConn); each reply gets a write deadline of its own, so
 	// a stuck app cannot hold a slot with unread replies.
@@ -218,7 +174,7 @@ func (p *proxyServer) serveSOCKS(c *bufferedConn, log *slog.Logger) error {
 // socksNegotiate reads the greeting, picks the method and, for
 // user/password, checks the credentials. An error means the connection
 // must be closed; a refusal has already been answered.
-func (p *proxyServer) socksNegotiate(c net.Conn) error {
+func (p *Server) socksNegotiate(c net.Conn) error {
 	var buf [2 + 255]byte
 	if _, err := io.ReadFull(c, buf[:2]); err != nil {
 		return fmt.Errorf("socks5: reading greeting: %w", err)
@@ -256,7 +212,7 @@ func (p *proxyServer) socksNegotiate(c net.Conn) error {
 }
 
 // socksUserPass runs the RFC 1929 subnegotiation.
-func (p *proxyServer) socksUserPass(c net.Conn) error {
+func (p *Server) socksUserPass(c net.Conn) error {
 	var buf [255]byte
 	if _, err := io.ReadFull(c, buf[:2]); err != nil {
 		return fmt.Errorf("socks5: reading user/password: %w", err)
@@ -286,7 +242,7 @@ func (p *proxyServer) socksUserPass(c net.Conn) error {
 
 // socksConnect opens a stream to the requested destination, replies with
 // the bridge's status and relays.
-func (p *proxyServer) socksConnect(c *bufferedConn, req socksRequest, log *slog.Logger) error {
+func (p *Server) socksConnect(c *bufferedConn, req socksRequest, log *slog.Logger) error {
 	st, err := p.openStream(transport.Request{Command: transport.CmdConnect, Addr: req.addr}, log)
 	// Opening may take longer than the handshake's write deadline.
 	c.SetWriteDeadline(time.Now().Add(p.requestTimeout))

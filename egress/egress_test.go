@@ -1,4 +1,4 @@
-package main
+package egress
 
 import (
 	"context"
@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,6 +39,11 @@ func TestMain(m *testing.M) {
 
 // testTimeout bounds every wait in these tests.
 const testTimeout = 10 * time.Second
+
+// newEgress is New with the two settings most tests vary.
+func newEgress(allowPrivate bool, forward string) *Handler {
+	return New(Config{AllowPrivate: allowPrivate, Forward: forward})
+}
 
 func TestAllowedIP(t *testing.T) {
 	for _, tt := range []struct {
@@ -116,16 +123,168 @@ func TestAllowedIP(t *testing.T) {
 		{"2002:a9fe:a9fe::1", false}, // 6to4 of 169.254.169.254
 	} {
 		ip := netip.MustParseAddr(tt.ip)
-		if got := allowedIP(ip, false); got != tt.want {
-			t.Errorf("allowedIP(%s, false) = %v, want %v", tt.ip, got, tt.want)
+		if got := AllowedIP(ip, false); got != tt.want {
+			t.Errorf("AllowedIP(%s, false) = %v, want %v", tt.ip, got, tt.want)
 		}
-		if !allowedIP(ip, true) {
-			t.Errorf("allowedIP(%s, true) = false, want true", tt.ip)
+		if !AllowedIP(ip, true) && !isControl(ip) {
+			t.Errorf("AllowedIP(%s, true) = false, want true", tt.ip)
 		}
 	}
-	if allowedIP(netip.Addr{}, false) {
+	if AllowedIP(netip.Addr{}, false) {
 		t.Error("the zero Addr is allowed")
 	}
+}
+
+// isControl reports a cloud control endpoint, plain or embedded in a
+// NAT64 or 6to4 address.
+func isControl(ip netip.Addr) bool {
+	ip = ip.WithZone("").Unmap()
+	b := ip.As16()
+	switch {
+	case ip.Is6() && nat64Prefix.Contains(ip):
+		ip = netip.AddrFrom4([4]byte(b[12:16]))
+	case ip.Is6() && sixToFour.Contains(ip):
+		ip = netip.AddrFrom4([4]byte(b[2:6]))
+	}
+	for _, p := range controlPrefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAllowedIPCloudControl proves that cloud metadata and control
+// endpoints are refused, in every spelling, even with -allow-private:
+// Azure's WireServer is a public address, and the rest sit in ranges an
+// operator may open with -allow-private (issue 11, Egress).
+func TestAllowedIPCloudControl(t *testing.T) {
+	for _, s := range []string{
+		"169.254.169.254",      // AWS, GCP, Azure, OpenStack, DigitalOcean …
+		"169.254.170.2",        // AWS ECS credentials
+		"169.254.170.23",       // AWS EKS Pod Identity
+		"169.254.0.23",         // Tencent Cloud
+		"168.63.129.16",        // Azure WireServer (public)
+		"100.100.100.200",      // Alibaba Cloud
+		"192.0.0.192",          // Oracle Cloud legacy
+		"fd00:ec2::254",        // AWS IMDS over IPv6
+		"fd00:ec2::23",         // AWS EKS Pod Identity over IPv6
+		"fd20:ce::254",         // Google Cloud over IPv6
+		"::ffff:168.63.129.16", // IPv4-mapped
+		"64:ff9b::a83f:8110",   // NAT64 of 168.63.129.16
+		"2002:a83f:8110::1",    // 6to4 of 168.63.129.16
+		"64:ff9b::6464:64c8",   // NAT64 of 100.100.100.200
+		"fd00:ec2::254%eth0",   // with a zone
+	} {
+		ip := netip.MustParseAddr(s)
+		if AllowedIP(ip, false) {
+			t.Errorf("AllowedIP(%s, false) = true: a cloud control endpoint is reachable", s)
+		}
+		if AllowedIP(ip, true) {
+			t.Errorf("AllowedIP(%s, true) = true: -allow-private opens a cloud control endpoint", s)
+		}
+	}
+	// Neighbours stay as they were.
+	for s, want := range map[string]bool{"168.63.129.15": true, "168.63.129.17": true, "169.254.169.253": false} {
+		if got := AllowedIP(netip.MustParseAddr(s), false); got != want {
+			t.Errorf("AllowedIP(%s, false) = %v, want %v", s, got, want)
+		}
+		if !AllowedIP(netip.MustParseAddr(s), true) {
+			t.Errorf("AllowedIP(%s, true) = false", s)
+		}
+	}
+}
+
+// TestEgressRefusesSMTP proves that a CONNECT to port 25 is refused
+// (StatusNotAllowed, nothing dialled) unless AllowSMTP, even to an
+// otherwise allowed destination, and that AllowSMTP lets it be dialled.
+func TestEgressRefusesSMTP(t *testing.T) {
+	dialled := 0
+	lookup := func(ctx context.Context, host string) ([]netip.Addr, error) {
+		dialled++
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	req := transport.Request{Command: transport.CmdConnect, Addr: transport.Addr{Host: "mail.test", Port: 25}}
+	c, done := runHandler(t, New(Config{AllowPrivate: true, Lookup: lookup}), req)
+	if got := readStatus(t, c); got != transport.StatusNotAllowed {
+		t.Fatalf("CONNECT to port 25: status %v, want not allowed", got)
+	}
+	<-done
+	if dialled != 0 {
+		t.Fatal("port 25 was resolved before being refused")
+	}
+	c, done = runHandler(t, New(Config{AllowPrivate: true, AllowSMTP: true, Lookup: lookup}), req)
+	if got := readStatus(t, c); got == transport.StatusNotAllowed {
+		t.Fatalf("CONNECT to port 25 with AllowSMTP: status %v", got)
+	}
+	<-done
+	if dialled != 1 {
+		t.Fatal("with AllowSMTP, port 25 was not dialled")
+	}
+}
+
+// TestRelayErrorsScrubbed proves that a relay error, which names the
+// destination's address ("read tcp A->B: connection reset by peer"),
+// reaches the logger scrubbed, even one that does not scrub (an embedder's
+// own handler), unless UnsafeLogging (issue 11, Egress).
+func TestRelayErrorsScrubbed(t *testing.T) {
+	for _, unsafe := range []bool{false, true} {
+		// A destination that resets the connection once the request
+		// arrives: the relay ends with an error naming 127.0.0.1.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(testTimeout))
+			c.Read(make([]byte, 1))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}()
+		var buf syncBuffer
+		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		e := New(Config{AllowPrivate: true, Logger: log, UnsafeLogging: unsafe})
+		c, done := runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
+		if got := readStatus(t, c); got != transport.StatusOK {
+			t.Fatalf("status %v", got)
+		}
+		c.Write([]byte("x"))
+		select {
+		case <-done:
+		case <-time.After(testTimeout):
+			t.Fatal("relay did not end on a reset")
+		}
+		ln.Close()
+		out := buf.String()
+		if !strings.Contains(out, "relay ended") {
+			t.Fatalf("no relay error logged:\n%s", out)
+		}
+		if has := strings.Contains(out, "127.0.0.1"); has != unsafe {
+			t.Errorf("UnsafeLogging %v: log names the destination: %v\n%s", unsafe, has, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestStatusFor(t *testing.T) {
@@ -172,7 +331,7 @@ func fakeLookup(table map[string][]string) func(context.Context, string) ([]neti
 }
 
 func TestResolveAllowed(t *testing.T) {
-	e := newEgress(false, "", nil)
+	e := newEgress(false, "")
 	e.lookup = fakeLookup(map[string][]string{
 		"public.example":   {"93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"},
 		"rebind.example":   {"93.184.215.14", "127.0.0.1"},
@@ -235,17 +394,17 @@ func streamPair(t *testing.T, req transport.Request) (*transport.Stream, *net.TC
 	return &transport.Stream{Conn: server, Request: req}, client.(*net.TCPConn)
 }
 
-// runHandler runs e.handle on a stream for req, closing the stream when
+// runHandler runs e.Handle on a stream for req, closing the stream when
 // it returns as the transport does, and returns the client's end and a
 // channel closed when the handler has returned.
-func runHandler(t *testing.T, e *egress, req transport.Request) (*net.TCPConn, <-chan struct{}) {
+func runHandler(t *testing.T, e *Handler, req transport.Request) (*net.TCPConn, <-chan struct{}) {
 	t.Helper()
 	st, client := streamPair(t, req)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		defer st.Close()
-		e.handle(st)
+		e.Handle(st)
 	}()
 	t.Cleanup(func() {
 		client.Close()
@@ -321,7 +480,7 @@ func TestEgressConnect(t *testing.T) {
 		{"unknown name", true, transport.Request{Command: transport.CmdConnect, Addr: transport.Addr{Host: "nowhere.test", Port: 80}}, transport.StatusHostUnreachable},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEgress(tt.allowPrivate, "", nil)
+			e := newEgress(tt.allowPrivate, "")
 			e.lookup = fakeLookup(map[string][]string{"echo.test": {"127.0.0.1"}})
 			c, done := runHandler(t, e, tt.req)
 			if got := readStatus(t, c); got != tt.want {
@@ -359,7 +518,7 @@ func TestEgressCommands(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			// allowPrivate is true so that only the mode can refuse.
-			c, _ := runHandler(t, newEgress(true, tt.forward, nil), tt.req)
+			c, _ := runHandler(t, newEgress(true, tt.forward), tt.req)
 			if got := readStatus(t, c); got != tt.want {
 				t.Fatalf("status %v, want %v", got, tt.want)
 			}
@@ -411,7 +570,7 @@ func TestEgressUDP(t *testing.T) {
 	dst := transport.Addr{Host: "127.0.0.1", Port: echo.Port()}
 
 	t.Run("allowed", func(t *testing.T) {
-		e := newEgress(true, "", nil)
+		e := newEgress(true, "")
 		e.lookup = fakeLookup(map[string][]string{"udp.test": {"127.0.0.1"}})
 		c, done := runHandler(t, e, transport.Request{Command: transport.CmdUDP})
 		if got := readStatus(t, c); got != transport.StatusOK {
@@ -442,7 +601,7 @@ func TestEgressUDP(t *testing.T) {
 
 	t.Run("refused destination dropped", func(t *testing.T) {
 		before := received()
-		c, _ := runHandler(t, newEgress(false, "", nil), transport.Request{Command: transport.CmdUDP})
+		c, _ := runHandler(t, newEgress(false, ""), transport.Request{Command: transport.CmdUDP})
 		if got := readStatus(t, c); got != transport.StatusOK {
 			t.Fatalf("status %v", got)
 		}
@@ -459,7 +618,7 @@ func TestEgressUDP(t *testing.T) {
 	})
 
 	t.Run("idle", func(t *testing.T) {
-		e := newEgress(true, "", nil)
+		e := newEgress(true, "")
 		e.udpIdle = 200 * time.Millisecond
 		c, done := runHandler(t, e, transport.Request{Command: transport.CmdUDP})
 		if got := readStatus(t, c); got != transport.StatusOK {
@@ -482,7 +641,7 @@ func TestEgressUDP(t *testing.T) {
 
 // TestUDPPeerTable checks the bound on remembered destinations.
 func TestUDPPeerTable(t *testing.T) {
-	r := &udpRelay{e: newEgress(false, "", nil), peers: make(map[netip.AddrPort]time.Time)}
+	r := &udpRelay{e: newEgress(false, ""), peers: make(map[netip.AddrPort]time.Time)}
 	for i := range udpMaxPeers {
 		ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{8, 8, byte(i >> 8), byte(i)}), 53)
 		if !r.remember(ap) {
@@ -498,7 +657,7 @@ func TestUDPPeerTable(t *testing.T) {
 	}
 	// Entries idle for longer than the idle timeout make room.
 	for a := range r.peers {
-		r.peers[a] = time.Now().Add(-2 * udpIdleTimeout)
+		r.peers[a] = time.Now().Add(-2 * DefaultUDPIdleTimeout)
 		break
 	}
 	if !r.remember(extra) {
@@ -527,11 +686,11 @@ func selfSignedCert(t *testing.T, name string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
 }
 
-// bridgeSession runs a real bridge on loopback with e.handle as its
+// bridgeSession runs a real bridge on loopback with e.Handle as its
 // stream handler and returns an authenticated session to it: the egress
 // as the binary runs it, under the real handshake, smux and stream
 // requests.
-func bridgeSession(t *testing.T, e *egress) *transport.Session {
+func bridgeSession(t *testing.T, e *Handler) *transport.Session {
 	t.Helper()
 	const sni = "bridge.test"
 	priv, err := keys.GenerateKey(nil)
@@ -544,7 +703,7 @@ func bridgeSession(t *testing.T, e *egress) *transport.Session {
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t, sni)}},
 			Handler:   http.NotFoundHandler(),
 		},
-		Handler: e.handle,
+		Handler: e.Handle,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -583,7 +742,7 @@ func TestEgressThroughBridge(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 
-	private := bridgeSession(t, newEgress(true, "", nil))
+	private := bridgeSession(t, newEgress(true, ""))
 	st, err := private.OpenStream(ctx, connectTo(echo))
 	if err != nil {
 		t.Fatalf("CONNECT to the echo server: %v", err)
@@ -618,7 +777,7 @@ func TestEgressThroughBridge(t *testing.T) {
 	}
 	us.Close()
 
-	public := bridgeSession(t, newEgress(false, "", nil))
+	public := bridgeSession(t, newEgress(false, ""))
 	_, err = public.OpenStream(ctx, connectTo(echo))
 	if !errors.As(err, &se) || se.Status != transport.StatusNotAllowed {
 		t.Fatalf("CONNECT to loopback without -allow-private: %v, want not allowed", err)
@@ -637,8 +796,8 @@ func TestEgressRefusesOwnAddresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEgress(false, "", nil)
-	open := newEgress(true, "", nil)
+	e := newEgress(false, "")
+	open := newEgress(true, "")
 	n := 0
 	for _, a := range as {
 		p, err := netip.ParsePrefix(a.String())

@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"context"
@@ -104,13 +104,17 @@ func startEcho(t *testing.T) string {
 // startProxy serves p on a loopback port and returns its address; the
 // proxy is closed, and its Serve joined, when the test ends.
 // opts adjust the proxy's limits before it serves.
-func startProxy(t *testing.T, opener StreamOpener, auth string, opts ...func(*proxyServer)) (*proxyServer, string) {
+func startProxy(t *testing.T, opener StreamOpener, auth string, opts ...func(*Config)) (*Server, string) {
 	t.Helper()
-	p := newProxyServer(opener, auth, nil)
-	p.requestTimeout = testTimeout
-	for _, o := range opts {
-		o(p)
+	creds, err := ParseCredentials(auth)
+	if err != nil {
+		t.Fatal(err)
 	}
+	cfg := Config{Opener: opener, Auth: creds, RequestTimeout: testTimeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p := NewServer(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -119,8 +123,8 @@ func startProxy(t *testing.T, opener StreamOpener, auth string, opts ...func(*pr
 	go func() { errc <- p.Serve(ln) }()
 	t.Cleanup(func() {
 		p.Close()
-		if err := <-errc; !errors.Is(err, errProxyClosed) {
-			t.Errorf("Serve returned %v, want errProxyClosed", err)
+		if err := <-errc; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 		if f, ok := opener.(*fakeOpener); ok {
 			f.wg.Wait()
@@ -179,29 +183,29 @@ func echoRoundTrip(t *testing.T, c *net.TCPConn, msg string) {
 	}
 }
 
-func TestParseAuth(t *testing.T) {
+func TestParseCredentials(t *testing.T) {
 	long := string(make([]byte, 256))
 	for _, tt := range []struct {
 		in   string
-		want *socksAuth
+		want *Credentials
 		ok   bool
 	}{
 		{"", nil, true},
-		{"user:pass", &socksAuth{"user", "pass"}, true},
-		{"user:pa:ss", &socksAuth{"user", "pa:ss"}, true},
-		{"user:", &socksAuth{"user", ""}, true},
+		{"user:pass", &Credentials{"user", "pass"}, true},
+		{"user:pa:ss", &Credentials{"user", "pa:ss"}, true},
+		{"user:", &Credentials{"user", ""}, true},
 		{"user", nil, false},
 		{":pass", nil, false},
 		{long + ":x", nil, false},
 		{"x:" + long, nil, false},
 	} {
-		got, err := parseAuth(tt.in)
+		got, err := ParseCredentials(tt.in)
 		if (err == nil) != tt.ok {
-			t.Errorf("parseAuth(%.20q) error = %v, want ok %v", tt.in, err, tt.ok)
+			t.Errorf("ParseCredentials(%.20q) error = %v, want ok %v", tt.in, err, tt.ok)
 			continue
 		}
 		if (got == nil) != (tt.want == nil) || got != nil && *got != *tt.want {
-			t.Errorf("parseAuth(%.20q) = %+v, want %+v", tt.in, got, tt.want)
+			t.Errorf("ParseCredentials(%.20q) = %+v, want %+v", tt.in, got, tt.want)
 		}
 	}
 }
@@ -237,8 +241,7 @@ func TestCloseEndsConnections(t *testing.T) {
 // slot instead of being served.
 func TestConnectionLimit(t *testing.T) {
 	echo := startEcho(t)
-	p := newProxyServer(&fakeOpener{}, "", nil)
-	p.maxConns = 1
+	p := NewServer(Config{Opener: &fakeOpener{}, MaxConns: 1})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"bufio"
@@ -129,7 +129,7 @@ func (l *limitedReader) unlimit()      { l.limited = false }
 
 // serveHTTP serves HTTP proxy requests on c until the app or an error
 // ends the connection.
-func (p *proxyServer) serveHTTP(c *bufferedConn, log *slog.Logger) error {
+func (p *Server) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 	// Reads go through a limit that is on while a header is read. c's
 	// buffer holds what serveConn peeked; it is drained through lim.
 	lim := &limitedReader{r: c.r}
@@ -157,9 +157,11 @@ func (p *proxyServer) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 			return err
 		}
 		app.SetReadDeadline(time.Time{})
+		// A request without the credentials learns nothing but that a
+		// proxy wants them: a generic realm, nothing opened.
 		if p.auth != nil && !p.httpAuthOK(req.Header) {
 			writeHTTPError(app, http.StatusProxyAuthRequired, "proxy authentication required",
-				"Proxy-Authenticate", `Basic realm="mirage"`)
+				"Proxy-Authenticate", `Basic realm="proxy"`)
 			return errors.New("http proxy: missing or wrong Proxy-Authorization")
 		}
 		if req.Method == http.MethodConnect {
@@ -174,7 +176,7 @@ func (p *proxyServer) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 }
 
 // httpAuthOK checks Proxy-Authorization: Basic against p.auth.
-func (p *proxyServer) httpAuthOK(h http.Header) bool {
+func (p *Server) httpAuthOK(h http.Header) bool {
 	scheme, cred, ok := strings.Cut(h.Get("Proxy-Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Basic") {
 		return false
@@ -188,7 +190,7 @@ func (p *proxyServer) httpAuthOK(h http.Header) bool {
 }
 
 // httpConnect serves CONNECT: a stream to the authority, then a relay.
-func (p *proxyServer) httpConnect(app *bufferedConn, req *http.Request, log *slog.Logger) error {
+func (p *Server) httpConnect(app *bufferedConn, req *http.Request, log *slog.Logger) error {
 	addr, err := transport.ParseAddr(req.Host)
 	if err != nil {
 		writeHTTPError(app, http.StatusBadRequest, "CONNECT wants host:port")
@@ -211,7 +213,7 @@ func (p *proxyServer) httpConnect(app *bufferedConn, req *http.Request, log *slo
 // httpForward sends one absolute-URI request to its host over a new
 // stream and passes the response back. It reports whether the app
 // connection can carry another request.
-func (p *proxyServer) httpForward(app *bufferedConn, br *bufio.Reader, req *http.Request, log *slog.Logger) (keepAlive bool, err error) {
+func (p *Server) httpForward(app *bufferedConn, br *bufio.Reader, req *http.Request, log *slog.Logger) (keepAlive bool, err error) {
 	if req.URL.Scheme != "http" || req.URL.Host == "" {
 		// Origin-form requests are for servers, not proxies; https://
 		// URLs come through CONNECT.
@@ -336,7 +338,7 @@ func hasBody(req *http.Request) bool {
 // joinWriter waits for the request writer. If it is still busy with a
 // body from the app after the response is done, closing the stream and
 // the app's read deadline stop it.
-func (p *proxyServer) joinWriter(app *bufferedConn, st net.Conn, wrote <-chan error, body bool) error {
+func (p *Server) joinWriter(app *bufferedConn, st net.Conn, wrote <-chan error, body bool) error {
 	select {
 	case err := <-wrote:
 		return err

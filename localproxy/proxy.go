@@ -1,15 +1,33 @@
-package main
+// Package localproxy is the local end of a Mirage client: what apps on the
+// user's machine (or LAN) connect to. Server serves SOCKS5 (CONNECT and
+// UDP ASSOCIATE, with optional RFC 1929 user/password) and an HTTP proxy
+// (CONNECT and absolute-URI requests, with optional Proxy-Authorization:
+// Basic) on one port; Forwarder carries every connection of a port to one
+// fixed destination, which is what WhatsApp's proxy setting needs.
+//
+// Both take their tunnel streams from a StreamOpener (a
+// *transport.Client), so an embedding app or another Go program gets the
+// same front-end, and the same authentication rules, as mirage-client:
+//
+//	client, _ := transport.NewClient(transport.ClientConfig{Address: l.Address, Params: l.Params})
+//	srv := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds})
+//	ln, _ := net.Listen("tcp", "127.0.0.1:1080")
+//	go srv.Serve(ln)
+//	…
+//	client.Close() // first: it ends dials in flight
+//	srv.Close()
+//
+// Nothing here logs an app's or a destination's address.
+package localproxy
 
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,19 +42,19 @@ import (
 
 // Limits of the local proxy.
 const (
-	// defaultMaxConns bounds the app connections served at once; more
+	// DefaultMaxConns bounds the app connections served at once; more
 	// wait in the kernel's backlog.
-	defaultMaxConns = 1024
-	// requestTimeout bounds the reading of a SOCKS5 greeting and request,
+	DefaultMaxConns = 1024
+	// DefaultRequestTimeout bounds the reading of a SOCKS5 greeting and request,
 	// or of an HTTP request header, from a local app.
-	requestTimeout = 30 * time.Second
-	// keepAliveTimeout is how long an HTTP client connection may sit idle
+	DefaultRequestTimeout = 30 * time.Second
+	// DefaultKeepAliveTimeout is how long an HTTP client connection may sit idle
 	// between requests.
-	keepAliveTimeout = 2 * time.Minute
-	// openTimeout bounds OpenStream: a dial of the bridge if there is no
+	DefaultKeepAliveTimeout = 2 * time.Minute
+	// DefaultOpenTimeout bounds OpenStream: a dial of the bridge if there is no
 	// session and the bridge's answer. The transport has shorter limits
 	// of its own for each step; this is the backstop.
-	openTimeout = 60 * time.Second
+	DefaultOpenTimeout = 60 * time.Second
 	// peekBufferSize is the read buffer of an app connection. It only has
 	// to hold a SOCKS5 handshake or one HTTP header line at a time.
 	peekBufferSize = 4 << 10
@@ -52,49 +70,48 @@ type StreamOpener interface {
 
 var _ StreamOpener = (*transport.Client)(nil)
 
-// socksAuth is the user name and password local apps must give: as SOCKS5
-// user/password (RFC 1929) or as HTTP Proxy-Authorization: Basic.
-type socksAuth struct {
-	user, pass string
+// Config configures a Server. Zero limits mean the defaults.
+type Config struct {
+	// Opener opens the tunnel streams; required.
+	Opener StreamOpener
+	// Auth is what apps must authenticate with; nil means no
+	// authentication, which lets every program that can reach the port
+	// use the bridge (and learn its exit address).
+	Auth *Credentials
+	// Logger gets events, never an app's or a destination's address;
+	// nil means none.
+	Logger *slog.Logger
+	// MaxConns bounds the app connections served at once
+	// (DefaultMaxConns); more wait in the kernel's backlog.
+	MaxConns int
+	// RequestTimeout bounds the reading of a SOCKS5 greeting and
+	// request or an HTTP request header (DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	// KeepAliveTimeout is how long an HTTP connection may sit idle
+	// between requests (DefaultKeepAliveTimeout).
+	KeepAliveTimeout time.Duration
+	// OpenTimeout bounds the opening of one stream (DefaultOpenTimeout).
+	OpenTimeout time.Duration
 }
 
-// parseAuth parses "USER:PASS"; "" means no authentication (nil). It is
-// for flag checking: SOCKS5 (RFC 1929) carries each part in 1 to 255 bytes.
-func parseAuth(s string) (*socksAuth, error) {
-	if s == "" {
-		return nil, nil
-	}
-	user, pass, ok := strings.Cut(s, ":")
-	if !ok || user == "" {
-		return nil, errors.New("proxy auth wants USER:PASS")
-	}
-	if len(user) > 255 || len(pass) > 255 {
-		return nil, errors.New("proxy auth: user name and password must be at most 255 bytes each (SOCKS5 cannot carry more)")
-	}
-	return &socksAuth{user: user, pass: pass}, nil
-}
-
-// ok reports whether user and pass match, in time that does not depend on
-// where they differ.
-func (a *socksAuth) ok(user, pass string) bool {
-	u := subtle.ConstantTimeCompare([]byte(user), []byte(a.user))
-	p := subtle.ConstantTimeCompare([]byte(pass), []byte(a.pass))
-	return u&p == 1
-}
-
-// proxyServer is the local SOCKS5 + HTTP proxy. Create it with
-// newProxyServer; Serve and Close are safe for concurrent use. Close
-// closes every listener and app connection and waits for their handlers.
-type proxyServer struct {
+// Server is the local SOCKS5 + HTTP proxy. Create it with NewServer;
+// Serve and Close are safe for concurrent use. Close closes every
+// listener and app connection and waits for their handlers.
+type Server struct {
 	opener StreamOpener
-	auth   *socksAuth // nil: no authentication
+	auth   *Credentials // nil: no authentication
 	log    *slog.Logger
 
-	// Limits; newProxyServer sets the defaults, tests shorten them.
+	// Limits, from Config or the defaults.
 	maxConns         int
 	requestTimeout   time.Duration
 	keepAliveTimeout time.Duration
 	openTimeout      time.Duration
+
+	// forward, if set (NewForwarder), is where every connection goes,
+	// instead of where its SOCKS5 or HTTP request says.
+	forward     *transport.Addr
+	proxyHeader bool // forward: send proxyHeaderUnknown first
 
 	sem      chan struct{} // one slot per app connection being served
 	connIDs  atomic.Uint64
@@ -110,29 +127,28 @@ type proxyServer struct {
 	closed    bool
 }
 
-// newProxyServer returns a proxy that opens its streams with opener. auth
-// is "USER:PASS" to require of apps, or "" for none (check it with
-// parseAuth first: here everything before the first colon is the user and
-// the rest the password, whatever their lengths, and a SOCKS5 app cannot
-// send an empty or over-long part). log gets no app or destination address.
-func newProxyServer(opener StreamOpener, auth string, log *slog.Logger) *proxyServer {
-	var a *socksAuth
-	if auth != "" {
-		user, pass, _ := strings.Cut(auth, ":")
-		a = &socksAuth{user: user, pass: pass}
+// NewServer returns a proxy that opens its streams with cfg.Opener. It
+// panics if cfg.Auth holds credentials a SOCKS5 app cannot send (check
+// them with ParseCredentials).
+func NewServer(cfg Config) *Server {
+	if cfg.Auth != nil {
+		if err := cfg.Auth.check(); err != nil {
+			panic(err)
+		}
 	}
+	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &proxyServer{
-		opener:           opener,
-		auth:             a,
+	return &Server{
+		opener:           cfg.Opener,
+		auth:             cfg.Auth,
 		log:              log,
-		maxConns:         defaultMaxConns,
-		requestTimeout:   requestTimeout,
-		keepAliveTimeout: keepAliveTimeout,
-		openTimeout:      openTimeout,
+		maxConns:         orDefault(cfg.MaxConns, DefaultMaxConns),
+		requestTimeout:   orDefault(cfg.RequestTimeout, DefaultRequestTimeout),
+		keepAliveTimeout: orDefault(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
+		openTimeout:      orDefault(cfg.OpenTimeout, DefaultOpenTimeout),
 		ctx:              ctx,
 		cancel:           cancel,
 		listeners:        make(map[net.Listener]struct{}),
@@ -140,16 +156,24 @@ func newProxyServer(opener StreamOpener, auth string, log *slog.Logger) *proxySe
 	}
 }
 
-// errProxyClosed is returned by Serve after Close.
-var errProxyClosed = errors.New("local proxy closed")
+// orDefault returns v, or def if v is not positive.
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("localproxy: closed")
 
 // Serve accepts app connections on ln until ln fails or the proxy is
-// closed; it returns errProxyClosed after Close.
-func (p *proxyServer) Serve(ln net.Listener) error {
+// closed; it returns ErrServerClosed after Close.
+func (p *Server) Serve(ln net.Listener) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return errProxyClosed
+		return ErrServerClosed
 	}
 	if p.sem == nil {
 		p.sem = make(chan struct{}, max(p.maxConns, 1))
@@ -169,13 +193,13 @@ func (p *proxyServer) Serve(ln net.Listener) error {
 		select {
 		case sem <- struct{}{}:
 		case <-p.ctx.Done():
-			return errProxyClosed
+			return ErrServerClosed
 		}
 		c, err := ln.Accept()
 		if err != nil {
 			<-sem
 			if p.ctx.Err() != nil {
-				return errProxyClosed
+				return ErrServerClosed
 			}
 			var t interface{ Temporary() bool }
 			if errors.As(err, &t) && t.Temporary() {
@@ -190,14 +214,18 @@ func (p *proxyServer) Serve(ln net.Listener) error {
 		if !p.track(c, true) {
 			c.Close()
 			<-sem
-			return errProxyClosed
+			return ErrServerClosed
 		}
 		go func() {
 			defer p.wg.Done()
 			defer func() { <-sem }()
 			defer p.track(c, false)
 			defer c.Close()
-			p.serveConn(c)
+			if p.forward != nil {
+				p.serveForward(c)
+			} else {
+				p.serveConn(c)
+			}
 		}()
 	}
 }
@@ -206,7 +234,7 @@ func (p *proxyServer) Serve(ln net.Listener) error {
 // reports false when adding to a closed proxy. Adding also counts the
 // handler in wg, under mu, so that Close's Wait sees every handler
 // started before it.
-func (p *proxyServer) track(c net.Conn, add bool) bool {
+func (p *Server) track(c net.Conn, add bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !add {
@@ -223,7 +251,7 @@ func (p *proxyServer) track(c net.Conn, add bool) bool {
 
 // Close stops the listeners, closes every app connection and waits for
 // the handlers to return. It does not close the opener.
-func (p *proxyServer) Close() error {
+func (p *Server) Close() error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -244,7 +272,7 @@ func (p *proxyServer) Close() error {
 
 // serveConn tells SOCKS5 from HTTP by the first byte and serves the
 // connection. The caller closes c.
-func (p *proxyServer) serveConn(c net.Conn) {
+func (p *Server) serveConn(c net.Conn) {
 	id := p.connIDs.Add(1)
 	log := p.log.With("conn", id)
 	c.SetReadDeadline(time.Now().Add(p.requestTimeout))
@@ -270,7 +298,7 @@ func (p *proxyServer) serveConn(c net.Conn) {
 
 // openStream opens a tunnel stream under the proxy's time limit, and logs
 // a failure to reach the bridge (as opposed to the bridge's refusal).
-func (p *proxyServer) openStream(req transport.Request, log *slog.Logger) (net.Conn, error) {
+func (p *Server) openStream(req transport.Request, log *slog.Logger) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.openTimeout)
 	defer cancel()
 	st, err := p.opener.OpenStream(ctx, req)

@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"bufio"
@@ -203,7 +203,7 @@ func TestHTTPForward(t *testing.T) {
 func TestHTTPKeepAliveTimeout(t *testing.T) {
 	_, origin := startOrigin(t)
 	f := &fakeOpener{routes: map[string]string{"www.example:80": origin}}
-	_, addr := startProxy(t, f, "", func(p *proxyServer) { p.keepAliveTimeout = 100 * time.Millisecond })
+	_, addr := startProxy(t, f, "", func(c *Config) { c.KeepAliveTimeout = 100 * time.Millisecond })
 	c := dialProxy(t, addr)
 	br := bufio.NewReader(c)
 	io.WriteString(c, "GET http://www.example/echo HTTP/1.1\r\nHost: www.example\r\n\r\n")

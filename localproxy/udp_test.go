@@ -1,4 +1,4 @@
-package main
+package localproxy
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ func udpAssociate(t *testing.T, proxy string, announce []byte) (*net.TCPConn, *n
 // udpDatagram builds a datagram with the SOCKS UDP header.
 func udpDatagram(t *testing.T, frag byte, dst transport.Addr, payload string) []byte {
 	t.Helper()
-	b, err := appendSOCKSAddr([]byte{0, 0, frag}, dst)
+	b, err := dst.AppendBinary([]byte{0, 0, frag})
 	if err != nil {
 		t.Fatal(err)
 	}
