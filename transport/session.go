@@ -166,6 +166,7 @@ type carrier struct {
 	peerRetired bool // the peer sent RETIRE
 	needSeek    bool // the next DATA we send on it needs a SEEK first
 	rpos        uint64
+	skipGap     bool // a gap timed out: drop DATA beyond it until a SEEK
 }
 
 // spent returns the larger share of the budget used by either direction.
@@ -246,7 +247,13 @@ func (s *sessionConn) ackedTo(off uint64) error {
 	}
 	s.acked = off
 	if s.next < off {
+		// The peer has bytes we have not sent on this carrier (another
+		// carrier delivered them before it died): skip them, and tell
+		// the receiver where the next DATA starts.
 		s.next = off
+		for _, c := range s.carriers {
+			c.needSeek = true
+		}
 	}
 	s.cond.Broadcast()
 	return nil
@@ -457,6 +464,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			s.receive(c, body)
 		case frameSeek:
 			c.rpos = binary.BigEndian.Uint64(body)
+			c.skipGap = false
 		case frameAck:
 			if err := s.ackedTo(binary.BigEndian.Uint64(body)); err != nil {
 				s.carrierEnded(c, err)
@@ -508,6 +516,15 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 	if off > s.recvd {
 		// Bytes before these are still on their way on another carrier,
 		// or were lost with it. Wait for them a little.
+		if c.skipGap {
+			// Already asked to resend: wait for the SEEK, asking again
+			// now and then in case the request was lost.
+			if time.Since(s.resendAskedAt) > gapWait {
+				s.resendDue, s.resendFrom, s.resendAskedAt = true, s.recvd, time.Now()
+				s.cond.Broadcast()
+			}
+			return
+		}
 		deadline := time.Now().Add(gapWait)
 		t := time.AfterFunc(gapWait, func() {
 			s.mu.Lock()
@@ -519,6 +536,7 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 		}
 		t.Stop()
 		if off > s.recvd {
+			c.skipGap = true
 			if !c.dead && !s.closed && (s.resendFrom != s.recvd || time.Since(s.resendAskedAt) > gapWait) {
 				s.resendDue, s.resendFrom, s.resendAskedAt = true, s.recvd, time.Now()
 				s.cond.Broadcast()
