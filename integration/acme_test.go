@@ -77,7 +77,7 @@ func TestACMESiteFace(t *testing.T) {
 	}
 	_, proxy := startClient(t, link)
 	o := startOrigin(t, 1<<20)
-	curlFetch(t, curl, o, "through the ACME bridge", "--socks5-hostname", proxy)
+	curlFetch(t, curl, o, "through the ACME bridge", proxy.curlSOCKS()...)
 
 	// Renewal: keep visiting the site until it shows a new certificate.
 	// Every visit meanwhile must succeed.
@@ -103,9 +103,9 @@ func TestACMESiteFace(t *testing.T) {
 	}
 	// The session from before may have ended or not: either way streams
 	// still go through.
-	curlFetch(t, curl, o, "through the ACME bridge after renewal", "--socks5-hostname", proxy)
+	curlFetch(t, curl, o, "through the ACME bridge after renewal", proxy.curlSOCKS()...)
 	_, proxy2 := startClient(t, link)
-	curlFetch(t, curl, o, "a new client after renewal", "--socks5-hostname", proxy2)
+	curlFetch(t, curl, o, "a new client after renewal", proxy2.curlSOCKS()...)
 }
 
 // TestACMEManagedMode: under tor, ServerTransportOptions domain=,
