@@ -11,6 +11,7 @@ import (
 
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/ratelimit"
 	"github.com/mirage-pt/mirage/transport/replay"
 )
 
@@ -34,10 +35,6 @@ const (
 	// holds at most a few MiB of buffers, and only while its client is
 	// sending or receiving.
 	DefaultMaxSessions = 4096
-	// replayFilterSize is how many tags the default replay filter holds per
-	// generation: far more authenticated handshakes than one bridge sees in
-	// a few minutes.
-	replayFilterSize = 1 << 16
 )
 
 // ClientConfig says how to reach and authenticate one bridge.
@@ -148,8 +145,17 @@ type ServerConfig struct {
 	// DefaultMaxPendingHandshakes.
 	MaxPendingHandshakes int
 	// ReplayFilter remembers accepted tags. nil means a new filter that
-	// remembers each tag for twice MaxClockSkew.
+	// remembers each tag for twice MaxClockSkew, sized for the handshake
+	// rate a bridge can sustain (replay.SizeFor).
 	ReplayFilter *replay.Filter
+	// RateLimiter bounds authenticated handshakes per short id, so one
+	// link holder cannot flood the replay filter. nil means
+	// ratelimit.DefaultRate and DefaultBurst per short id.
+	RateLimiter *ratelimit.Limiter
+	// OnSession, if set, is called when a session opens (open true) and
+	// when it ends, with the short id it authenticated with: for counting
+	// sessions per user. It must not block.
+	OnSession func(shortID keys.ShortID, open bool)
 	// Now is the server's clock. nil means time.Now.
 	Now func() time.Time
 	// Logger receives events, named by session number, never by address.

@@ -30,6 +30,7 @@ var (
 	errUnknownSNI  = errors.New("server name not accepted")
 	errReplayedTag = errors.New("replayed tag")
 	errBeforeStart = errors.New("timestamp before the server started")
+	errRateLimited = errors.New("too many handshakes for this short id")
 )
 
 // serverHandshake is the state of one incoming connection while the server
@@ -42,6 +43,7 @@ type serverHandshake struct {
 	cover    *earlyCover // cover face: the cover connection opened at once
 	key      [auth.KeyLen]byte
 	shortID  keys.ShortID // the authenticated client's
+	tag      []byte       // the hello's tag, recorded when the handshake completes
 }
 
 // classify reads the peer's ClientHello without answering and checks its
@@ -102,19 +104,36 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 		// the start may have been accepted by the previous one.
 		return errBeforeStart
 	}
-	if len(hs.srv.shortIDs) > 0 {
-		if _, ok := hs.srv.shortIDs[p.ShortID]; !ok {
-			return errUnknownID
-		}
+	if !hs.srv.acceptsShortID(p.ShortID) {
+		return errUnknownID
 	}
 	if len(hs.srv.serverNames) > 0 {
 		if _, ok := hs.srv.serverNames[strings.ToLower(ch.ServerName)]; !ok {
 			return errUnknownSNI
 		}
 	}
-	if hs.srv.filter.Seen(ch.SessionID, now) {
+	// With a site face the tag is only looked up here; it is recorded
+	// once its handshake completes (tunnel), which only the key's holder
+	// can do. Recording it now would let a censor that races a copy of a
+	// genuine hello send the genuine connection to the face, and let a
+	// link holder fill the filter with handshakes it never finishes. Both
+	// copies meet the same TLS stack, with the face's deadline, so they
+	// look alike until one finishes. A cover face cannot do that: its
+	// tunnel's TLS is not the cover's, so a copy that went on to it would
+	// show. There the first copy wins, as before.
+	if hs.srv.site == nil {
+		if hs.srv.filter.Seen(ch.SessionID, now) {
+			return errReplayedTag
+		}
+	} else if hs.srv.filter.Has(ch.SessionID, now) {
 		return errReplayedTag
 	}
+	// Looked up before the rate limit, so that replays of a user's
+	// hellos do not spend that user's handshakes.
+	if !hs.srv.limiter.Allow(p.ShortID, now) {
+		return errRateLimited
+	}
+	hs.tag = append([]byte(nil), ch.SessionID...)
 	hs.key = key
 	hs.shortID = p.ShortID
 	return nil
@@ -148,7 +167,9 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 	raw.read.Store(int64(len(hs.consumed)))
 	pc := newPrefixConn(raw, hs.consumed, 0)
 	tc = tls.Server(pc, cfg)
-	deadline := hs.start.Add(hs.srv.cfg.handshakeTimeout())
+	// The face's deadline: a copy of a genuine hello that never finishes
+	// (a replay) is dropped when the website would drop it.
+	deadline := hs.start.Add(hs.srv.helloWait)
 	tc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -160,6 +181,10 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 		// Only a client that sent a TLS 1.3 hello has a tag, so this
 		// cannot happen with a genuine client.
 		return nil, nil, op, proof, ErrNotTLS13
+	}
+	if hs.srv.site != nil && hs.srv.filter.Seen(hs.tag, hs.srv.cfg.now()) {
+		// Another copy of this hello completed first.
+		return nil, nil, op, proof, errReplayedTag
 	}
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/xtaci/smux"
 
 	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/ratelimit"
 	"github.com/mirage-pt/mirage/transport/replay"
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
@@ -26,7 +27,8 @@ import (
 type Server struct {
 	cfg         ServerConfig
 	publicKey   keys.PublicKey
-	shortIDs    map[keys.ShortID]struct{}
+	shortIDs    atomic.Pointer[map[keys.ShortID]struct{}] // nil: any
+	limiter     *ratelimit.Limiter
 	serverNames map[string]struct{}
 	filter      *replay.Filter
 	tunnelTLS   *tls.Config // site face: the site's own config; cover face: nil (per-connection)
@@ -71,11 +73,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if s.maxSessions <= 0 {
 		s.maxSessions = DefaultMaxSessions
 	}
-	if len(cfg.ShortIDs) > 0 {
-		s.shortIDs = make(map[keys.ShortID]struct{})
-		for _, id := range cfg.ShortIDs {
-			s.shortIDs[id] = struct{}{}
-		}
+	s.storeShortIDs(cfg.ShortIDs)
+	s.limiter = cfg.RateLimiter
+	if s.limiter == nil {
+		s.limiter = ratelimit.New(ratelimit.DefaultRate, ratelimit.DefaultBurst, max(ratelimit.DefaultMaxIDs, len(cfg.ShortIDs)))
 	}
 	if len(cfg.ServerNames) > 0 {
 		s.serverNames = make(map[string]struct{})
@@ -85,7 +86,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s.filter = cfg.ReplayFilter
 	if s.filter == nil {
-		s.filter = replay.New(2*cfg.maxClockSkew(), replayFilterSize)
+		ttl := 2 * cfg.maxClockSkew()
+		s.filter = replay.New(ttl, replay.SizeFor(ttl, replay.MaxHandshakeRate))
 	}
 	n := cfg.MaxPendingHandshakes
 	if n <= 0 {
@@ -329,6 +331,9 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	conn.mu.Unlock()
 	s.sessions[op.Session] = sess
 	s.wg.Add(1)
+	if f := s.cfg.OnSession; f != nil {
+		f(shortID, true)
+	}
 	go s.serveSession(sess)
 	log.Debug("session open")
 	return sess, statusResumed
@@ -342,6 +347,9 @@ func (s *Server) serveSession(ss *serverSession) {
 		s.mu.Lock()
 		delete(s.sessions, ss.id)
 		s.mu.Unlock()
+		if f := s.cfg.OnSession; f != nil {
+			f(ss.shortID, false)
+		}
 		ss.log.Debug("session closed")
 	}()
 	sess, id, log := ss.mux, ss.num, ss.log
@@ -398,7 +406,7 @@ func (s *Server) serveSession(ss *serverSession) {
 				<-slots
 				wg.Done()
 			}()
-			s.serveStream(st, sess.CloseChan(), id, log)
+			s.serveStream(st, sess.CloseChan(), id, ss.shortID, log)
 		}()
 	}
 	// The session is over: end it everywhere (which ends every stream,
@@ -442,7 +450,7 @@ func closeWhenIdle(sess *smux.Session, lastActive *atomic.Int64, idle time.Durat
 // lower it.)
 var maxStreamsPerSession = 1024
 
-func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, log *slog.Logger) {
+func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, shortID keys.ShortID, log *slog.Logger) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout()))
 	req, err := ReadRequest(st)
@@ -464,7 +472,7 @@ func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id ui
 		log.Debug("bad stream request", "stream", st.ID(), "error", safelog.Error(err, false))
 		return
 	}
-	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID(), sessionDone: sessionDone}
+	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID(), ShortID: shortID, sessionDone: sessionDone}
 	s.cfg.Handler(stream)
 	if !stream.replied.Load() {
 		stream.Reply(StatusGeneralFailure)
@@ -539,6 +547,9 @@ type Stream struct {
 	Request  Request
 	Session  uint64 // number of the session, for logs
 	StreamID uint32 // number of the stream within the session, for logs
+	// ShortID is the short id the client authenticated with: the user,
+	// for counting per user (never per address).
+	ShortID keys.ShortID
 
 	sessionDone <-chan struct{}
 	replied     atomic.Bool
@@ -591,4 +602,45 @@ func (s *Server) sessionCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+func (s *Server) storeShortIDs(ids []keys.ShortID) {
+	if len(ids) == 0 {
+		s.shortIDs.Store(nil)
+		return
+	}
+	m := make(map[keys.ShortID]struct{}, len(ids))
+	for _, id := range ids {
+		m[id] = struct{}{}
+	}
+	s.shortIDs.Store(&m)
+}
+
+// acceptsShortID reports whether id may authenticate now.
+func (s *Server) acceptsShortID(id keys.ShortID) bool {
+	m := s.shortIDs.Load()
+	if m == nil {
+		return true
+	}
+	_, ok := (*m)[id]
+	return ok
+}
+
+// SetShortIDs replaces the short ids the bridge accepts (empty: any), as
+// when an operator adds or revokes a user on a running bridge. Sessions of
+// short ids no longer accepted are ended at once.
+func (s *Server) SetShortIDs(ids []keys.ShortID) {
+	s.storeShortIDs(ids)
+	s.mu.Lock()
+	var revoked []*serverSession
+	for _, ss := range s.sessions {
+		if !s.acceptsShortID(ss.shortID) {
+			revoked = append(revoked, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range revoked {
+		ss.log.Info("session ended: its short id was revoked")
+		ss.conn.Close()
+	}
 }
