@@ -38,6 +38,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
@@ -238,6 +239,9 @@ type Config struct {
 	// Lookup resolves a host name; nil means the system resolver. Tests
 	// set it to answer without DNS.
 	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+	// Stats, if set, counts each stream and the bytes relayed either way
+	// for the user of the stream's short id (never per address).
+	Stats *stats.Counters
 }
 
 // Handler handles the streams of a standalone bridge: its Handle method
@@ -255,6 +259,7 @@ type Handler struct {
 	lookup       func(ctx context.Context, host string) ([]netip.Addr, error)
 	dialTimeout  time.Duration
 	udpIdle      time.Duration
+	stats        *stats.Counters // nil: no counting
 }
 
 // New returns the stream handler of a standalone bridge: a proxy to
@@ -276,6 +281,7 @@ func New(cfg Config) *Handler {
 		lookup:       cfg.Lookup,
 		dialTimeout:  cfg.DialTimeout,
 		udpIdle:      cfg.UDPIdleTimeout,
+		stats:        cfg.Stats,
 	}
 	if h.dialTimeout <= 0 {
 		h.dialTimeout = DefaultDialTimeout
@@ -305,19 +311,23 @@ func (e *Handler) Describe() string {
 // standalone bridge.
 func (e *Handler) Handle(st *transport.Stream) {
 	log := e.log.With("session", st.Session, "stream", st.StreamID)
+	// One lookup per stream; the relays then count with atomic adds.
+	u := e.stats.For(st.ShortID)
+	u.StreamStarted()
+	defer u.StreamEnded()
 	var status transport.Status
 	switch cmd := st.Request.Command; {
 	case e.forward != "" && cmd == transport.CmdDefault:
-		status = e.serveTCP(st, e.forward, log)
+		status = e.serveTCP(st, e.forward, u, log)
 	case e.forward != "":
 		// Forward mode serves the default target only: the bridge must
 		// not become an open proxy because it has a forward target.
 		status = transport.StatusNotAllowed
 		st.Reply(status)
 	case cmd == transport.CmdConnect:
-		status = e.serveTCP(st, "", log)
+		status = e.serveTCP(st, "", u, log)
 	case cmd == transport.CmdUDP:
-		status = e.serveUDP(st, log)
+		status = e.serveUDP(st, u, log)
 	default:
 		status = transport.StatusCommandNotSupported
 		st.Reply(status)
@@ -326,8 +336,9 @@ func (e *Handler) Handle(st *transport.Stream) {
 }
 
 // serveTCP connects to forward, or to the requested destination if
-// forward is "", replies, and relays. It returns the status it replied.
-func (e *Handler) serveTCP(st *transport.Stream, forward string, log *slog.Logger) transport.Status {
+// forward is "", replies, and relays, counting the bytes for u. It
+// returns the status it replied.
+func (e *Handler) serveTCP(st *transport.Stream, forward string, u *stats.User, log *slog.Logger) transport.Status {
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout)
 	var conn net.Conn
 	var err error
@@ -356,7 +367,10 @@ func (e *Handler) serveTCP(st *transport.Stream, forward string, log *slog.Logge
 	if err := st.Reply(transport.StatusOK); err != nil {
 		return transport.StatusOK
 	}
-	if err := transport.Relay(st, conn); err != nil {
+	// The destination side is wrapped, not the stream: Relay ends the
+	// relay when the stream's session ends, which it learns from the
+	// stream's own methods.
+	if err := transport.Relay(st, u.Conn(conn)); err != nil {
 		log.Debug("relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK
@@ -453,12 +467,13 @@ func isTimeout(err error) bool {
 }
 
 // serveUDP relays the datagrams of one UDP stream through one unconnected
-// UDP socket. It returns the status it replied.
+// UDP socket, counting the payload bytes for u. It returns the status it
+// replied.
 //
 // Replies are let through only from addresses the client has sent to
 // (like a NAT with endpoint-dependent filtering), so a stranger who finds
 // the socket's port cannot push datagrams into the tunnel.
-func (e *Handler) serveUDP(st *transport.Stream, log *slog.Logger) transport.Status {
+func (e *Handler) serveUDP(st *transport.Stream, u *stats.User, log *slog.Logger) transport.Status {
 	pc, err := net.ListenUDP("udp", nil)
 	if err != nil {
 		log.Warn("cannot open a UDP socket", "error", err.Error())
@@ -474,6 +489,7 @@ func (e *Handler) serveUDP(st *transport.Stream, log *slog.Logger) transport.Sta
 		st:    st,
 		pc:    pc,
 		log:   log,
+		user:  u,
 		peers: make(map[netip.AddrPort]time.Time),
 		names: make(map[string]cachedName),
 	}
@@ -486,10 +502,11 @@ func (e *Handler) serveUDP(st *transport.Stream, log *slog.Logger) transport.Sta
 // udpRelay is one UDP stream's relay. Its two goroutines, joined by run,
 // share peers under mu; names belongs to the stream reader alone.
 type udpRelay struct {
-	e   *Handler
-	st  *transport.Stream
-	pc  *net.UDPConn
-	log *slog.Logger
+	e    *Handler
+	st   *transport.Stream
+	pc   *net.UDPConn
+	log  *slog.Logger
+	user *stats.User // nil: no counting
 
 	last atomic.Int64 // unix nanoseconds of the last datagram either way
 
@@ -581,6 +598,7 @@ func (r *udpRelay) clientToNet() error {
 			// Unreachable, too big: dropped, as a router would.
 			continue
 		}
+		r.user.AddUp(len(payload))
 	}
 }
 
@@ -655,5 +673,6 @@ func (r *udpRelay) netToClient() error {
 		if err := transport.WriteDatagram(r.st, src, buf[:n]); err != nil {
 			return fmt.Errorf("writing datagram to the stream: %w", err)
 		}
+		r.user.AddDown(n)
 	}
 }

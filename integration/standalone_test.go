@@ -323,11 +323,11 @@ func TestClientCheck(t *testing.T) {
 	}
 }
 
-// TestServerUsers proves per-user links with the real binaries: users
-// add gives alice and bob links of their own that work; after users
-// revoke alice (and a restart, until the transport can change its short
-// ids at run time), alice's link meets the face and bob's and the
-// bridge's own still work.
+// TestServerUsers proves per-user links with the real binaries across
+// restarts: users add gives alice and bob links of their own that work;
+// after users revoke alice and a restart, alice's link meets the face and
+// bob's and the bridge's own still work. (TestServerUsersLive proves the
+// same on a bridge that keeps running.)
 func TestServerUsers(t *testing.T) {
 	state := t.TempDir()
 	b := startServer(t, state)

@@ -12,6 +12,7 @@ import (
 
 	goptlib "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
+	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -37,6 +38,13 @@ type ServerOptions struct {
 	Logger    *slog.Logger
 	Stdin     io.Reader
 	Configure ConfigureFunc
+	// Started, if set, is called with each bridge once it listens, so
+	// that the caller can change it while it runs (SetShortIDs, as users
+	// are added and revoked). It must not block.
+	Started func(*transport.Server)
+	// Stats, if set, counts sessions, streams and bytes per user (by
+	// short id, never by address).
+	Stats *stats.Counters
 }
 
 // RunServer runs the server side of managed mode: one bridge per bind
@@ -66,7 +74,7 @@ func RunServer(ctx context.Context, opts ServerOptions) error {
 	}
 	var servers []*transport.Server
 	for _, bind := range info.Bindaddrs {
-		srv, err := startBridge(&info, bind, stateDir, opts.Configure, log)
+		srv, err := startBridge(&info, bind, stateDir, &opts, log)
 		if err != nil {
 			goptlib.SmethodError(bind.MethodName, err.Error())
 			continue
@@ -82,15 +90,19 @@ func RunServer(ctx context.Context, opts ServerOptions) error {
 	return nil
 }
 
-func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir string, configure ConfigureFunc, log *slog.Logger) (*transport.Server, error) {
+func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir string, opts *ServerOptions, log *slog.Logger) (*transport.Server, error) {
 	if bind.MethodName != MethodName {
 		return nil, fmt.Errorf("no such method: this program only provides %s", MethodName)
 	}
-	cfg, params, err := configure(stateDir, bind.Options)
+	cfg, params, err := opts.Configure(stateDir, bind.Options)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Handler = func(st *transport.Stream) { serveTor(info, st, log) }
+	counters := opts.Stats
+	cfg.Handler = func(st *transport.Stream) { serveTor(info, st, counters, log) }
+	if counters != nil && cfg.OnSession == nil {
+		cfg.OnSession = counters.OnSession
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = log
 	}
@@ -104,6 +116,9 @@ func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir strin
 		return nil, fmt.Errorf("cannot listen on %s: %w", bind.Addr, err)
 	}
 	go srv.Serve(ln)
+	if opts.Started != nil {
+		opts.Started(srv)
+	}
 	args := goptlib.Args{}
 	args.Add("key", params.PublicKey.String())
 	args.Add("sni", params.ServerName)
@@ -139,8 +154,11 @@ func writeBridgeLine(stateDir string, port int, params link.Params) error {
 	return keys.WriteFileAtomic(filepath.Join(stateDir, BridgeLineFile), []byte(b.String()), 0o600)
 }
 
-// serveTor connects one stream to tor.
-func serveTor(info *goptlib.ServerInfo, st *transport.Stream, log *slog.Logger) {
+// serveTor connects one stream to tor, counting it for its user.
+func serveTor(info *goptlib.ServerInfo, st *transport.Stream, counters *stats.Counters, log *slog.Logger) {
+	u := counters.For(st.ShortID)
+	u.StreamStarted()
+	defer u.StreamEnded()
 	if st.Request.Command != transport.CmdDefault {
 		st.Reply(transport.StatusNotAllowed)
 		return
@@ -156,5 +174,5 @@ func serveTor(info *goptlib.ServerInfo, st *transport.Stream, log *slog.Logger) 
 	if err := st.Reply(transport.StatusOK); err != nil {
 		return
 	}
-	transport.Relay(st, or)
+	transport.Relay(st, u.Conn(or))
 }

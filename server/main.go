@@ -24,6 +24,7 @@ import (
 
 	"github.com/mirage-pt/mirage/egress"
 	mpt "github.com/mirage-pt/mirage/pt"
+	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -58,6 +59,8 @@ type config struct {
 	maxHandshakes int
 	handshakeWait time.Duration
 	idleTimeout   time.Duration
+	metrics       string // -metrics: "" is off
+	metricsPublic bool
 	showVersion   bool
 }
 
@@ -70,7 +73,9 @@ to DIR/client.link and the Tor bridge-line arguments to DIR/bridgeline.txt,
 and prints the link (with a QR code on a terminal).
 
 Manage users (a link each, revocable): mirage-server users add|list|revoke
-(see mirage-server users -help).
+(see mirage-server users -help); a running bridge takes the change within
+seconds. What each user carried: mirage-server stats, or Prometheus text
+with -metrics 127.0.0.1:PORT.
 
 Examples:
   # Try it out: self-signed site on :8443, link printed.
@@ -131,6 +136,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
 	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "close a client session with no open stream for this long (0: never); the client redials when it needs to")
+	fs.StringVar(&c.metrics, "metrics", "", "serve per-user counters as Prometheus text at http://ADDR/metrics on this loopback address, e.g. 127.0.0.1:9100 (off by default)")
+	fs.BoolVar(&c.metricsPublic, "metrics-public", false, "let -metrics listen on an address other than loopback (only behind a firewall: the metrics name every user)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -159,12 +166,23 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.handshakeWait <= 0 || c.idleTimeout < 0 {
 		return nil, errors.New("-handshake-timeout must be positive and -idle-timeout not negative")
 	}
+	if c.metrics != "" {
+		if err := checkMetricsAddr(c.metrics, c.metricsPublic); err != nil {
+			return nil, err
+		}
+	} else if c.metricsPublic {
+		return nil, errors.New("-metrics-public goes with -metrics ADDR")
+	}
 	return c, c.face.check()
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "users" {
-		err := runUsers(os.Args[2:], os.Stdout, os.Stderr)
+	if len(os.Args) > 1 && (os.Args[1] == "users" || os.Args[1] == "stats") {
+		run := runUsers
+		if os.Args[1] == "stats" {
+			run = runStats
+		}
+		err := run(os.Args[2:], os.Stdout, os.Stderr)
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
@@ -196,12 +214,33 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if managed {
+		counters := stats.New()
+		// The operator's side starts with the first bridge tor asks
+		// for: only then is the state directory known. tor asks for
+		// them one after the other.
+		var ops *operatorSide
 		err = mpt.RunServer(ctx, mpt.ServerOptions{
-			Version: version, Logger: logger, Stdin: os.Stdin,
+			Version: version, Logger: logger, Stdin: os.Stdin, Stats: counters,
 			Configure: func(stateDir string, options map[string][]string) (*transport.ServerConfig, link.Params, error) {
-				return managedConfig(c, stateDir, options, logger)
+				cfg, params, err := managedConfig(c, stateDir, options, logger)
+				if err != nil || ops != nil {
+					return cfg, params, err
+				}
+				state, _, err := keys.LoadOrCreateState(stateDir, nil)
+				if err == nil {
+					ops, err = startOperatorSide(ctx, c, stateDir, state, counters, logger)
+				}
+				return cfg, params, err
+			},
+			Started: func(srv *transport.Server) {
+				if ops != nil {
+					ops.users.add(srv)
+				}
 			},
 		})
+		if ops != nil {
+			ops.stop()
+		}
 	} else {
 		err = run(ctx, c, os.Stdout, logger)
 	}
@@ -223,10 +262,12 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	if created {
 		log.Info("made a new bridge identity", "state", c.stateDir)
 	}
-	users, err := loadUsers(c.stateDir)
+	counters := stats.New()
+	ops, err := startOperatorSide(ctx, c, c.stateDir, state, counters, log)
 	if err != nil {
 		return err
 	}
+	defer ops.stop()
 	f, err := buildFace(c.face, c.stateDir)
 	if err != nil {
 		return err
@@ -255,10 +296,12 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		Forward:       c.forward,
 		Logger:        log,
 		UnsafeLogging: c.unsafeLogging,
+		Stats:         counters,
 	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
-		ShortIDs:             acceptedShortIDs(state, users),
+		ShortIDs:             ops.users.accepted(),
+		OnSession:            counters.OnSession,
 		ServerNames:          f.names,
 		Site:                 f.site,
 		Cover:                f.cover,
@@ -272,6 +315,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		ln.Close()
 		return err
 	}
+	ops.users.add(srv)
 	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.Describe())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()

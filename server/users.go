@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
 )
@@ -23,10 +24,9 @@ import (
 // key pair; the bridge accepts the short ids of the key state plus those
 // of every user not revoked.
 //
-// A running bridge reads users.json when it starts. (Taking a change into
-// a running bridge needs the transport to let the accepted short ids
-// change at run time; until then, restart mirage-server after users add
-// or revoke.)
+// A running bridge looks at users.json every few seconds (live.go) and
+// takes a change at once: a new user's link works, a revoked user's
+// sessions end and their link meets the face, without a restart.
 
 // usersFile is the name of the users file in the state directory.
 const usersFile = "users.json"
@@ -106,7 +106,8 @@ const usersUsage = `Usage:
   mirage-server users list          show the users and their short ids
   mirage-server users revoke NAME   stop NAME's link from working (the others keep working)
 
-Restart mirage-server afterwards: a running bridge reads the users when it starts.
+A running mirage-server takes the change within a few seconds, without a
+restart: a revoked user's open connections end at once.
 
 Flags:
 `
@@ -168,6 +169,11 @@ func runUsers(args []string, stdout, stderr io.Writer) error {
 		if !userNameRE.MatchString(name) {
 			return fmt.Errorf("users add %q: a name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
 		}
+		if name == stats.DefaultName || name == stats.UnknownName {
+			// The counters use these names for the bridge's own link
+			// and for short ids no user owns.
+			return fmt.Errorf("users add %q: that name is taken by the counters (mirage-server stats); choose another", name)
+		}
 		if i := find(name); i >= 0 && users[i].Revoked.IsZero() {
 			return fmt.Errorf("users add: %s already exists (revoke it first to give them a new link)", name)
 		} else if i >= 0 {
@@ -194,7 +200,7 @@ func runUsers(args []string, stdout, stderr io.Writer) error {
 			keys.WriteFileAtomic(filepath.Join(*stateDir, "users", name+".link"), []byte(l.String()+"\n"), 0o600)
 		}
 		printLink(stdout, l)
-		fmt.Fprintln(stdout, "Restart mirage-server for the new link to work.")
+		fmt.Fprintln(stdout, "A running mirage-server accepts the new link within a few seconds.")
 		return nil
 	case cmd == "revoke" && len(pos) == 1:
 		i := find(pos[0])
@@ -209,7 +215,7 @@ func runUsers(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("users revoke: %w", err)
 		}
 		os.Remove(filepath.Join(*stateDir, "users", users[i].Name+".link"))
-		fmt.Fprintf(stdout, "Revoked %s. Restart mirage-server for it to take effect; the other links keep working.\n", users[i].Name)
+		fmt.Fprintf(stdout, "Revoked %s. A running mirage-server stops accepting the link within a few seconds and ends its open connections; the other links keep working.\n", users[i].Name)
 		return nil
 	}
 	fs.Usage()
