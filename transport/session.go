@@ -46,17 +46,22 @@ type sessionConn struct {
 	linger time.Duration // how long the session survives without carriers
 	onEnd  func()        // called once, outside the lock, when the session ends
 
-	mu   sync.Mutex
-	cond *sync.Cond // broadcast on every change
+	mu sync.Mutex
+	// Who waits for what: the flusher for something to send, smux's
+	// writes for room in the send queue, smux's reads for received bytes,
+	// carrier readers for room (or for the bytes before a gap). Separate
+	// conditions, so that the hot paths wake only the one that waits.
+	sendCond, spaceCond, readCond, rspaceCond *sync.Cond
 
 	// Sending. sendq holds the bytes [acked, written); next is the offset
 	// of the first byte not yet sent on the current carrier.
-	sendq    []byte
+	sendq    ring
 	acked    uint64
 	written  uint64
 	next     uint64
 	padDue   bool      // a young stream's bytes are queued: pad the next flush
 	lastSend time.Time // when smux last wrote
+	lastRecv time.Time // when DATA last arrived
 	pad      padPolicy
 
 	// Receiving. rbuf[rstart:] are received bytes smux has not read;
@@ -188,7 +193,10 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		flusherDone: make(chan struct{}),
 		events:      make(chan struct{}, 1),
 	}
-	s.cond = sync.NewCond(&s.mu)
+	s.sendCond = sync.NewCond(&s.mu)
+	s.spaceCond = sync.NewCond(&s.mu)
+	s.readCond = sync.NewCond(&s.mu)
+	s.rspaceCond = sync.NewCond(&s.mu)
 	// Until its first carrier joins, a session is as good as one that
 	// lost its last.
 	s.lingerTimer = time.AfterFunc(s.linger, func() { s.end(errNoCarrier, false) })
@@ -228,7 +236,7 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 		s.lingerTimer.Stop()
 		s.lingerTimer = nil
 	}
-	s.cond.Broadcast()
+	s.wakeAll()
 	return true
 }
 
@@ -241,10 +249,7 @@ func (s *sessionConn) ackedTo(off uint64) error {
 		return nil
 	}
 	n := off - s.acked
-	s.sendq = s.sendq[n:]
-	if len(s.sendq) == 0 {
-		s.sendq = s.sendq[:0:0] // let go of a burst's buffer
-	}
+	s.sendq.drop(int(n))
 	s.acked = off
 	if s.next < off {
 		// The peer has bytes we have not sent on this carrier (another
@@ -254,9 +259,81 @@ func (s *sessionConn) ackedTo(off uint64) error {
 		for _, c := range s.carriers {
 			c.needSeek = true
 		}
+		s.sendCond.Signal()
 	}
-	s.cond.Broadcast()
+	s.spaceCond.Broadcast()
 	return nil
+}
+
+// wakeAll wakes every waiter: for the rarer changes (carriers joining or
+// ending, the session ending).
+func (s *sessionConn) wakeAll() {
+	s.sendCond.Broadcast()
+	s.spaceCond.Broadcast()
+	s.readCond.Broadcast()
+	s.rspaceCond.Broadcast()
+}
+
+// unacked returns how many bytes wait for the peer's acknowledgement.
+func (s *sessionConn) unacked() int { return s.sendq.n }
+
+// ring is the send queue: a ring buffer, so that bytes queued and bytes
+// acknowledged never make it copy what it holds, except to grow. Not safe
+// for concurrent use.
+type ring struct {
+	buf  []byte
+	head int // index of the first byte
+	n    int // bytes held
+}
+
+// push appends p, growing the buffer (doubling) if it is full.
+func (r *ring) push(p []byte) {
+	if r.n+len(p) > len(r.buf) {
+		nb := make([]byte, max(2*len(r.buf), r.n+len(p), 64<<10))
+		a, b := r.slice(0, r.n)
+		copy(nb[copy(nb, a):], b)
+		r.buf, r.head = nb, 0
+	}
+	for len(p) > 0 {
+		// Free space runs from the tail to the end of the buffer, or,
+		// once wrapped, to the head.
+		tail := (r.head + r.n) % len(r.buf)
+		end := len(r.buf)
+		if tail < r.head {
+			end = r.head
+		}
+		m := copy(r.buf[tail:end], p)
+		r.n += m
+		p = p[m:]
+	}
+}
+
+// drop removes the first k bytes.
+func (r *ring) drop(k int) {
+	r.head = (r.head + k) % max(len(r.buf), 1)
+	r.n -= k
+	if r.n == 0 {
+		r.head = 0
+	}
+}
+
+// release lets go of the buffer if the ring is empty.
+func (r *ring) release() {
+	if r.n == 0 {
+		r.buf, r.head = nil, 0
+	}
+}
+
+// slice returns the n bytes from off as one or two slices of the buffer.
+func (r *ring) slice(off, n int) ([]byte, []byte) {
+	if n == 0 {
+		return nil, nil
+	}
+	start := (r.head + off) % len(r.buf)
+	if start+n <= len(r.buf) {
+		return r.buf[start : start+n], nil
+	}
+	return r.buf[start:], r.buf[:n-(len(r.buf)-start)]
 }
 
 // Write queues p for sending. It blocks while sendLimit bytes are
@@ -274,8 +351,8 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !s.closed && len(s.sendq) > 0 && len(s.sendq)+total > sendLimit {
-		s.cond.Wait()
+	for !s.closed && s.unacked() > 0 && s.unacked()+total > sendLimit {
+		s.spaceCond.Wait()
 	}
 	if s.closed {
 		return 0, s.endErr()
@@ -289,15 +366,12 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 			s.padDue = true
 		}
 	}
-	if s.sendq == nil {
-		s.sendq = make([]byte, 0, max(total, 64<<10))
-	}
 	for _, b := range v {
-		s.sendq = append(s.sendq, b...)
+		s.sendq.push(b)
 	}
 	s.written += uint64(total)
 	s.lastSend = time.Now()
-	s.cond.Broadcast()
+	s.sendCond.Signal()
 	return total, nil
 }
 
@@ -309,14 +383,14 @@ func (s *sessionConn) Read(p []byte) (int, error) {
 		if s.closed {
 			return 0, s.endErr()
 		}
-		s.cond.Wait()
+		s.readCond.Wait()
 	}
 	n := copy(p, s.rbuf[s.rstart:])
 	s.rstart += n
 	if s.rstart == len(s.rbuf) {
 		s.rbuf, s.rstart = s.rbuf[:0], 0
 	}
-	s.cond.Broadcast()
+	s.rspaceCond.Broadcast()
 	return n, nil
 }
 
@@ -351,7 +425,7 @@ func (s *sessionConn) flushLoop() {
 	for !s.closed {
 		c := s.sendCarrier()
 		if c == nil || !s.hasWork(c) {
-			s.cond.Wait()
+			s.sendCond.Wait()
 			continue
 		}
 		out = s.compose(out[:0], c)
@@ -391,7 +465,7 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	retire := func() []byte {
 		c.sendRetired = true
 		s.poke()
-		s.cond.Broadcast()
+		s.wakeAll()
 		return appendEmptyFrame(out, frameRetire)
 	}
 	if c.peerRetired || room < 64 {
@@ -434,8 +508,12 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	if s.padDue {
 		pad, s.padDue = padLen(), false
 	}
-	start := s.next - s.acked
-	out = appendFrames(out, s.sendq[start:start+uint64(n)], pad)
+	a, b := s.sendq.slice(int(s.next-s.acked), n)
+	if len(b) == 0 {
+		out = appendFrames(out, a, pad)
+	} else {
+		out = appendFrames(appendFrames(out, a, 0), b, pad)
+	}
 	s.next += uint64(n)
 	return out
 }
@@ -472,7 +550,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			}
 		case framePing:
 			s.ackDue = true
-			s.cond.Broadcast()
+			s.sendCond.Signal()
 		case frameResend:
 			off := binary.BigEndian.Uint64(body)
 			if err := s.ackedTo(off); err != nil {
@@ -488,7 +566,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 				s.retireDone(c)
 			}
 			s.poke()
-			s.cond.Broadcast()
+			s.wakeAll()
 		case frameDrop:
 			seq := binary.BigEndian.Uint32(body)
 			for _, d := range s.carriers {
@@ -521,25 +599,25 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 			// now and then in case the request was lost.
 			if time.Since(s.resendAskedAt) > gapWait {
 				s.resendDue, s.resendFrom, s.resendAskedAt = true, s.recvd, time.Now()
-				s.cond.Broadcast()
+				s.sendCond.Signal()
 			}
 			return
 		}
 		deadline := time.Now().Add(gapWait)
 		t := time.AfterFunc(gapWait, func() {
 			s.mu.Lock()
-			s.cond.Broadcast()
+			s.rspaceCond.Broadcast()
 			s.mu.Unlock()
 		})
 		for off > s.recvd && !c.dead && !s.closed && time.Now().Before(deadline) {
-			s.cond.Wait()
+			s.rspaceCond.Wait()
 		}
 		t.Stop()
 		if off > s.recvd {
 			c.skipGap = true
 			if !c.dead && !s.closed && (s.resendFrom != s.recvd || time.Since(s.resendAskedAt) > gapWait) {
 				s.resendDue, s.resendFrom, s.resendAskedAt = true, s.recvd, time.Now()
-				s.cond.Broadcast()
+				s.sendCond.Signal()
 			}
 			return
 		}
@@ -550,7 +628,7 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 	data = data[s.recvd-off:]
 	for len(data) > 0 {
 		for !c.dead && !s.closed && len(s.rbuf)-s.rstart >= recvLimit {
-			s.cond.Wait()
+			s.rspaceCond.Wait()
 		}
 		if c.dead || s.closed {
 			return
@@ -577,11 +655,16 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 			if s.recvd > s.ackSent {
 				s.ackDue = true
 			}
-			s.cond.Broadcast()
+			s.sendCond.Signal()
 			s.mu.Unlock()
 		})
 	}
-	s.cond.Broadcast()
+	s.lastRecv = time.Now()
+	s.readCond.Signal()
+	s.rspaceCond.Broadcast() // gap waiters
+	if s.ackDue {
+		s.sendCond.Signal()
+	}
 }
 
 // rewind makes the sender go back to off, which the peer asked for or
@@ -597,7 +680,7 @@ func (s *sessionConn) rewind(off uint64) {
 	for _, c := range s.carriers {
 		c.needSeek = true
 	}
-	s.cond.Broadcast()
+	s.sendCond.Signal()
 }
 
 // carrierEnded removes c after a failure. Bytes it may have lost are sent
@@ -620,7 +703,7 @@ func (s *sessionConn) carrierEnded(c *carrier, err error) {
 		}
 	}
 	s.poke()
-	s.cond.Broadcast()
+	s.wakeAll()
 }
 
 // retireDone closes c once both sides retired it. Called with mu held.
@@ -637,7 +720,7 @@ func (s *sessionConn) retireDone(c *carrier) {
 		c.conn.Close()
 	}()
 	s.poke()
-	s.cond.Broadcast()
+	s.wakeAll()
 }
 
 func (s *sessionConn) remove(c *carrier) {
@@ -680,7 +763,7 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 		c.dead = true
 	}
 	close(s.done)
-	s.cond.Broadcast()
+	s.wakeAll()
 	onEnd := s.onEnd
 	go func() {
 		// Tell the peer on every carrier, so it need not wait for a
@@ -752,6 +835,7 @@ func (s *sessionConn) carrierNeeds() (usable int, spent float64, open int) {
 func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.releaseIdle(now)
 	var rc *carrier
 	for _, c := range s.carriers {
 		if !c.dead && !c.peerRetired {
@@ -775,7 +859,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		idle := streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
 		if (owed && silence >= pingAfter) || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil
-			s.cond.Broadcast()
+			s.sendCond.Signal()
 		}
 		return nil
 	}
@@ -801,4 +885,17 @@ func (s *sessionConn) received() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.recvd
+}
+
+// releaseIdle lets go of the buffers of a session that has been quiet for
+// a second, so that idle sessions cost next to nothing. (While busy, the
+// buffers are kept: reallocating them on every pause costs throughput.)
+func (s *sessionConn) releaseIdle(now time.Time) {
+	if now.Sub(s.lastSend) < time.Second || now.Sub(s.lastRecv) < time.Second {
+		return
+	}
+	s.sendq.release()
+	if s.rstart == len(s.rbuf) && cap(s.rbuf) > 0 {
+		s.rbuf, s.rstart = nil, 0
+	}
 }
