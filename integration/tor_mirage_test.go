@@ -20,6 +20,17 @@ func TestTorMirageBridge(t *testing.T) {
 		t.Skip("skipping the private Tor network in -short mode")
 	}
 	n := startTorNet(t, torNetOptions{})
+	line := startMirageBridge(t, n)
+	c := n.startClient(t, []string{line}, []string{"ClientTransportPlugin mirage exec " + clientBin})
+	url, hash := serveBlob(t, n, 1<<20)
+	fetchThroughTor(t, c, url, hash, 60*time.Second)
+}
+
+// startMirageBridge starts a tor bridge with mirage-server as its
+// ServerTransportPlugin and returns the Mirage bridge line the server
+// wrote, completed as the operator would complete it.
+func startMirageBridge(t *testing.T, n *torNet) string {
+	t.Helper()
 	port := n.freePort(t)
 	b := n.startBridge(t, []string{
 		"ServerTransportPlugin mirage exec " + serverBin + " -log " + filepath.Join(t.TempDir(), "mirage-server.log"),
@@ -43,7 +54,5 @@ func TestTorMirageBridge(t *testing.T) {
 	line = strings.Replace(line, "<IP ADDRESS>", "127.0.0.1", 1)
 	line = strings.Replace(line, "<FINGERPRINT>", b.fingerprint, 1)
 	t.Logf("bridge line: %s", line)
-	c := n.startClient(t, []string{line}, []string{"ClientTransportPlugin mirage exec " + clientBin})
-	url, hash := serveBlob(t, n, 1<<20)
-	fetchThroughTor(t, c, url, hash, 60*time.Second)
+	return line
 }

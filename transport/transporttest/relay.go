@@ -79,6 +79,8 @@ type Relay struct {
 	target string
 	opts   RelayOptions
 	ln     net.Listener
+	// in runs a function in the relay's network namespace: see NewRelayIn.
+	in func(func())
 	// ctx is cancelled by Close, so that a dial in progress gives up and
 	// the goroutines that wait on timers return.
 	ctx    context.Context
@@ -126,14 +128,30 @@ type relayConn struct {
 // NewRelay listens on 127.0.0.1:0 and forwards each accepted connection to
 // target, dialling it afresh for every connection.
 func NewRelay(target string, opts RelayOptions) (*Relay, error) {
+	return NewRelayIn(nil, target, opts)
+}
+
+// NewRelayIn is NewRelay for a relay inside another network namespace,
+// such as a test's private network: run must call its argument on a
+// thread in that namespace and wait for it. A socket belongs to the
+// namespace of the thread that opens it, and /proc/thread-self/net/tcp
+// shows that thread's, so the relay listens, dials the target and reads
+// the TCP table through run; everything else runs anywhere. run must
+// work until Close returns. A nil run means this process's own namespace.
+func NewRelayIn(run func(func()), target string, opts RelayOptions) (*Relay, error) {
 	if opts.FreezeDown < 0 || opts.FreezeUp < 0 || opts.CutMin < 0 || opts.CutMax > 0 && opts.CutMax < opts.CutMin {
 		return nil, errors.New("transporttest: invalid RelayOptions")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if run == nil {
+		run = func(f func()) { f() }
+	}
+	var ln net.Listener
+	var err error
+	run(func() { ln, err = net.Listen("tcp", "127.0.0.1:0") })
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{target: target, opts: opts, ln: ln}
+	r := &Relay{target: target, opts: opts, ln: ln, in: run}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(2)
 	go r.acceptLoop()
@@ -328,8 +346,12 @@ func (r *Relay) admit(client *net.TCPConn) {
 func (c *relayConn) run() {
 	r := c.r
 	defer r.wg.Done()
-	var d net.Dialer
-	conn, err := d.DialContext(r.ctx, "tcp", r.target)
+	var conn net.Conn
+	var err error
+	r.in(func() {
+		var d net.Dialer
+		conn, err = d.DialContext(r.ctx, "tcp", r.target)
+	})
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
@@ -588,7 +610,7 @@ func (r *Relay) watchLoop() {
 			gone := peerClosed(c.client)
 			if !gone && c.clientKey != "" {
 				if table == nil {
-					table = readTCPTable()
+					r.in(func() { table = readTCPTable() })
 				}
 				st, ok := table[c.clientKey]
 				gone = ok && st != tcpEstablished && st != tcpCloseWait
@@ -671,17 +693,23 @@ func procAddr(a net.Addr) string {
 	return fmt.Sprintf("%08X:%04X", binary.NativeEndian.Uint32(ip4), ta.Port)
 }
 
-// readTCPTable returns the state of every IPv4 TCP socket in this network
-// namespace, keyed by "local remote" as procAddr writes them. A socket
-// closed by its owner but still sending its FIN (FIN_WAIT1, perhaps for
-// minutes behind a shut window) is listed with that state. Entries can be
-// missed while the table changes, so only a state found says anything,
-// never an absence. It returns an empty map if the table cannot be read.
+// readTCPTable returns the state of every IPv4 TCP socket in the calling
+// thread's network namespace, keyed by "local remote" as procAddr writes
+// them. A socket closed by its owner but still sending its FIN
+// (FIN_WAIT1, perhaps for minutes behind a shut window) is listed with
+// that state. Entries can be missed while the table changes, so only a
+// state found says anything, never an absence. It returns an empty map if
+// the table cannot be read.
 func readTCPTable() map[string]int {
 	table := make(map[string]int)
-	b, err := os.ReadFile("/proc/net/tcp")
+	// /proc/net is /proc/self/net, the main thread's namespace; the
+	// calling thread's may differ (NewRelayIn). thread-self needs Linux
+	// 3.17.
+	b, err := os.ReadFile("/proc/thread-self/net/tcp")
 	if err != nil {
-		return table
+		if b, err = os.ReadFile("/proc/net/tcp"); err != nil {
+			return table
+		}
 	}
 	for line := range strings.Lines(string(b)) {
 		// "sl local_address rem_address st ...", the first line a header.
