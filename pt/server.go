@@ -164,7 +164,13 @@ func serveTor(info *goptlib.ServerInfo, st *transport.Stream, counters *stats.Co
 		return
 	}
 	// The client's address goes to tor through USERADDR and nowhere else.
-	or, err := goptlib.DialOrWithDialer(&net.Dialer{Timeout: orDialTimeout}, info, st.RemoteAddr().String(), MethodName)
+	// A stream whose session cannot name one (it spans carriers, and
+	// none may be up) gets no USERADDR rather than a crash of the bridge.
+	var userAddr string
+	if a := st.RemoteAddr(); a != nil {
+		userAddr = a.String()
+	}
+	or, err := goptlib.DialOrWithDialer(&net.Dialer{Timeout: orDialTimeout}, info, userAddr, MethodName)
 	if err != nil {
 		log.Warn("cannot reach tor's ORPort", "session", st.Session, "error", err.Error())
 		st.Reply(transport.StatusGeneralFailure)
