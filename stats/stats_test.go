@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -203,6 +205,35 @@ func TestHumanBytes(t *testing.T) {
 	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 30: "5.0 GiB"} {
 		if got := HumanBytes(n); got != want {
 			t.Errorf("HumanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestHandler proves the metrics handler serves the text at /metrics
+// with the exposition content type, and nothing at any other path.
+func TestHandler(t *testing.T) {
+	c := New()
+	c.SetNames(map[keys.ShortID]string{id(2): "alice"})
+	srv := httptest.NewServer(c.Handler())
+	defer srv.Close()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != PrometheusContentType || !strings.Contains(string(body), `mirage_streams_total{user="alice"} 0`) {
+		t.Fatalf("/metrics: %d %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	for _, path := range []string{"/", "/metrics/x", "/debug/pprof/"} {
+		resp, err := hc.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s: %d, want 404", path, resp.StatusCode)
 		}
 	}
 }
