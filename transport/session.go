@@ -82,6 +82,8 @@ type sessionConn struct {
 	drops         []uint32 // DROP frames to send
 
 	carriers    []*carrier // attach order
+	remote      net.Addr   // the peer's address on the newest carrier
+	local       net.Addr
 	lingerTimer *time.Timer
 	closed      bool
 	err         error         // why the session ended
@@ -222,6 +224,7 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 	}
 	c.needSeek = true
 	c.joined = time.Now()
+	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
 	c.lastRecv.Store(c.joined.UnixNano())
 	if err := s.ackedTo(peerRecvd); err != nil {
 		return false
@@ -898,4 +901,19 @@ func (s *sessionConn) releaseIdle(now time.Time) {
 	if s.rstart == len(s.rbuf) && cap(s.rbuf) > 0 {
 		s.rbuf, s.rstart = nil, 0
 	}
+}
+
+// RemoteAddr returns the peer's address on the newest carrier (for
+// pt.DialOr's USERADDR: never log it).
+func (s *sessionConn) RemoteAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.remote
+}
+
+// LocalAddr returns our address on the newest carrier.
+func (s *sessionConn) LocalAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.local
 }

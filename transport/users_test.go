@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -134,4 +135,32 @@ func TestHandshakeRateLimitPerUser(t *testing.T) {
 		t.Fatalf("another user during the flood: %v", err)
 	}
 	s.Close()
+}
+
+// TestStreamRemoteAddr: a bridge's streams know their client's address
+// (tor's ExtORPort wants it as USERADDR), now that a session outlives its
+// connections: it is the address of the newest carrier.
+func TestStreamRemoteAddr(t *testing.T) {
+	got := make(chan string, 1)
+	b := startBridge(t, newSiteFace(t), func(st *Stream) {
+		if a := st.RemoteAddr(); a != nil {
+			got <- a.String()
+		} else {
+			got <- ""
+		}
+		echoHandler(st)
+	}, nil)
+	s, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if a := <-got; !strings.HasPrefix(a, "127.0.0.1:") {
+		t.Fatalf("stream's remote address %q, want the client's", a)
+	}
 }
