@@ -59,6 +59,7 @@ type config struct {
 	maxHandshakes int
 	handshakeWait time.Duration
 	idleTimeout   time.Duration
+	sessionLinger time.Duration
 	metrics       string // -metrics: "" is off
 	metricsPublic bool
 	showVersion   bool
@@ -135,6 +136,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
 	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
+	fs.DurationVar(&c.sessionLinger, "session-linger", transport.DefaultSessionLinger, "how long a client's session waits for it to come back after its connections are lost (a network change, an outage), holding its streams")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "close a client session with no open stream for this long (0: never); the client redials when it needs to")
 	fs.StringVar(&c.metrics, "metrics", "", "serve per-user counters as Prometheus text at http://ADDR/metrics on this loopback address, e.g. 127.0.0.1:9100 (off by default)")
 	fs.BoolVar(&c.metricsPublic, "metrics-public", false, "let -metrics listen on an address other than loopback (only behind a firewall: the metrics name every user)")
@@ -165,6 +167,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.handshakeWait <= 0 || c.idleTimeout < 0 {
 		return nil, errors.New("-handshake-timeout must be positive and -idle-timeout not negative")
+	}
+	if c.sessionLinger <= 0 {
+		return nil, errors.New("-session-linger must be positive (e.g. 2m): a session needs some time to move to a new connection")
 	}
 	if c.metrics != "" {
 		if err := checkMetricsAddr(c.metrics, c.metricsPublic); err != nil {
@@ -309,6 +314,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		MaxPendingHandshakes: c.maxHandshakes,
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
+		SessionLinger:        c.sessionLinger,
 		Logger:               log,
 	})
 	if err != nil {
@@ -399,6 +405,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 		MaxPendingHandshakes: c.maxHandshakes,
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
+		SessionLinger:        c.sessionLinger,
 	}, params, nil
 }
 
