@@ -147,7 +147,19 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
+		// Counted and tracked under the lock, with the closed check, so
+		// that Close either sees this connection (and closes it) or this
+		// loop sees Close: never an Add racing Close's Wait, never a
+		// connection being read that Close does not know of.
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return ErrClosed
+		}
 		s.wg.Add(1)
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
 		go s.handle(c)
 	}
 }
@@ -209,6 +221,7 @@ func isTemporary(err error) bool {
 // handle classifies one connection and passes it on.
 func (s *Server) handle(raw net.Conn) {
 	defer s.wg.Done()
+	defer s.track(raw, false)
 	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
 	source := sourceOf(raw)
 	if !s.takePending(source) {

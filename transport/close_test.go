@@ -1,0 +1,89 @@
+package transport
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mirage-pt/mirage/transport/ratelimit"
+)
+
+// TestCloseIsPrompt: Close with 100 silent connections, 100 that sent
+// half a ClientHello (opened after the sessions: from one address, they
+// would hold its pending-handshake slots) and 100 live sessions each in the middle of a
+// transfer returns within a second, and every client learns its session
+// is over (TestMain checks that no goroutine is left).
+func TestCloseIsPrompt(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) {
+		c.Logger = nil
+		c.RateLimiter = ratelimit.New(1000, 1000, 16) // 100 sessions at once from one user
+	})
+	var sessions []*Session
+	defer func() {
+		for _, s := range sessions {
+			s.Close()
+		}
+	}()
+	for range 100 {
+		s, err := Dial(context.Background(), b.clientConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sessions = append(sessions, s)
+		st, err := s.OpenStream(context.Background(), Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Keep the echo busy: write and never read, until Close.
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				if _, err := st.Write(buf); err != nil {
+					st.Close()
+					return
+				}
+			}
+		}()
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	hello := recordHello(t, b.clientConfig())
+	for i := range 200 {
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if i%2 == 1 {
+			c.Write(hello[:len(hello)/2])
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let the transfers get going
+	start := time.Now()
+	b.server.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+	for i, s := range sessions {
+		select {
+		case <-s.CloseChan():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("client session %d still open after the bridge closed", i)
+		}
+	}
+	// The probes' connections were closed too.
+	for _, c := range conns[:10] {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("a pending connection is still open after Close")
+			}
+		}
+	}
+}
