@@ -68,6 +68,7 @@ type config struct {
 	stateDir      string
 	target        string
 	unsafeLogging bool
+	strict        bool
 	logLevel      slog.Level
 	logFile       string
 	showVersion   bool
@@ -96,6 +97,7 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	fs.StringVar(&c.auth, "auth", "", "USER:PASS local apps must give (SOCKS5 user/password, HTTP Proxy-Authorization); default: random ones made once and kept in -state; \"none\": no authentication (other apps can then find the proxy and your bridge)")
 	fs.StringVar(&c.stateDir, "state", defaultStateDir(), "directory where the client keeps its local proxy credentials")
 	fs.StringVar(&c.target, "target", "www.wikipedia.org:443", "check: the HOST:PORT to open a stream to")
+	fs.BoolVar(&c.strict, "strict", false, "answer each app connection only after the bridge has (exact SOCKS/HTTP errors for refused destinations, one round trip slower); by default apps are answered at once and a refused connection is closed")
 	fs.BoolVar(&c.unsafeLogging, "unsafe-logging", false, "log addresses (for debugging only)")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
@@ -281,7 +283,7 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 		}
 		wa = localproxy.NewWhatsApp(localproxy.WhatsAppConfig{Opener: client, ProxyHeader: c.waHeader, Logger: log})
 	}
-	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Logger: log})
+	p := localproxy.NewServer(localproxy.Config{Opener: client, Auth: creds, Strict: c.strict, Logger: log})
 	own.Info("local proxy ready: point apps at SOCKS5 or HTTP proxy "+ln.Addr().String(), "auth", creds != nil, "bridge", c.link.Label)
 	printProxyHelp(stdout, ln.Addr().(*net.TCPAddr).AddrPort(), creds)
 	if wa != nil {

@@ -197,7 +197,7 @@ func (p *Server) httpConnect(app *bufferedConn, req *http.Request, log *slog.Log
 		// Not err: it quotes the destination, which logs must not name.
 		return errors.New("http proxy: CONNECT without host:port")
 	}
-	st, err := p.openStream(transport.Request{Command: transport.CmdConnect, Addr: addr}, log)
+	st, err := p.openStreamFast(transport.Request{Command: transport.CmdConnect, Addr: addr}, log)
 	if err != nil {
 		code, msg := httpStatusFor(err)
 		writeHTTPError(app, code, msg)
@@ -207,7 +207,7 @@ func (p *Server) httpConnect(app *bufferedConn, req *http.Request, log *slog.Log
 		st.Close()
 		return err
 	}
-	return relay(app, st)
+	return relayFast(app, st, log)
 }
 
 // httpForward sends one absolute-URI request to its host over a new

@@ -70,10 +70,26 @@ type StreamOpener interface {
 
 var _ StreamOpener = (*transport.Client)(nil)
 
+// FastOpener is a StreamOpener that can also open a stream without waiting
+// for the bridge's answer (transport.Client.OpenStreamFast). The proxy
+// then answers a CONNECT at once, and the app's first bytes follow the
+// stream request without a round trip; a refusal arrives at the stream's
+// first Read and ends the app's connection.
+type FastOpener interface {
+	OpenStreamFast(ctx context.Context, req transport.Request) (net.Conn, error)
+}
+
+var _ FastOpener = (*transport.Client)(nil)
+
 // Config configures a Server. Zero limits mean the defaults.
 type Config struct {
-	// Opener opens the tunnel streams; required.
+	// Opener opens the tunnel streams; required. If it is a FastOpener
+	// and Strict is false, CONNECTs are answered at once (fast open).
 	Opener StreamOpener
+	// Strict makes the proxy wait for the bridge's answer before it
+	// answers a CONNECT, so that SOCKS and HTTP errors carry the bridge's
+	// exact reason, at the cost of one round trip per connection.
+	Strict bool
 	// Auth is what apps must authenticate with; nil means no
 	// authentication, which lets every program that can reach the port
 	// use the bridge (and learn its exit address).
@@ -99,6 +115,7 @@ type Config struct {
 // listener and app connection and waits for their handlers.
 type Server struct {
 	opener StreamOpener
+	strict bool         // wait for the bridge's answer before answering apps
 	auth   *Credentials // nil: no authentication
 	log    *slog.Logger
 
@@ -143,6 +160,7 @@ func NewServer(cfg Config) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opener:           cfg.Opener,
+		strict:           cfg.Strict,
 		auth:             cfg.Auth,
 		log:              log,
 		maxConns:         orDefault(cfg.MaxConns, DefaultMaxConns),
@@ -296,12 +314,26 @@ func (p *Server) serveConn(c net.Conn) {
 	}
 }
 
+// openStreamFast opens a stream with fast open when the opener has it
+// and the proxy is not strict; otherwise as openStream.
+func (p *Server) openStreamFast(req transport.Request, log *slog.Logger) (net.Conn, error) {
+	fo, ok := p.opener.(FastOpener)
+	if !ok || p.strict {
+		return p.openStream(req, log)
+	}
+	return p.openStreamWith(req, log, fo.OpenStreamFast)
+}
+
 // openStream opens a tunnel stream under the proxy's time limit, and logs
 // a failure to reach the bridge (as opposed to the bridge's refusal).
 func (p *Server) openStream(req transport.Request, log *slog.Logger) (net.Conn, error) {
+	return p.openStreamWith(req, log, p.opener.OpenStream)
+}
+
+func (p *Server) openStreamWith(req transport.Request, log *slog.Logger, open func(context.Context, transport.Request) (net.Conn, error)) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.openTimeout)
 	defer cancel()
-	st, err := p.opener.OpenStream(ctx, req)
+	st, err := open(ctx, req)
 	if err == nil {
 		return st, nil
 	}
@@ -332,6 +364,18 @@ func (p *Server) openStream(req transport.Request, log *slog.Logger) (net.Conn, 
 func relay(app, stream net.Conn) error {
 	defer stream.Close()
 	return transport.Relay(app, stream)
+}
+
+// relayFast is relay for a fast-opened stream: a refusal that arrives
+// after the app was told yes ends its connection, and the log says why
+// (the status, never the destination).
+func relayFast(app, stream net.Conn, log *slog.Logger) error {
+	err := relay(app, stream)
+	var se *transport.StatusError
+	if errors.As(err, &se) {
+		log.Info("the bridge refused a connection the app had already started: closed it", "status", se.Status.String())
+	}
+	return err
 }
 
 // bufferedConn is an app connection whose first bytes were read into r:

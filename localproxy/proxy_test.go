@@ -337,19 +337,40 @@ func bridgeClient(t *testing.T) *transport.Client {
 	return client
 }
 
-// TestProxyThroughBridge runs the proxy on a real *transport.Client: a
-// SOCKS5 CONNECT gets the bridge's status as its REP, and the relay keeps
-// half-closes across the smux stream.
+// TestProxyThroughBridge runs the proxy on a real *transport.Client: the
+// relay keeps half-closes across the smux stream; a strict proxy's SOCKS5
+// CONNECT gets the bridge's status as its REP, and a fast one answers at
+// once and then ends the app's connection promptly when the bridge
+// refuses.
 func TestProxyThroughBridge(t *testing.T) {
-	_, addr := startProxy(t, bridgeClient(t), "")
-	c := dialProxy(t, addr)
-	if rep := socksConnect(t, c, "", "", domainAddr("echo.example", 7)); rep != repSucceeded {
-		t.Fatalf("REP = %#x", rep)
-	}
-	echoRoundTrip(t, c, "through a real session")
+	client := bridgeClient(t)
+	for _, strict := range []bool{true, false} {
+		_, addr := startProxy(t, client, "", func(c *Config) { c.Strict = strict })
+		c := dialProxy(t, addr)
+		if rep := socksConnect(t, c, "", "", domainAddr("echo.example", 7)); rep != repSucceeded {
+			t.Fatalf("strict %v: REP = %#x", strict, rep)
+		}
+		echoRoundTrip(t, c, "through a real session")
 
-	c = dialProxy(t, addr)
-	if rep := socksConnect(t, c, "", "", domainAddr("echo.example", 9)); rep != byte(transport.StatusConnectionRefused) {
-		t.Fatalf("REP = %#x, want connection refused", rep)
+		c = dialProxy(t, addr)
+		rep := socksConnect(t, c, "", "", domainAddr("echo.example", 9))
+		if strict {
+			if rep != byte(transport.StatusConnectionRefused) {
+				t.Fatalf("REP = %#x, want connection refused", rep)
+			}
+			continue
+		}
+		if rep != repSucceeded {
+			t.Fatalf("fast open: REP = %#x, want an answer at once", rep)
+		}
+		c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(make([]byte, 100))
+		if n != 0 || err == nil {
+			t.Fatalf("fast open to a refused destination: read %d bytes, err %v; want the connection closed", n, err)
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("fast open to a refused destination: the app's connection stayed open")
+		}
 	}
 }

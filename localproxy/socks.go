@@ -243,7 +243,7 @@ func (p *Server) socksUserPass(c net.Conn) error {
 // socksConnect opens a stream to the requested destination, replies with
 // the bridge's status and relays.
 func (p *Server) socksConnect(c *bufferedConn, req socksRequest, log *slog.Logger) error {
-	st, err := p.openStream(transport.Request{Command: transport.CmdConnect, Addr: req.addr}, log)
+	st, err := p.openStreamFast(transport.Request{Command: transport.CmdConnect, Addr: req.addr}, log)
 	// Opening may take longer than the handshake's write deadline.
 	c.SetWriteDeadline(time.Now().Add(p.requestTimeout))
 	if err != nil {
@@ -255,5 +255,5 @@ func (p *Server) socksConnect(c *bufferedConn, req socksRequest, log *slog.Logge
 		return err
 	}
 	c.SetDeadline(time.Time{})
-	return relay(c, st)
+	return relayFast(c, st, log)
 }

@@ -368,6 +368,16 @@ func (o *countingOpener) OpenStream(ctx context.Context, req transport.Request) 
 	return &countingConn{Conn: st, c: o.c}, nil
 }
 
+// OpenStreamFast is OpenStream with fast open (localproxy.FastOpener).
+func (o *countingOpener) OpenStreamFast(ctx context.Context, req transport.Request) (net.Conn, error) {
+	st, err := o.c.client.OpenStreamFast(ctx, req)
+	o.c.result(err)
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: st, c: o.c}, nil
+}
+
 // countingConn counts what is read (down) and written (up).
 type countingConn struct {
 	net.Conn
