@@ -163,15 +163,27 @@ func checkNoAddresses(t *testing.T, outputs ...string) {
 }
 
 // TestEgressPolicy proves the bridge is not an open proxy into its own
-// network: without -allow-private a loopback destination is refused, and
-// the refusal reaches curl at once as a SOCKS error ("not allowed"), not a
-// reset later; with -allow-private, a closed port comes back as "refused".
+// network: without -allow-private a loopback destination is refused; with
+// -strict the refusal reaches curl at once as a SOCKS error ("not
+// allowed"), not a reset later; with fast open (the default) curl's
+// connection is closed at once and the client's log says why; with
+// -allow-private, a closed port comes back as "refused".
 func TestEgressPolicy(t *testing.T) {
 	curl := requirePeer(t, "curl")
 	o := startOrigin(t, 1000)
 	b := startServer(t, "")
-	_, proxy := startClient(t, b.link)
+	fast, fastProxy := startClient(t, b.link)
 	start := time.Now()
+	if _, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "--max-time", "20"}, fastProxy.curlSOCKS()...), "http://"+o.addr+"/blob")...); err == nil {
+		t.Fatal("the bridge let a client reach its loopback origin without -allow-private")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("fast open: refusal took %v", d)
+	}
+	fast.waitOutput(t, regexp.MustCompile(`the bridge refused a connection.*not allowed`), 10*time.Second)
+
+	_, proxy := startClient(t, b.link, "-strict")
+	start = time.Now()
 	_, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "--max-time", "20"}, proxy.curlSOCKS()...), "http://"+o.addr+"/blob")...)
 	if err == nil {
 		t.Fatal("the bridge let a client reach its loopback origin without -allow-private")
@@ -185,7 +197,7 @@ func TestEgressPolicy(t *testing.T) {
 	}
 
 	b2 := startServer(t, "", "-allow-private")
-	_, proxy2 := startClient(t, b2.link)
+	_, proxy2 := startClient(t, b2.link, "-strict")
 	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	_, err = runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "--max-time", "20"}, proxy2.curlSOCKS()...), "http://"+closed+"/")...)
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "refused") && !strings.Contains(err.Error(), "(5)") {
