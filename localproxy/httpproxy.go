@@ -157,6 +157,14 @@ func (p *Server) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 			return err
 		}
 		app.SetReadDeadline(time.Time{})
+		// A request that is not for a proxy (origin form, as a web page
+		// sends to 127.0.0.1 after a DNS rebinding; or an https:// URL,
+		// which proxies get as CONNECT) gets what a port that speaks
+		// nothing useful gives: the connection closes without a word,
+		// before authentication, so nothing says what listens here.
+		if req.Method != http.MethodConnect && (req.URL.Scheme != "http" || req.URL.Host == "") {
+			return errors.New("http proxy: not a proxy request: closed without an answer")
+		}
 		// A request without the credentials learns nothing but that a
 		// proxy wants them: a generic realm, nothing opened.
 		if p.auth != nil && !p.httpAuthOK(req.Header) {
