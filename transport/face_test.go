@@ -339,7 +339,8 @@ func TestSilentFloodDoesNotStallTheFace(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Every slot is held by a silent socket (the other two met the face).
+	waitPending(t, b.server, 2)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: testSNI, InsecureSkipVerify: true}}
 	defer tr.CloseIdleConnections()
 	start := time.Now()
@@ -443,10 +444,10 @@ func TestCoverKeyExchangeMatchesCover(t *testing.T) {
 // address cannot take every classification slot: a genuine client from
 // another address still authenticates while they sit there.
 func TestOneProberCannotFillThePool(t *testing.T) {
-	old := maxPendingPerSource
-	maxPendingPerSource = 2
-	defer func() { maxPendingPerSource = old }()
 	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.MaxPendingHandshakes = 4 })
+	b.server.mu.Lock()
+	b.server.maxPendingPerSource = 2
+	b.server.mu.Unlock()
 	for range 6 { // all from 127.0.0.1
 		c, err := net.Dial("tcp", b.addr)
 		if err != nil {
@@ -454,7 +455,7 @@ func TestOneProberCannotFillThePool(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	time.Sleep(100 * time.Millisecond)
+	waitPending(t, b.server, 2)
 	cfg := b.clientConfig()
 	cfg.Dial = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext
 	sess, err := Dial(context.Background(), cfg)
@@ -462,4 +463,97 @@ func TestOneProberCannotFillThePool(t *testing.T) {
 		t.Fatalf("a client from another address: %v", err)
 	}
 	sess.Close()
+}
+
+// waitPending waits until srv has exactly n connections being classified,
+// so a test knows its silent sockets hold their slots (and the rest have
+// been accepted and evicted or turned away) before it goes on.
+func waitPending(t *testing.T, srv *Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		srv.mu.Lock()
+		got, accepted := len(srv.pending), len(srv.conns)
+		srv.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections being classified (%d tracked), want %d", got, accepted, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// dialFrom connects to addr from the loopback address 127.0.0.last.
+func dialFrom(t *testing.T, last byte, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, last)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialGenuineFrom runs a genuine client's Dial from 127.0.0.last.
+func dialGenuineFrom(t *testing.T, b *testBridge, last byte) error {
+	t.Helper()
+	cfg := b.clientConfig()
+	cfg.Dial = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, last)}}).DialContext
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return sess.Close()
+}
+
+// TestSilentFloodFromOneAddress proves that silent sockets from a client's
+// own address (a carrier-grade NAT, a university) cannot send that client
+// to the face: with every per-source slot held by silence, a genuine client
+// from the same address still gets its tunnel, and a silent socket that
+// lost its slot still gets the website when it finally speaks, as from a
+// plain server. (Before: the 17th connection from the address met the
+// face unread, so Dial failed.)
+func TestSilentFloodFromOneAddress(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	var silent []net.Conn
+	for range defaultMaxPendingPerSource {
+		silent = append(silent, dialFrom(t, 2, b.addr))
+	}
+	waitPending(t, b.server, defaultMaxPendingPerSource)
+	if err := dialGenuineFrom(t, b, 2); err != nil {
+		t.Fatalf("a genuine client behind %d silent sockets from its own address: %v", len(silent), err)
+	}
+	// The oldest silent socket gave way; it meets the website all the same.
+	tc := tls.Client(silent[0], &tls.Config{ServerName: testSNI, InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(tc, "GET / HTTP/1.1\r\nHost: "+testSNI+"\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatalf("the evicted silent socket did not get the website: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the evicted silent socket got %s", resp.Status)
+	}
+}
+
+// TestSilentFloodFromManyAddresses proves that silent sockets from many
+// addresses, together holding every classification slot, cannot keep a
+// genuine client out either, even one from an address in the flood.
+// (Before: with all slots held, every newcomer met the face unread.)
+func TestSilentFloodFromManyAddresses(t *testing.T) {
+	const slots = 8
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.MaxPendingHandshakes = slots })
+	for i := range 2 * slots { // two rounds, as a flood renewing its sockets
+		dialFrom(t, byte(2+i%4), b.addr)
+	}
+	waitPending(t, b.server, slots)
+	if err := dialGenuineFrom(t, b, 3); err != nil {
+		t.Fatalf("a genuine client behind %d silent sockets from 4 addresses: %v", 2*slots, err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,6 @@ type Server struct {
 	tunnelTLS   *tls.Config // site face: the site's own config; cover face: nil (per-connection)
 	site        *siteServer
 	log         *slog.Logger
-	pending     chan struct{} // semaphore of connections being classified
 	helloWait   time.Duration // how long to wait for a ClientHello
 	started     int64         // unix seconds: tags older than this are refused
 
@@ -50,9 +50,15 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // carriers and spliced strangers, closed on Close
 	sessions  map[sessionID]*serverSession
-	pendingBy map[netip.Prefix]int // connections being classified, by source
 	closed    bool
 	wg        sync.WaitGroup
+
+	// Connections being classified, oldest first, and how many per
+	// source (under mu); see takePending.
+	pending             []*pendingConn
+	pendingBy           map[netip.Prefix]int
+	maxPending          int // MaxPendingHandshakes or its default
+	maxPendingPerSource int // defaultMaxPendingPerSource; tests lower it
 }
 
 // NewServer checks cfg and returns a server ready to Serve.
@@ -89,11 +95,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ttl := 2 * cfg.maxClockSkew()
 		s.filter = replay.New(ttl, replay.SizeFor(ttl, replay.MaxHandshakeRate))
 	}
-	n := cfg.MaxPendingHandshakes
-	if n <= 0 {
-		n = DefaultMaxPendingHandshakes
+	s.maxPending = cfg.MaxPendingHandshakes
+	if s.maxPending <= 0 {
+		s.maxPending = DefaultMaxPendingHandshakes
 	}
-	s.pending = make(chan struct{}, n)
+	s.maxPendingPerSource = defaultMaxPendingPerSource
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Site != nil {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
@@ -164,11 +170,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// maxPendingPerSource bounds the connections from one address (an IPv4
-// address, or an IPv6 /64) being identified at once, so that one prober
-// cannot take every slot of MaxPendingHandshakes. A genuine client needs
-// one slot for one round trip. (A variable so that tests can lower it.)
-var maxPendingPerSource = 16
+// defaultMaxPendingPerSource bounds the connections from one address (an
+// IPv4 address, or an IPv6 /64) being identified at once, so that one
+// prober cannot take every slot of MaxPendingHandshakes. A genuine client
+// needs one slot for one round trip.
+const defaultMaxPendingPerSource = 16
 
 // sourceOf returns the key under which c's peer is counted: its IPv4
 // address or its IPv6 /64. It is only ever used as a map key, never logged.
@@ -185,30 +191,112 @@ func sourceOf(c net.Conn) netip.Prefix {
 	return p
 }
 
-// takePending takes a classification slot for a connection from source,
-// or reports that there is none free.
-func (s *Server) takePending(source netip.Prefix) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pendingBy[source] >= maxPendingPerSource {
-		return false
-	}
-	select {
-	case s.pending <- struct{}{}:
-	default:
-		return false
-	}
-	s.pendingBy[source]++
-	return true
+// pendingConn is a connection being classified. It wraps the raw
+// connection only while its ClientHello is read, to learn whether the peer
+// has sent anything yet and so that an eviction can end that read.
+type pendingConn struct {
+	net.Conn
+	source  netip.Prefix
+	spoke   atomic.Bool // a read returned bytes
+	evicted atomic.Bool // set under Server.mu; reads fail from then on
 }
 
-func (s *Server) releasePending(source netip.Prefix) {
+// errEvicted ends the ClientHello read of a connection whose slot was
+// given to a newer one. It is only logged at debug level.
+var errEvicted = errors.New("classification slot given to a newer connection")
+
+func (p *pendingConn) Read(b []byte) (int, error) {
+	if p.evicted.Load() {
+		// Checked before each read: an eviction that came before the
+		// handshake set its read deadline is not lost to that deadline.
+		return 0, errEvicted
+	}
+	n, err := p.Conn.Read(b)
+	if n > 0 {
+		p.spoke.Store(true)
+	}
+	return n, err
+}
+
+// takePending takes a classification slot for raw, or returns nil if there
+// is none it may have.
+//
+// Slots are what silent sockets would hoard: a socket that says nothing
+// costs the prober nothing, and with a slot each it could keep genuine
+// clients from being identified (before, 16 silent sockets from a client's
+// own address, or 512 from a few dozen addresses, sent it to the face). So
+// a newcomer never waits behind them: when its source holds all it may,
+// the oldest of that source gives way (a silent one first, then one in the
+// middle of a hello: a slow-hello flood from one address must not lock out
+// its other users either); when all slots are held, the oldest silent
+// connection anywhere gives way. Only when every slot is held by
+// connections that are talking does the newcomer go to the face unread.
+// A genuine client holds a slot only for the moment between its connect
+// and its hello, and is never the oldest silent connection while a flood
+// goes on, so flooding evicts the flood.
+//
+// An evicted connection is not closed or answered: its read ends and it
+// meets the face with whatever it had sent, the face's clock counting from
+// its accept, exactly as the website would have treated it all along.
+func (s *Server) takePending(raw net.Conn) *pendingConn {
+	p := &pendingConn{Conn: raw, source: sourceOf(raw)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	<-s.pending
-	if s.pendingBy[source]--; s.pendingBy[source] <= 0 {
-		delete(s.pendingBy, source)
+	if s.pendingBy[p.source] >= s.maxPendingPerSource &&
+		!s.evictLocked(p.source, false) && !s.evictLocked(p.source, true) {
+		return nil
 	}
+	if len(s.pending) >= s.maxPending && !s.evictLocked(netip.Prefix{}, false) {
+		return nil
+	}
+	s.pending = append(s.pending, p)
+	s.pendingBy[p.source]++
+	return p
+}
+
+// evictLocked takes the slot of the oldest pending connection from source
+// (any source if source is the zero prefix) that has sent nothing, or, with
+// talking, the oldest from source whatever it has sent. It reports whether
+// it found one. s.mu must be held.
+func (s *Server) evictLocked(source netip.Prefix, talking bool) bool {
+	for i, p := range s.pending {
+		if source.IsValid() && p.source != source || !talking && p.spoke.Load() {
+			continue
+		}
+		s.removePendingLocked(i)
+		p.evicted.Store(true)
+		// Ends a read in progress; a later one sees evicted. Under s.mu,
+		// so that after releasePending no deadline is set behind the
+		// handshake's back (see handle).
+		p.Conn.SetReadDeadline(time.Now())
+		return true
+	}
+	return false
+}
+
+func (s *Server) removePendingLocked(i int) {
+	p := s.pending[i]
+	s.pending = slices.Delete(s.pending, i, i+1)
+	if s.pendingBy[p.source]--; s.pendingBy[p.source] <= 0 {
+		delete(s.pendingBy, p.source)
+	}
+}
+
+// releasePending gives back p's slot, unless an eviction took it already,
+// and reports whether p was evicted.
+func (s *Server) releasePending(p *pendingConn) (evicted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.evicted.Load() {
+		return true
+	}
+	for i, q := range s.pending {
+		if q == p {
+			s.removePendingLocked(i)
+			break
+		}
+	}
+	return false
 }
 
 // isTemporary reports accept errors worth retrying after a pause, such as
@@ -223,12 +311,11 @@ func (s *Server) handle(raw net.Conn) {
 	defer s.wg.Done()
 	defer s.track(raw, false)
 	hs := &serverHandshake{srv: s, raw: raw, start: time.Now()}
-	source := sourceOf(raw)
-	if !s.takePending(source) {
-		// Too many connections are being identified at once, from this
-		// source or in all (a flood of silent sockets, say). Rather than
-		// stall everyone, this one meets the face unread, as it would
-		// meet the website; a genuine client among them retries.
+	p := s.takePending(raw)
+	if p == nil {
+		// Every slot is held by connections that are talking. Rather
+		// than stall everyone, this one meets the face unread, as it
+		// would meet the website; a genuine client among them retries.
 		s.log.Debug("too many pending handshakes: straight to the face")
 		if c := s.cfg.Cover; c != nil {
 			hs.cover = c.dialEarly(raw)
@@ -236,9 +323,15 @@ func (s *Server) handle(raw net.Conn) {
 		s.toFace(hs, hs.cover)
 		return
 	}
+	hs.raw = p
 	err := hs.classify()
+	hs.raw = raw // the face and the tunnel get the socket itself
 	cover := hs.cover
-	s.releasePending(source)
+	if s.releasePending(p) {
+		// An eviction may have set a read deadline after classify
+		// cleared its own; clear it again, as classify leaves it.
+		raw.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		// Errors of reads and writes name the peer's address: scrub.
 		s.log.Debug("stranger meets the face", "reason", safelog.Error(err, false))
