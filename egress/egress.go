@@ -40,6 +40,7 @@ import (
 
 	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport"
+	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
@@ -67,6 +68,26 @@ const (
 	udpMaxNames = 64
 	// udpNameTTL is how long a cached host name lookup is used.
 	udpNameTTL = time.Minute
+)
+
+// Default limits on what the bridge's users may hold open at once (see
+// Config). The transport caps streams per session (1,024) and sessions in
+// all; these cap each user across all its sessions, and the bridge as a
+// whole, so that one link holder cannot take the memory and the file
+// descriptors every other user needs. Measured (TestIdleStreamsCost): an
+// idle stream or UDP relay costs the bridge about 12 KiB, so the global
+// defaults stay near 400 MiB even when every slot is taken at once.
+const (
+	// DefaultMaxStreamsPerUser bounds one user's streams of every kind:
+	// a browser's worth of connections on each of a few devices.
+	DefaultMaxStreamsPerUser = 4096
+	// DefaultMaxStreams bounds the streams of all users together.
+	DefaultMaxStreams = 32768
+	// DefaultMaxUDPRelaysPerUser bounds one user's UDP relays (each a
+	// UDP socket on the bridge): apps open a few, for calls and DNS.
+	DefaultMaxUDPRelaysPerUser = 256
+	// DefaultMaxUDPRelays bounds the UDP relays of all users together.
+	DefaultMaxUDPRelays = 4096
 )
 
 // controlPrefixes are cloud metadata and control endpoints, refused even
@@ -242,6 +263,18 @@ type Config struct {
 	// Stats, if set, counts each stream and the bytes relayed either way
 	// for the user of the stream's short id (never per address).
 	Stats *stats.Counters
+	// MaxStreamsPerUser and MaxStreams bound the streams (of every
+	// command) open at once for one user (short id; clients without one
+	// count as one user) and for all together; MaxUDPRelaysPerUser and
+	// MaxUDPRelays bound UDP relays the same way. Zero means the
+	// Default… value, a negative value no limit. A stream past a limit
+	// is refused with StatusGeneralFailure (SOCKS5's "general failure":
+	// try again later) and costs nothing else; the session and the
+	// user's other streams carry on.
+	MaxStreamsPerUser   int
+	MaxStreams          int
+	MaxUDPRelaysPerUser int
+	MaxUDPRelays        int
 }
 
 // Handler handles the streams of a standalone bridge: its Handle method
@@ -260,6 +293,8 @@ type Handler struct {
 	dialTimeout  time.Duration
 	udpIdle      time.Duration
 	stats        *stats.Counters // nil: no counting
+	streams      *limiter        // every stream
+	udpRelays    *limiter        // UDP relays
 }
 
 // New returns the stream handler of a standalone bridge: a proxy to
@@ -289,6 +324,8 @@ func New(cfg Config) *Handler {
 	if h.udpIdle <= 0 {
 		h.udpIdle = DefaultUDPIdleTimeout
 	}
+	h.streams = newLimiter(cfg.MaxStreamsPerUser, DefaultMaxStreamsPerUser, cfg.MaxStreams, DefaultMaxStreams)
+	h.udpRelays = newLimiter(cfg.MaxUDPRelaysPerUser, DefaultMaxUDPRelaysPerUser, cfg.MaxUDPRelays, DefaultMaxUDPRelays)
 	return h
 }
 
@@ -315,6 +352,14 @@ func (e *Handler) Handle(st *transport.Stream) {
 	u := e.stats.For(st.ShortID)
 	u.StreamStarted()
 	defer u.StreamEnded()
+	if !e.streams.take(st.ShortID) {
+		// The limit is the user's or the bridge's, not the session's:
+		// refuse this stream and keep the rest going.
+		st.Reply(transport.StatusGeneralFailure)
+		log.Debug("stream refused: too many streams for this user or in all")
+		return
+	}
+	defer e.streams.release(st.ShortID)
 	var status transport.Status
 	switch cmd := st.Request.Command; {
 	case e.forward != "" && cmd == transport.CmdDefault:
@@ -367,10 +412,9 @@ func (e *Handler) serveTCP(st *transport.Stream, forward string, u *stats.User, 
 	if err := st.Reply(transport.StatusOK); err != nil {
 		return transport.StatusOK
 	}
-	// The destination side is wrapped, not the stream: Relay ends the
-	// relay when the stream's session ends, which it learns from the
-	// stream's own methods.
-	if err := transport.Relay(st, u.Conn(conn)); err != nil {
+	// The destination side is wrapped for counting, not the stream:
+	// relay needs the stream's own methods (SessionDone, WriteTo).
+	if err := relay(st, u.Conn(conn), conn); err != nil {
 		log.Debug("relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK
@@ -474,6 +518,12 @@ func isTimeout(err error) bool {
 // (like a NAT with endpoint-dependent filtering), so a stranger who finds
 // the socket's port cannot push datagrams into the tunnel.
 func (e *Handler) serveUDP(st *transport.Stream, u *stats.User, log *slog.Logger) transport.Status {
+	if !e.udpRelays.take(st.ShortID) {
+		st.Reply(transport.StatusGeneralFailure)
+		log.Debug("UDP relay refused: too many for this user or in all")
+		return transport.StatusGeneralFailure
+	}
+	defer e.udpRelays.release(st.ShortID)
 	pc, err := net.ListenUDP("udp", nil)
 	if err != nil {
 		log.Warn("cannot open a UDP socket", "error", err.Error())
@@ -576,30 +626,47 @@ func (r *udpRelay) touch() { r.last.Store(time.Now().UnixNano()) }
 // clientToNet sends the client's datagrams to their destinations,
 // dropping refused and unresolvable ones silently.
 func (r *udpRelay) clientToNet() error {
-	buf := make([]byte, 2+transport.MaxDatagramLen)
+	// While idle the relay waits for a datagram's 2-byte length with no
+	// buffer of its own; a pooled one is taken for each datagram only.
+	head := &headReader{r: r.st}
 	for {
-		addr, payload, err := transport.ReadDatagram(r.st, buf)
-		if err != nil {
+		if _, err := io.ReadFull(r.st, head.b[:]); err != nil {
 			return err
 		}
-		r.touch()
-		ip, ok := r.destination(addr.Host)
-		if !ok {
-			continue
+		head.n = 0
+		if err := r.sendOne(head); err != nil {
+			return err
 		}
-		to := netip.AddrPortFrom(ip, addr.Port)
-		if !r.remember(to) {
-			continue
-		}
-		if _, err := r.pc.WriteToUDPAddrPort(payload, to); err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			// Unreachable, too big: dropped, as a router would.
-			continue
-		}
-		r.user.AddUp(len(payload))
 	}
+}
+
+// sendOne reads the rest of one datagram from head (its length already
+// read) into a pooled buffer and sends it.
+func (r *udpRelay) sendOne(head *headReader) error {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	addr, payload, err := transport.ReadDatagram(head, (*buf)[:2+transport.MaxDatagramLen])
+	if err != nil {
+		return err
+	}
+	r.touch()
+	ip, ok := r.destination(addr.Host)
+	if !ok {
+		return nil
+	}
+	to := netip.AddrPortFrom(ip, addr.Port)
+	if !r.remember(to) {
+		return nil
+	}
+	if _, err := r.pc.WriteToUDPAddrPort(payload, to); err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		// Unreachable, too big: dropped, as a router would.
+		return nil
+	}
+	r.user.AddUp(len(payload))
+	return nil
 }
 
 // destination resolves host and applies the policy.
@@ -657,22 +724,110 @@ func (r *udpRelay) known(addr netip.AddrPort) bool {
 // netToClient passes replies from known peers into the stream, with the
 // source as the address.
 func (r *udpRelay) netToClient() error {
-	buf := make([]byte, maxUDPPacket)
 	for {
-		n, from, err := r.pc.ReadFromUDPAddrPort(buf)
-		if err != nil {
+		// Wait with no buffer: an idle relay holds none (see waitReadable).
+		if err := waitReadable(r.pc); err != nil {
 			return err
 		}
-		// The socket is dual-stack: IPv4 peers come as ::ffff:a.b.c.d.
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		if !r.known(from) || n > maxReplyPayload {
-			continue
+		if err := r.receiveOne(); err != nil {
+			return err
 		}
-		r.touch()
-		src := transport.Addr{Host: from.Addr().String(), Port: from.Port()}
-		if err := transport.WriteDatagram(r.st, src, buf[:n]); err != nil {
-			return fmt.Errorf("writing datagram to the stream: %w", err)
-		}
-		r.user.AddDown(n)
+	}
+}
+
+// receiveOne reads one datagram into a pooled buffer and passes it on if
+// it comes from a known peer.
+func (r *udpRelay) receiveOne() error {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	n, from, err := r.pc.ReadFromUDPAddrPort((*buf)[:maxUDPPacket])
+	if err != nil {
+		return err
+	}
+	// The socket is dual-stack: IPv4 peers come as ::ffff:a.b.c.d.
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	if !r.known(from) || n > maxReplyPayload {
+		return nil
+	}
+	r.touch()
+	src := transport.Addr{Host: from.Addr().String(), Port: from.Port()}
+	if err := transport.WriteDatagram(r.st, src, (*buf)[:n]); err != nil {
+		return fmt.Errorf("writing datagram to the stream: %w", err)
+	}
+	r.user.AddDown(n)
+	return nil
+}
+
+// bufferSize fits the largest datagram either way: a framed one from the
+// stream (2-byte length and MaxDatagramLen) and one read from the socket.
+const bufferSize = max(2+transport.MaxDatagramLen, maxUDPPacket)
+
+// buffers pools the relays' datagram buffers: each relay needs one only
+// while it moves a datagram, so idle relays, however many, hold none.
+// Pointers to slices, so that Put does not allocate.
+var buffers = sync.Pool{New: func() any {
+	b := make([]byte, bufferSize)
+	return &b
+}}
+
+func getBuffer() *[]byte  { return buffers.Get().(*[]byte) }
+func putBuffer(b *[]byte) { buffers.Put(b) }
+
+// headReader gives back a datagram's 2-byte length, already read, before
+// the rest of the stream.
+type headReader struct {
+	b [2]byte
+	n int // bytes of b given back
+	r io.Reader
+}
+
+func (h *headReader) Read(p []byte) (int, error) {
+	if h.n < len(h.b) {
+		k := copy(p, h.b[h.n:])
+		h.n += k
+		return k, nil
+	}
+	return h.r.Read(p)
+}
+
+// limiter counts what each user and all users hold, up to a limit each.
+// A nil *limiter, or a negative limit, allows everything.
+type limiter struct {
+	perUser, total int // < 0: no limit
+
+	mu     sync.Mutex
+	n      int
+	byUser map[keys.ShortID]int
+}
+
+func newLimiter(perUser, defPerUser, total, defTotal int) *limiter {
+	if perUser == 0 {
+		perUser = defPerUser
+	}
+	if total == 0 {
+		total = defTotal
+	}
+	return &limiter{perUser: perUser, total: total, byUser: make(map[keys.ShortID]int)}
+}
+
+// take counts one more for id, or reports false if id or everyone is at
+// the limit.
+func (l *limiter) take(id keys.ShortID) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= 0 && l.n >= l.total || l.perUser >= 0 && l.byUser[id] >= l.perUser {
+		return false
+	}
+	l.n++
+	l.byUser[id]++
+	return true
+}
+
+func (l *limiter) release(id keys.ShortID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n--
+	if l.byUser[id]--; l.byUser[id] <= 0 {
+		delete(l.byUser, id) // the map holds only users with something open
 	}
 }

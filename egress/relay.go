@@ -1,0 +1,101 @@
+package egress
+
+import (
+	"io"
+	"net"
+
+	"github.com/mirage-pt/mirage/transport"
+)
+
+// relay copies between the client's stream and the destination until both
+// directions have ended, as transport.Relay does (half-closes passed on,
+// a failed copy or the end of the session ending both), but holding no
+// buffer while the connection is idle: an idle stream costs its
+// goroutines and nothing else, where io.Copy holds 32 KiB each way for
+// the stream's whole life (64 MiB for a thousand idle streams).
+//
+// dst is the destination as the handler counts it (stats wrap it); raw is
+// the socket beneath, which relay waits on for readability.
+func relay(st *transport.Stream, dst, raw net.Conn) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		// A copy blocked reading one side after a half-close of the
+		// other would otherwise outlive the session.
+		select {
+		case <-st.SessionDone():
+			st.Close()
+			dst.Close()
+		case <-done:
+		}
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- toDestination(dst, st) }()
+	err := fromDestination(st, dst, raw)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+// toDestination copies the client's stream to dst. The transport's
+// streams (smux) write their own buffered frames out through WriteTo, so
+// no buffer of ours is held.
+func toDestination(dst net.Conn, st *transport.Stream) error {
+	var err error
+	if wt, ok := st.Conn.(io.WriterTo); ok {
+		_, err = wt.WriteTo(dst)
+	} else {
+		_, err = io.Copy(dst, st)
+	}
+	return endCopy(dst, st, err)
+}
+
+// fromDestination copies src to the client's stream, taking a pooled
+// buffer only once raw has something to read.
+func fromDestination(st *transport.Stream, src, raw net.Conn) error {
+	for {
+		if err := waitReadable(raw); err != nil {
+			return endCopy(st, src, err)
+		}
+		switch err := readOnce(st, src); {
+		case err == io.EOF:
+			return endCopy(st, src, nil)
+		case err != nil:
+			return endCopy(st, src, err)
+		}
+	}
+}
+
+// readOnce moves what one Read of src returns to st through a pooled
+// buffer, and returns the error of the write, or else of the read.
+func readOnce(st *transport.Stream, src net.Conn) error {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	n, err := src.Read((*buf)[:relayChunk])
+	if n > 0 {
+		if _, werr := st.Write((*buf)[:n]); werr != nil {
+			return werr
+		}
+	}
+	return err
+}
+
+// relayChunk is the most one read moves: io.Copy's size, so that what
+// reaches the client is chunked as before.
+const relayChunk = 32 << 10
+
+// endCopy ends one direction as transport.Relay does: after a clean end of
+// src, half-close dst; after an error, close both so the other direction
+// ends too.
+func endCopy(dst, src net.Conn, err error) error {
+	if err != nil {
+		dst.Close()
+		src.Close()
+		return err
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
