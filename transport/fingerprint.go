@@ -7,6 +7,8 @@ import (
 	"net"
 
 	utls "github.com/refraction-networking/utls"
+
+	"github.com/mirage-pt/mirage/transport/link"
 )
 
 // A client's ClientHello must be, byte for byte, a browser's: its JA3/JA4
@@ -76,37 +78,62 @@ func chromeSpec() (*utls.ClientHelloSpec, error) {
 	return &spec, nil
 }
 
+// fingerprintAliases are fp= names whose built-in hello is another's.
+// utls's Edge 85, iOS 14 and Safari 16 hellos, which these names used to
+// send, are rare in 2026, and a censor that scores hellos bans stale
+// ones: a client sending one stood out more than one sending the current
+// Chrome. Edge is Chromium, and its hello is Chrome's. There is no capture
+// of a current Safari to build one from, so safari and ios send Chrome's
+// hello too, until a capture of Safari is set for them (UseCapturedHello).
+// The names stay valid so that links naming them keep working.
+var fingerprintAliases = map[string]string{
+	"edge":   "chrome",
+	"ios":    "chrome",
+	"safari": "chrome",
+}
+
 // newUConn returns a utls client connection that will send the ClientHello
-// of the browser fp names.
+// of the browser fp names: a captured hello set for fp (UseCapturedHello),
+// else for the name it is an alias of, else the built-in one.
 func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
-	switch fp {
-	case "", "chrome":
-		spec, err := chromeSpec()
-		if err != nil {
-			return nil, err
+	if fp == "" {
+		fp = link.DefaultFingerprint
+	}
+	h := capturedFor(fp)
+	if alias, ok := fingerprintAliases[fp]; ok {
+		fp = alias
+		if h == nil {
+			h = capturedFor(fp)
 		}
+	}
+	if h != nil {
 		uc := utls.UClient(raw, cfg, utls.HelloCustom)
-		if err := uc.ApplyPreset(spec); err != nil {
-			return nil, fmt.Errorf("transport: applying Chrome's ClientHello: %w", err)
+		if err := h.apply(uc); err != nil {
+			return nil, err
 		}
 		return uc, nil
+	}
+	var spec *utls.ClientHelloSpec
+	var err error
+	switch fp {
+	case "chrome":
+		spec, err = chromeSpec()
 	case "firefox":
-		spec, err := firefoxSpec()
-		if err != nil {
-			return nil, err
-		}
-		uc := utls.UClient(raw, cfg, utls.HelloCustom)
-		if err := uc.ApplyPreset(spec); err != nil {
-			return nil, fmt.Errorf("transport: applying Firefox's ClientHello: %w", err)
-		}
+		spec, err = firefoxSpec()
+	default:
+		return nil, fmt.Errorf("transport: unknown fingerprint %q", fp)
+	}
+	if err != nil {
+		return nil, err
+	}
+	uc := utls.UClient(raw, cfg, utls.HelloCustom)
+	if err := uc.ApplyPreset(spec); err != nil {
+		return nil, fmt.Errorf("transport: applying %s's ClientHello: %w", fp, err)
+	}
+	if fp == "firefox" {
 		if err := firefoxShareX25519(uc); err != nil {
 			return nil, err
 		}
-		return uc, nil
 	}
-	id, ok := helloIDs[fp]
-	if !ok {
-		return nil, fmt.Errorf("transport: unknown fingerprint %q", fp)
-	}
-	return utls.UClient(raw, cfg, id), nil
+	return uc, nil
 }

@@ -19,15 +19,6 @@ import (
 	"github.com/mirage-pt/mirage/transport/link"
 )
 
-// helloIDs maps the fp= names of a link to the utls ClientHello each
-// mimics; chrome (the default) and firefox are built by chromeSpec and
-// firefoxSpec (fingerprint*.go), to match the browsers Debian ships now.
-var helloIDs = map[string]utls.ClientHelloID{
-	"safari": utls.HelloSafari_Auto,
-	"ios":    utls.HelloIOS_Auto,
-	"edge":   utls.HelloEdge_Auto,
-}
-
 // clientHandshake turns raw, a fresh TCP connection to the bridge, into an
 // authenticated carrier: it sends a browser ClientHello carrying the tag,
 // completes TLS 1.3, sends its opening (op) and checks the server's proof.
@@ -36,6 +27,10 @@ var helloIDs = map[string]utls.ClientHelloID{
 // how many bytes of the session the server has received.
 func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
 	ucfg := &utls.Config{
+		// An empty ServerName leaves server_name out of the hello (utls's
+		// SNIExtension writes nothing for it) and changes nothing else:
+		// what Chrome sends to an address typed as an IP, and what a
+		// bridge without a domain name tells its clients to send.
 		ServerName: cfg.ServerName,
 		// The certificate is not what authenticates a bridge: the proof
 		// below is, and it is bound to this TLS session by the exporter,
