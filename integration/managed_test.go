@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -457,4 +458,63 @@ func TestManagedUpstreamProxy(t *testing.T) {
 
 	bad := startManaged(t, "mirage-client (bad proxy)", clientBin, clientEnv(t, "TOR_PT_PROXY=socks4a://"+proxy))
 	bad.waitOutput(t, regexp.MustCompile(`(?m)^PROXY-ERROR .*socks4a`), 20*time.Second)
+}
+
+// TestManagedDefaultFace: a bridge under tor with no ServerTransportOptions
+// (what most operators run) hands tor no server name and no "localhost"
+// (older versions made every such bridge say sni=localhost, one DPI rule
+// away from all of them), presents a certificate that names no localhost,
+// tells the operator in tor's own log what a strong face needs, and tor's
+// client PT reaches tor's ExtORPort through it with the arguments tor
+// publishes.
+func TestManagedDefaultFace(t *testing.T) {
+	ext := startFakeExtORPort(t)
+	port := freePort(t)
+	env := serverEnv(t, ext, port)
+	server := startManaged(t, "mirage-server", serverBin, env)
+	server.waitOutput(t, regexp.MustCompile(`(?m)^SMETHODS DONE$`), 20*time.Second)
+	m := smethodRE.FindStringSubmatch(server.stdout.String())
+	if m == nil {
+		t.Fatalf("no SMETHOD line with ARGS:\n%s", server.stdout.String())
+	}
+	if strings.Contains(m[2], "localhost") || regexp.MustCompile(`sni=[^,]`).MatchString(m[2]) {
+		t.Fatalf("SMETHOD ARGS name a server name: %s", m[2])
+	}
+	if !regexp.MustCompile(`(?m)^LOG SEVERITY=warning MESSAGE=".*-domain NAME`).MatchString(server.stdout.String()) {
+		t.Fatalf("tor's log is not told what a strong face needs:\n%s", server.stdout.String())
+	}
+	var state string
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "TOR_PT_STATE_LOCATION="); ok {
+			state = v
+		}
+	}
+	bl, err := os.ReadFile(filepath.Join(state, "mirage_bridgeline.txt"))
+	if err != nil || strings.Contains(string(bl), "localhost") {
+		t.Fatalf("bridge line file: %v\n%s", err, bl)
+	}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", m[1], &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	conn.Close()
+	if bytes.Contains(bytes.ToLower(leaf.Raw), []byte("localhost")) {
+		t.Fatalf("the face's certificate names localhost: %s %v", leaf.Subject, leaf.DNSNames)
+	}
+
+	client := startManaged(t, "mirage-client", clientBin, clientEnv(t))
+	client.waitOutput(t, regexp.MustCompile(`(?m)^CMETHODS DONE$`), 20*time.Second)
+	cm := cmethodRE.FindStringSubmatch(client.stdout.String())
+	c, rep := socksConnectWithArgs(t, cm[1], m[1], smethodArgsToSOCKS(m[2]))
+	if rep != 0 {
+		t.Fatalf("SOCKS reply %d", rep)
+	}
+	defer c.Close()
+	c.Write([]byte("no server name"))
+	got := make([]byte, 14)
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "no server name" {
+		t.Fatalf("echo: %q %v", got, err)
+	}
 }

@@ -284,9 +284,14 @@ func TestServerState(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(link)) != b.link {
 		t.Fatalf("client.link = %q (%v), printed %q", link, err, b.link)
 	}
+	// No face flags: no server name anywhere (issue 8), in particular
+	// not the "localhost" older bridges all handed out.
 	bl, err := os.ReadFile(filepath.Join(state, "bridgeline.txt"))
-	if err != nil || !strings.Contains(string(bl), "key=") || !strings.Contains(string(bl), "sni=") {
-		t.Fatalf("bridgeline.txt = %q (%v)", bl, err)
+	if err != nil || !strings.Contains(string(bl), "key=") || strings.Contains(string(bl), "sni=") || strings.Contains(string(bl), "localhost") {
+		t.Fatalf("bridgeline.txt = %q (%v), want key= and no sni", bl, err)
+	}
+	if strings.Contains(b.link, "sni=") || strings.Contains(b.link, "localhost") {
+		t.Fatalf("link %s names a server name", b.link)
 	}
 	entries, _ := os.ReadDir(state)
 	for _, e := range entries {

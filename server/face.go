@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,13 +47,15 @@ type face struct {
 	domain   string
 }
 
-// Files of the self-signed site face in the state directory.
-const (
-	selfSignedCertFile = "selfsigned-cert.pem"
-	selfSignedKeyFile  = "selfsigned-key.pem"
-	autocertDir        = "autocert"
-	defaultSelfSignSNI = "localhost"
-)
+// autocertDir is the ACME cache in the state directory.
+const autocertDir = "autocert"
+
+// strongFaceAdvice is the one line that tells an operator running without
+// a domain what a strong face needs. It is logged at every start of such a
+// bridge, and under tor it goes to tor's log as well.
+const strongFaceAdvice = "for a strong face give the bridge a domain name: -domain NAME " +
+	"(domain=NAME in ServerTransportOptions under tor), with DNS for NAME pointing here and port 443 reaching this port; " +
+	"the bridge then gets a free ACME certificate, and clients send NAME as browsers do"
 
 func (o *faceOptions) check() error {
 	n := 0
@@ -93,8 +94,9 @@ func (o *faceOptions) check() error {
 }
 
 // buildFace makes the face the options describe. stateDir holds the ACME
-// cache and the self-signed certificate.
-func buildFace(o faceOptions, stateDir string) (*face, error) {
+// cache and the self-signed certificate; ip is the bridge's address, which
+// a self-signed certificate names (nil when it is not known).
+func buildFace(o faceOptions, stateDir string, ip net.IP) (*face, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
@@ -154,16 +156,35 @@ func buildFace(o faceOptions, stateDir string) (*face, error) {
 			}
 		}
 	default:
-		if len(f.names) == 0 {
-			f.names = []string{defaultSelfSignSNI}
-		}
-		cert, err := loadOrCreateSelfSigned(stateDir, f.names)
+		// No name of its own: the certificate names the bridge's
+		// address, as a device reached by IP does, and clients send no
+		// server name, as a browser does for an address typed as an IP.
+		// A made-up name (older versions used "localhost") would be the
+		// same on every such bridge, one DPI rule away from all of them.
+		cert, legacy, err := loadOrCreateSelfSigned(stateDir, selfSigned{ip: ip, names: f.names})
 		if err != nil {
 			return nil, err
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-		f.warnings = append(f.warnings, "the site face uses a self-signed certificate: anyone who probes the bridge can see that, "+
-			"and few real websites do it; use -domain NAME (free ACME certificate) or -cert/-key for a bridge people rely on")
+		if len(f.names) == 0 {
+			// The empty name is the hello without server_name;
+			// only it is accepted, besides the legacy name below.
+			f.names = []string{""}
+			legacyPath := filepath.Join(stateDir, legacySNIFile)
+			if legacy {
+				note := legacySNI + "\n# This bridge handed out links with sni=" + legacySNI + " before; it keeps accepting them.\n" +
+					"# Remove this file once every user has the new link.\n"
+				if err := keys.WriteFileAtomic(legacyPath, []byte(note), 0o600); err != nil {
+					return nil, err
+				}
+			}
+			if _, err := os.Stat(legacyPath); err == nil {
+				f.names = append(f.names, legacySNI)
+				f.warnings = append(f.warnings, "links made by older versions of this bridge send the server name "+legacySNI+
+					", which a censor can spot; they still work, but give users the new link (it sends none), then remove "+legacyPath)
+			}
+		}
+		f.warnings = append(f.warnings, "the site face uses a self-signed certificate: anyone who probes the bridge can see that; "+strongFaceAdvice)
 	}
 	tlsConfig.NextProtos = append([]string{"h2", "http/1.1"}, tlsConfig.NextProtos...)
 	f.site = &transport.SiteFace{TLSConfig: tlsConfig, Handler: handler}
@@ -246,7 +267,7 @@ func (f *face) obtainCertificate(log *slog.Logger) {
 }
 
 // siteHandler returns the site's content: a reverse proxy, a directory, or
-// the built-in page.
+// nothing (notFoundSite).
 func siteHandler(o faceOptions) (http.Handler, error) {
 	switch {
 	case o.upstream != "":
@@ -269,7 +290,7 @@ func siteHandler(o faceOptions) (http.Handler, error) {
 		}
 		return http.FileServer(staticDir{http.Dir(o.www)}), nil
 	}
-	return builtinSite{}, nil
+	return notFoundSite, nil
 }
 
 // staticDir is the -www directory as the site shows it: files, and
@@ -311,75 +332,13 @@ func (d staticDir) Open(name string) (http.File, error) {
 	return f, nil
 }
 
-// builtinSite is a small static page, for bridges with nothing else to show.
-type builtinSite struct{}
-
-const builtinPage = `<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Welcome</title>
-<style>body{font-family:sans-serif;max-width:40em;margin:4em auto;color:#333}</style></head>
-<body><h1>Welcome</h1><p>This site is under construction. Please check back soon.</p></body>
-</html>
-`
-
-func (builtinSite) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/" && r.URL.Path != "/index.html" {
-		http.NotFound(w, r)
-		return
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Write([]byte(builtinPage))
-}
-
-// loadOrCreateSelfSigned keeps one self-signed certificate in the state
-// directory: a certificate that changed at every restart would itself be
-// a sign that this is no ordinary website.
-func loadOrCreateSelfSigned(stateDir string, names []string) (tls.Certificate, error) {
-	certPath := filepath.Join(stateDir, selfSignedCertFile)
-	keyPath := filepath.Join(stateDir, selfSignedKeyFile)
-	if cert, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		leaf, err := x509.ParseCertificate(cert.Certificate[0])
-		if err == nil && time.Now().Before(leaf.NotAfter.Add(-24*time.Hour)) && sameNames(leaf.DNSNames, names) {
-			return cert, nil
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return tls.Certificate{}, fmt.Errorf("self-signed certificate in %s is damaged (%v): remove %s and %s to make a new one",
-			stateDir, err, certPath, keyPath)
-	}
-	cert, err := transport.SelfSignedCertificate(names, 365*24*time.Hour)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	der := cert.Certificate[0]
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return tls.Certificate{}, err
-	}
-	if err := keys.WriteFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return tls.Certificate{}, err
-	}
-	if err := keys.WriteFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.LoadX509KeyPair(certPath, keyPath)
-}
-
-func sameNames(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !strings.EqualFold(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
-}
+// notFoundSite is the content of a bridge with none of its own: no page
+// at all, every path answered with net/http's own "404 page not found",
+// exactly as a Go HTTPS server with no handler for it answers (an API
+// server, a Traefik or Kubernetes ingress default backend, an exporter
+// asked for /), which is what the face's TLS and HTTP/2 stack already is.
+// A built-in page would be one more thing the same on every such bridge,
+// and a page made per bridge would still be made by one program, for a
+// site no name points to. Operators who want a site give -upstream or
+// -www (or -domain with either).
+var notFoundSite = http.HandlerFunc(http.NotFound)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mdp/qrterminal/v3"
+	goptlib "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 	"golang.org/x/term"
 
 	"github.com/mirage-pt/mirage/egress"
@@ -273,22 +274,29 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		return err
 	}
 	defer ops.stop()
-	f, err := buildFace(c.face, c.stateDir)
+	if err := c.face.check(); err != nil {
+		return err
+	}
+	// Listening comes first: the link's address, which a self-signed
+	// certificate names, depends on the port actually bound.
+	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
+	}
+	addr := linkAddress(c.linkHost, c.face.domain, ln.Addr().(*net.TCPAddr))
+	f, err := buildFace(c.face, c.stateDir, hostIP(addr))
+	if err != nil {
+		ln.Close()
 		return err
 	}
 	for _, w := range f.warnings {
 		log.Warn(w)
 	}
-	ln, err := net.Listen("tcp", c.listen)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
-	}
 	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
 	if len(state.ShortIDs) > 0 {
 		params.ShortID = state.ShortIDs[0]
 	}
-	l := &link.Link{Params: params, Address: linkAddress(c.linkHost, ln.Addr().(*net.TCPAddr)), Label: c.label}
+	l := &link.Link{Params: params, Address: addr, Label: c.label}
 	if err := writeClientFiles(c.stateDir, l); err != nil {
 		ln.Close()
 		return err
@@ -342,7 +350,14 @@ func (f *face) describe() string {
 	if f.cover != nil {
 		return "cover " + f.cover.Address
 	}
-	return "site " + strings.Join(f.names, ",")
+	var names []string
+	for _, n := range f.names {
+		if n == "" {
+			n = "(no server name)"
+		}
+		names = append(names, n)
+	}
+	return "site " + strings.Join(names, ",")
 }
 
 // managedConfig builds one bridge's config under tor: the flags give
@@ -385,12 +400,21 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	if err != nil {
 		return nil, link.Params{}, err
 	}
-	f, err := buildFace(o, stateDir)
+	// tor gives no address to name: the machine's own, as the link of
+	// a standalone bridge listening on all addresses would.
+	ip := hostIP(linkAddress("", "", &net.TCPAddr{IP: net.IPv4zero, Port: 443}))
+	if ip != nil && ip.IsLoopback() {
+		ip = nil // no address of its own but loopback: name none
+	}
+	f, err := buildFace(o, stateDir, ip)
 	if err != nil {
 		return nil, link.Params{}, err
 	}
 	for _, w := range f.warnings {
 		log.Warn(w)
+		// The operator of a bridge under tor reads tor's log, not ours
+		// (which goes nowhere without -log).
+		goptlib.Log(goptlib.LogSeverityWarning, "mirage: "+w)
 	}
 	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
 	if len(state.ShortIDs) > 0 {
@@ -409,16 +433,21 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 	}, params, nil
 }
 
-// linkAddress is the address clients dial: -link-host, or else the listen
+// linkAddress is the address clients dial: -link-host, or else the
+// -domain name (so that a client, like a browser, reaches the bridge by
+// looking the name up, and the address follows DNS), or else the listen
 // address, with the first non-loopback address of this machine in place of
-// an unspecified one.
-func linkAddress(linkHost string, listen *net.TCPAddr) string {
+// an unspecified one. The port is the listen port unless -link-host has one.
+func linkAddress(linkHost, domain string, listen *net.TCPAddr) string {
 	port := strconv.Itoa(listen.Port)
 	if linkHost != "" {
 		if _, _, err := net.SplitHostPort(linkHost); err == nil {
 			return linkHost
 		}
 		return net.JoinHostPort(strings.Trim(linkHost, "[]"), port)
+	}
+	if domain != "" {
+		return net.JoinHostPort(strings.ToLower(domain), port)
 	}
 	if !listen.IP.IsUnspecified() {
 		return net.JoinHostPort(listen.IP.String(), port)
@@ -430,6 +459,23 @@ func linkAddress(linkHost string, listen *net.TCPAddr) string {
 		}
 	}
 	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// hostIP returns the IP address in addr ("host:port"), or nil when the host
+// is a name or the address is unspecified.
+func hostIP(addr string) net.IP {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	if v4 := ip.To4(); v4 != nil {
+		return v4
+	}
+	return ip
 }
 
 // writeClientFiles writes DIR/client.link and DIR/bridgeline.txt.

@@ -4,7 +4,9 @@
 //	mirage://KEY@HOST:PORT?sni=NAME&id=SHORTID&fp=chrome#LABEL      (mirage-client)
 //	Bridge mirage HOST:PORT FINGERPRINT key=KEY sni=NAME id=SHORTID  (tor)
 //
-// Both carry the same Params. Users paste these by hand, often after a
+// Both carry the same Params. Every parameter but the key is optional: a
+// bridge with no DNS name of its own has no sni, and its clients send no
+// server name at all, as a browser does for an address typed as an IP. Users paste these by hand, often after a
 // messenger or a mail client has mangled them, so every error names the
 // field at fault and says what a correct value looks like. The writers
 // produce one canonical form, which the parsers read back unchanged.
@@ -40,7 +42,12 @@ type Params struct {
 	// PublicKey is the bridge's static X25519 key (key=, or KEY in a link).
 	PublicKey keys.PublicKey
 	// ServerName is the SNI to send (sni=): a DNS name, lower case.
-	// Required.
+	// "" means none: the client leaves the server_name extension out of
+	// its ClientHello, as Chrome does when the user typed an IP address.
+	// That is what a bridge without a domain name hands out; sending a
+	// made-up name instead (older bridges said "localhost") marks every
+	// such connection to a DPI rule. Links from those bridges still parse,
+	// and their clients still send the name, so that they keep working.
 	ServerName string
 	// ShortID is the id the bridge gave this user (id=); optional.
 	ShortID keys.ShortID
@@ -96,17 +103,6 @@ func (w where) errorf(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s: "+format, append([]any{w.prefix(), field}, args...)...)
 }
 
-// example writes how a parameter is given in this kind of text.
-func (w where) example(name, value string) string {
-	switch w {
-	case inLink:
-		return "?" + name + "=" + value
-	case inBridgeLine:
-		return name + "=" + value
-	}
-	return value
-}
-
 // the is how messages refer to this kind of text ("the link must …").
 func (w where) the() string {
 	switch w {
@@ -127,7 +123,7 @@ func Parse(s string) (*Link, error) {
 	rest, fragment, _ := strings.Cut(s, "#")
 	scheme, rest, ok := strings.Cut(rest, "://")
 	if !ok {
-		return nil, fmt.Errorf("link: %s is not a mirage:// link (it should look like mirage://KEY@HOST:PORT?sni=NAME)", quote(s))
+		return nil, fmt.Errorf("link: %s is not a mirage:// link (it should look like mirage://KEY@HOST:PORT)", quote(s))
 	}
 	if !strings.EqualFold(scheme, Scheme) {
 		return nil, w.errorf("scheme", "%s is not %s (the link must start with %s://)", quote(scheme), Scheme, Scheme)
@@ -147,7 +143,7 @@ func Parse(s string) (*Link, error) {
 	// anything else there is not part of a Mirage link.
 	hostport, path, _ := strings.Cut(rest, "/")
 	if path != "" {
-		return nil, fmt.Errorf("link: %s after the address is not part of a link; a link has no path (mirage://KEY@HOST:PORT?sni=NAME)", quote("/"+path))
+		return nil, fmt.Errorf("link: %s after the address is not part of a link; a link has no path (mirage://KEY@HOST:PORT?PARAMETERS)", quote("/"+path))
 	}
 	addr, err := parseAddress(hostport, w)
 	if err != nil {
@@ -170,7 +166,8 @@ func Parse(s string) (*Link, error) {
 }
 
 // String returns the link in canonical form: the query in the order sni,
-// id, fp, with id left out when zero and fp when it is the default, sni and
+// id, fp, budget, with sni left out when empty, id when zero, fp when it is
+// the default and budget when zero (no query at all when all are), sni and
 // fp in lower case, and the label percent-encoded. Parse reads it back as l
 // when l is itself canonical, as everything Parse returns is.
 func (l *Link) String() string {
@@ -179,19 +176,25 @@ func (l *Link) String() string {
 	b.WriteString(l.PublicKey.String())
 	b.WriteByte('@')
 	b.WriteString(l.Address)
-	b.WriteString("?sni=")
-	b.WriteString(escape(strings.ToLower(l.ServerName)))
+	sep := byte('?')
+	param := func(name, value string) {
+		b.WriteByte(sep)
+		b.WriteString(name)
+		b.WriteByte('=')
+		b.WriteString(value)
+		sep = '&'
+	}
+	if l.ServerName != "" {
+		param("sni", escape(strings.ToLower(l.ServerName)))
+	}
 	if !l.ShortID.IsZero() {
-		b.WriteString("&id=")
-		b.WriteString(l.ShortID.String())
+		param("id", l.ShortID.String())
 	}
 	if fp := canonicalFingerprint(l.Fingerprint); fp != "" {
-		b.WriteString("&fp=")
-		b.WriteString(escape(fp))
+		param("fp", escape(fp))
 	}
 	if l.Budget > 0 {
-		b.WriteString("&budget=")
-		b.WriteString(FormatBudget(l.Budget))
+		param("budget", FormatBudget(l.Budget))
 	}
 	if l.Label != "" {
 		b.WriteByte('#')
@@ -201,8 +204,8 @@ func (l *Link) String() string {
 }
 
 // ParseArgs reads the arguments of a bridge line, as goptlib hands them to
-// a pt client (pt.Args is a map[string][]string): key and sni are
-// required, id and fp optional. An unknown or repeated argument is an
+// a pt client (pt.Args is a map[string][]string): key is required; sni,
+// id, fp and budget are optional. An unknown or repeated argument is an
 // error, not ignored: it is most likely a typo that would otherwise change
 // what the client does without a word.
 func ParseArgs(args map[string][]string) (Params, error) {
@@ -210,13 +213,15 @@ func ParseArgs(args map[string][]string) (Params, error) {
 }
 
 // Args returns p as the arguments of a bridge line, "key=… sni=… id=… fp=…",
-// with id left out when zero and fp when it is the default.
+// with sni left out when empty, id when zero and fp when it is the default.
 func (p Params) Args() string {
 	var b strings.Builder
 	b.WriteString("key=")
 	b.WriteString(p.PublicKey.String())
-	b.WriteString(" sni=")
-	b.WriteString(strings.ToLower(p.ServerName))
+	if p.ServerName != "" {
+		b.WriteString(" sni=")
+		b.WriteString(strings.ToLower(p.ServerName))
+	}
 	if !p.ShortID.IsZero() {
 		b.WriteString(" id=")
 		b.WriteString(p.ShortID.String())
@@ -255,7 +260,7 @@ func ParseBridgeLine(s string) (addr, fingerprint string, p Params, err error) {
 		fields = fields[1:]
 	}
 	if len(fields) == 0 {
-		return "", "", Params{}, errors.New("bridge line: empty (it should look like Bridge mirage IP:PORT FINGERPRINT key=KEY sni=NAME)")
+		return "", "", Params{}, errors.New("bridge line: empty (it should look like Bridge mirage IP:PORT FINGERPRINT key=KEY)")
 	}
 	if fields[0] != Scheme {
 		if strings.ContainsAny(fields[0], ".:") {
@@ -292,8 +297,8 @@ func ParseBridgeLine(s string) (addr, fingerprint string, p Params, err error) {
 }
 
 // Validate checks Params made in code, with the rules the parsers apply:
-// a usable key, a lower-case DNS name for ServerName (the name is sent as
-// written, and browsers send lower case) and a known Fingerprint.
+// a usable key, a lower-case DNS name or nothing for ServerName (the name
+// is sent as written, and browsers send lower case) and a known Fingerprint.
 func (p Params) Validate() error {
 	w := inParams
 	if p.PublicKey == (keys.PublicKey{}) {
@@ -303,12 +308,10 @@ func (p Params) Validate() error {
 		return fmt.Errorf("link: %w", err)
 	}
 	if p.ServerName == "" {
-		return w.errorf("sni", "missing (Params.ServerName must say which server name to send, e.g. www.example.com)")
-	}
-	if err := checkDNSName(p.ServerName); err != nil {
+		// No name: nothing more to check.
+	} else if err := checkDNSName(p.ServerName); err != nil {
 		return w.errorf("sni", "%w", err)
-	}
-	if p.ServerName != strings.ToLower(p.ServerName) {
+	} else if p.ServerName != strings.ToLower(p.ServerName) {
 		return w.errorf("sni", "%s has upper-case letters; write it in lower case, as browsers send it", quote(p.ServerName))
 	}
 	if p.Fingerprint != "" && !slices.Contains(Fingerprints, p.Fingerprint) {
@@ -367,14 +370,15 @@ func parseParams(args map[string][]string, w where) (Params, error) {
 		p.PublicKey = k
 	}
 
-	sni := get("sni")
-	if sni == "" {
-		return Params{}, w.errorf("sni", "missing (%s must say which server name to send, e.g. %s)", w.the(), w.example("sni", "www.example.com"))
+	// No sni, or an empty one, means no server name: the client sends
+	// none. An empty value is what a bridge line gets from a bridge that
+	// writes every argument, so it is read as absent rather than refused.
+	if sni := get("sni"); sni != "" {
+		if err := checkDNSName(sni); err != nil {
+			return Params{}, w.errorf("sni", "%w (leave sni out to send no server name, as a browser does for an IP address)", err)
+		}
+		p.ServerName = strings.ToLower(sni)
 	}
-	if err := checkDNSName(sni); err != nil {
-		return Params{}, w.errorf("sni", "%w", err)
-	}
-	p.ServerName = strings.ToLower(sni)
 
 	id, err := keys.ParseShortID(get("id"))
 	if err != nil {

@@ -133,8 +133,6 @@ func TestParseErrors(t *testing.T) {
 		{"host octal-looking IP", "mirage://" + testKey + "@01.2.3.4:443?sni=a.example", []string{"host:", "last label is all digits"}},
 		{"host with space", "mirage://" + testKey + "@a b.example:443?sni=a.example", []string{"host:"}},
 		{"path", base + "/path?sni=a.example", []string{"no path"}},
-		{"no sni", base, []string{"sni: missing", "?sni=www.example.com"}},
-		{"empty sni", base + "?sni=", []string{"sni: missing"}},
 		{"sni is IPv4", base + "?sni=192.0.2.1", []string{"sni:", "IP address"}},
 		{"sni is IPv6", base + "?sni=%5B2001:db8::1%5D", []string{"sni:", "IP address"}},
 		{"sni trailing dot", base + "?sni=a.example.", []string{"sni:", "ends in a dot"}},
@@ -181,13 +179,75 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
-// TestSNIExampleMessage proves the exact message the brief asks for, the
-// one every user who forgets sni= will read.
-func TestSNIExampleMessage(t *testing.T) {
-	_, err := Parse("mirage://" + testKey + "@h.example:443")
-	want := "link: sni: missing (the link must say which server name to send, e.g. ?sni=www.example.com)"
-	if err == nil || err.Error() != want {
-		t.Fatalf("error = %v, want %s", err, want)
+// TestNoServerName proves that sni is optional: a bridge with no DNS name
+// hands out a link and bridge line with no sni at all (its clients send
+// no server name, as a browser does for an IP address), both read back
+// with an empty ServerName, and "sni=" with nothing after it (as a bridge
+// that writes every argument puts it) means the same. Links of older
+// bridges, which all said sni=localhost, still parse as they were written,
+// so that their users keep reaching those bridges. Before sni became
+// optional every one of these was refused.
+func TestNoServerName(t *testing.T) {
+	key := mustKey(t, testKey)
+	id := mustID(t, "0123456789abcdef")
+	for _, tc := range []struct {
+		name string
+		l    Link
+		want string
+	}{
+		{"nothing but the key", Link{Params: Params{PublicKey: key}, Address: "192.0.2.7:443"},
+			"mirage://" + testKey + "@192.0.2.7:443"},
+		{"id", Link{Params: Params{PublicKey: key, ShortID: id}, Address: "192.0.2.7:443", Label: "home"},
+			"mirage://" + testKey + "@192.0.2.7:443?id=0123456789abcdef#home"},
+		{"fp and budget", Link{Params: Params{PublicKey: key, Fingerprint: "firefox", Budget: 14 << 10}, Address: "[2001:db8::7]:8443"},
+			"mirage://" + testKey + "@[2001:db8::7]:8443?fp=firefox&budget=14k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.l.Validate(); err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			s := tc.l.String()
+			if s != tc.want {
+				t.Fatalf("String() = %s, want %s", s, tc.want)
+			}
+			got, err := Parse(s)
+			if err != nil {
+				t.Fatalf("Parse(%s): %v", s, err)
+			}
+			if *got != tc.l {
+				t.Fatalf("Parse(String()) = %+v, want %+v", *got, tc.l)
+			}
+			if strings.Contains(s, "sni") {
+				t.Fatalf("link %s names an sni", s)
+			}
+			line := BridgeLine(tc.l.Address, testFP, tc.l.Params)
+			if strings.Contains(line, "sni") {
+				t.Fatalf("bridge line %s names an sni", line)
+			}
+			addr, fp, p, err := ParseBridgeLine(line)
+			if err != nil {
+				t.Fatalf("ParseBridgeLine(%s): %v", line, err)
+			}
+			if addr != tc.l.Address || fp != testFP || p != tc.l.Params {
+				t.Fatalf("ParseBridgeLine(%s) = %s %s %+v", line, addr, fp, p)
+			}
+		})
+	}
+	for _, in := range []string{
+		"mirage://" + testKey + "@192.0.2.7:443?sni=",
+		"mirage://" + testKey + "@192.0.2.7:443?",
+	} {
+		if l, err := Parse(in); err != nil || l.ServerName != "" {
+			t.Errorf("Parse(%s) = %+v, %v; want no server name", in, l, err)
+		}
+	}
+	if p, err := ParseArgs(map[string][]string{"key": {testKey}, "sni": {""}}); err != nil || p.ServerName != "" {
+		t.Errorf("ParseArgs(key, sni=) = %+v, %v; want no server name", p, err)
+	}
+	old := "mirage://" + testKey + "@192.0.2.7:8443?sni=localhost#mirage"
+	l, err := Parse(old)
+	if err != nil || l.ServerName != "localhost" || l.String() != old {
+		t.Errorf("an older bridge's link %s: Parse = %+v, %v", old, l, err)
 	}
 }
 
@@ -298,7 +358,6 @@ func TestParseArgsErrors(t *testing.T) {
 		{"empty key", with("key", ""), []string{"key: missing"}},
 		{"bad key", with("key", "notakey"), []string{"key:", `"notakey"`, "43"}},
 		{"low-order key", with("key", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), []string{"key:", "low-order"}},
-		{"no sni", with("sni"), []string{"sni: missing", "the bridge line", "sni=www.example.com"}},
 		{"IP sni", with("sni", "192.0.2.1"), []string{"sni:", "IP address"}},
 		{"bad sni", with("sni", "a b"), []string{"sni:", "' '"}},
 		{"bad id", with("id", "123"), []string{"id:", "16 hex digits"}},
@@ -438,7 +497,6 @@ func TestParseBridgeLineErrors(t *testing.T) {
 		{"stray word", "Bridge mirage 192.0.2.1:443" + args + " extra", []string{`"extra"`, "name=value"}},
 		{"no key", "Bridge mirage 192.0.2.1:443 sni=a.example", []string{"key: missing"}},
 		{"bad key", "Bridge mirage 192.0.2.1:443 key=notakey sni=a.example", []string{"key:", `"notakey"`}},
-		{"no sni", "Bridge mirage 192.0.2.1:443 key=" + testKey, []string{"sni: missing", "sni=www.example.com"}},
 		{"repeated", "Bridge mirage 192.0.2.1:443" + args + " sni=b.example", []string{"sni:", "given 2 times"}},
 		{"unknown", "Bridge mirage 192.0.2.1:443" + args + " iat-mode=0", []string{"unknown parameter", `"iat-mode"`}},
 	} {
@@ -479,7 +537,6 @@ func TestValidate(t *testing.T) {
 	}{
 		{"zero key", func(p *Params) { p.PublicKey = keys.PublicKey{} }, "key: missing"},
 		{"low-order key", func(p *Params) { p.PublicKey = lowOrder }, "key:"},
-		{"no sni", func(p *Params) { p.ServerName = "" }, "sni: missing"},
 		{"IP sni", func(p *Params) { p.ServerName = "::1" }, "sni:"},
 		{"upper-case sni", func(p *Params) { p.ServerName = "A.example" }, "sni:"},
 		{"bad fp", func(p *Params) { p.Fingerprint = "netscape" }, "fp:"},
