@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -70,24 +70,26 @@ func fpName(fp string) string {
 }
 
 // clockSkew asks the server's website for its Date header and returns how
-// far it is from this computer's clock.
+// far it is from this computer's clock. It asks as the link's browser
+// would (transport.BrowserRequest): a check must not show the bridge's
+// address a hello no browser sends.
 func clockSkew(ctx context.Context, l *link.Link) (time.Duration, bool) {
-	tr := &http.Transport{
-		TLSClientConfig:   &tls.Config{ServerName: l.ServerName, InsecureSkipVerify: true},
-		ForceAttemptHTTP2: true,
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	host := l.ServerName
+	if host == "" {
+		host, _, _ = net.SplitHostPort(l.Address)
 	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, "https://"+l.Address+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+host+"/", nil)
 	if err != nil {
 		return 0, false
 	}
-	req.Host = l.ServerName
-	resp, err := client.Do(req)
+	req.Host = host
+	req.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36")
+	resp, _, err := transport.BrowserRequest(ctx, nil, l.Address, l.ServerName, l.Fingerprint, req)
 	if err != nil {
 		return 0, false
 	}
-	resp.Body.Close()
 	date, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {
 		return 0, false
