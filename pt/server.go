@@ -45,6 +45,10 @@ type ServerOptions struct {
 	// Stats, if set, counts sessions, streams and bytes per user (by
 	// short id, never by address).
 	Stats *stats.Counters
+	// MaxConns bounds the client connections open at once, over all the
+	// bind addresses tor asks for (mirage-server -max-conns): further
+	// ones wait in the kernel's backlog. Zero means no limit.
+	MaxConns int
 }
 
 // RunServer runs the server side of managed mode: one bridge per bind
@@ -72,9 +76,13 @@ func RunServer(ctx context.Context, opts ServerOptions) error {
 		goptlib.SmethodsDone()
 		return err
 	}
+	var slots chan struct{} // shared by every bind address
+	if opts.MaxConns > 0 {
+		slots = make(chan struct{}, opts.MaxConns)
+	}
 	var servers []*transport.Server
 	for _, bind := range info.Bindaddrs {
-		srv, err := startBridge(&info, bind, stateDir, &opts, log)
+		srv, err := startBridge(&info, bind, stateDir, &opts, slots, log)
 		if err != nil {
 			goptlib.SmethodError(bind.MethodName, err.Error())
 			continue
@@ -90,7 +98,7 @@ func RunServer(ctx context.Context, opts ServerOptions) error {
 	return nil
 }
 
-func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir string, opts *ServerOptions, log *slog.Logger) (*transport.Server, error) {
+func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir string, opts *ServerOptions, slots chan struct{}, log *slog.Logger) (*transport.Server, error) {
 	if bind.MethodName != MethodName {
 		return nil, fmt.Errorf("no such method: this program only provides %s", MethodName)
 	}
@@ -115,7 +123,11 @@ func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir strin
 		srv.Close()
 		return nil, fmt.Errorf("cannot listen on %s: %w", bind.Addr, err)
 	}
-	go srv.Serve(ln)
+	if slots != nil {
+		go srv.Serve(newLimitListener(ln, slots))
+	} else {
+		go srv.Serve(ln)
+	}
 	if opts.Started != nil {
 		opts.Started(srv)
 	}

@@ -227,6 +227,7 @@ func main() {
 		var ops *operatorSide
 		err = mpt.RunServer(ctx, mpt.ServerOptions{
 			Version: version, Logger: logger, Stdin: os.Stdin, Stats: counters,
+			MaxConns: c.maxConns, // the same limit as standalone
 			Configure: func(stateDir string, options map[string][]string) (*transport.ServerConfig, link.Params, error) {
 				cfg, params, err := managedConfig(c, stateDir, options, logger)
 				if err != nil || ops != nil {
