@@ -6,9 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -163,7 +165,17 @@ func makeApplianceCertificate(s selfSigned, now time.Time) (tls.Certificate, err
 	if s.ip != nil {
 		tmpl.IPAddresses = []net.IP{s.ip}
 	}
-	if !p.ca {
+	if p.ca {
+		// openssl's v3_ca writes subjectKeyIdentifier=hash and
+		// authorityKeyIdentifier=keyid:always: the same SHA-1 of the
+		// public key in both. Go writes the first by itself but the
+		// second for a self-signed certificate only when asked.
+		ski, err := subjectKeyID(priv.Public())
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		tmpl.SubjectKeyId, tmpl.AuthorityKeyId = ski, ski
+	} else {
 		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 		if _, ok := priv.(*rsa.PrivateKey); ok {
 			tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
@@ -217,6 +229,24 @@ func loadOrCreateSelfSigned(stateDir string, s selfSigned) (cert tls.Certificate
 	}
 	cert, err = tls.LoadX509KeyPair(certPath, keyPath)
 	return cert, legacy, err
+}
+
+// subjectKeyID is RFC 5280 §4.2.1.2's method (1): the SHA-1 of the
+// subjectPublicKey bit string, as openssl's "hash" computes it.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &spki); err != nil {
+		return nil, err
+	}
+	sum := sha1.Sum(spki.PublicKey.Bytes)
+	return sum[:], nil
 }
 
 // certShows reports whether leaf names exactly the address and names s

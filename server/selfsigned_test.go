@@ -92,6 +92,10 @@ func TestDefaultBridgesDiffer(t *testing.T) {
 		if years == 0 || leaf.NotAfter.Before(now.Add(29*24*time.Hour)) {
 			t.Fatalf("bridge %d: valid %v to %v, want whole years (1 to 10) ending at least a month from now", i, leaf.NotBefore, leaf.NotAfter)
 		}
+		if leaf.IsCA && (len(leaf.SubjectKeyId) != 20 || !bytes.Equal(leaf.AuthorityKeyId, leaf.SubjectKeyId)) {
+			t.Fatalf("bridge %d: openssl-style certificate with subject key id %x, authority key id %x; want the same SHA-1 in both",
+				i, leaf.SubjectKeyId, leaf.AuthorityKeyId)
+		}
 		var key string
 		switch k := leaf.PublicKey.(type) {
 		case *rsa.PublicKey:
@@ -302,7 +306,16 @@ func TestDefaultBridgeNoLocalhost(t *testing.T) {
 // ACME directory on loopback that refuses (the certificate is not what
 // this test is about). On the old code the link named the listen address.
 func TestDomainLink(t *testing.T) {
-	dir, _, out := runBridge(t, "-domain", "Bridge.Example.com", "-acme-directory", "https://127.0.0.1:1/directory")
+	dir, logBuf, out := runBridge(t, "-domain", "Bridge.Example.com", "-acme-directory", "https://127.0.0.1:1/directory")
+	// The bridge asks for its certificate as it starts, writing to its
+	// state directory: wait until that has failed, so that nothing
+	// writes there as the test ends.
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logBuf.String(), "could not get a certificate"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the certificate request did not fail within 20 s:\n%s", logBuf.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	linkText, _ := os.ReadFile(filepath.Join(dir, linkFile))
 	l, err := link.Parse(string(linkText))
 	if err != nil {
