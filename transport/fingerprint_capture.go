@@ -38,7 +38,9 @@ import (
 // config_id, enc and payload. Several captures of one browser tell more
 // than one can: the ECH payload lengths and cipher suites seen, and
 // whether the browser shuffles its extensions (Chrome does, per
-// connection); the client then draws from what the captures show.
+// connection); the client then draws from what the captures show. A
+// Chromium hello is recognised as such from one capture too (shuffled,
+// and ECH lengths from BoringSSL's four).
 //
 // A capture is refused when the client could not send it faithfully: no
 // 32-byte session_id for the tag, no server_name (the client could not add
@@ -57,8 +59,8 @@ type CapturedHello struct {
 	// connection's spec is parsed from anew (utls's ApplyPreset writes
 	// into the spec it is given, so specs are never shared).
 	record []byte
-	// shuffle: the captures' extension orders differ, so the client
-	// shuffles its own as the browser does.
+	// shuffle: the captures' extension orders differ (or the capture is
+	// Chromium's), so the client shuffles its own as the browser does.
 	shuffle bool
 	// echSuites and echLens are the GREASE ECH cipher suites and payload
 	// lengths (before the AEAD tag) the captures show; nil without ECH.
@@ -181,6 +183,15 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 		// would differ from Chrome. So lengths that are all of the
 		// four stand for all four.
 		h.echLens = slices.Clone(boringECHPayloadLens)
+	}
+	if !h.shuffle && boringECHLens(h.echLens) &&
+		slices.ContainsFunc(first, func(e string) bool { return strings.HasPrefix(e, "grease=") }) {
+		// One capture cannot show its order varying, but GREASE
+		// extensions with a GREASE ECH of BoringSSL's lengths are
+		// Chromium's (Chrome, Edge, Cronet), which has shuffled its
+		// extensions on every connection since version 106. Sent in
+		// one order, such a hello would be unlike any real one.
+		h.shuffle = true
 	}
 	// Build one hello now, so that a capture the client cannot send fails
 	// here, where its file is named, and not on every dial.
