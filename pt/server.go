@@ -133,7 +133,11 @@ func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir strin
 	}
 	args := goptlib.Args{}
 	args.Add("key", params.PublicKey.String())
-	args.Add("sni", params.ServerName)
+	if params.ServerName != "" {
+		// A bridge without a name has its clients send none, as a
+		// browser does for an address: no empty sni= either.
+		args.Add("sni", params.ServerName)
+	}
 	if !params.ShortID.IsZero() {
 		args.Add("id", params.ShortID.String())
 	}

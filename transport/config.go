@@ -106,7 +106,8 @@ type ServerConfig struct {
 	// ShortIDs are the short ids the bridge accepts. Empty means any.
 	ShortIDs []keys.ShortID
 	// ServerNames are the SNI values the bridge accepts from clients.
-	// Empty means any.
+	// Empty means any; "" in it matches a hello without server_name (a
+	// bridge without a name, whose clients send none).
 	ServerNames []string
 
 	// Site makes the bridge a website of its own (the recommended face).
