@@ -490,3 +490,33 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		t.Error("UseCapturedHello accepted a name links cannot carry")
 	}
 }
+
+// TestREADMECaptureRecipe proves that what the README's capture recipe
+// makes loads and is sent as Chromium: testdata/chromium-156.0.8078.108
+// holds its output, six hellos from eight headless runs of Debian's
+// Chromium 156.0.8078.108 (a later build than shared/fingerprints'), one
+// with the ECH payload length those captures lack.
+func TestREADMECaptureRecipe(t *testing.T) {
+	h, err := LoadCapturedHello("testdata/chromium-156.0.8078.108")
+	if err != nil {
+		t.Fatal(err)
+	}
+	useCaptured(t, "chrome", h)
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	_, msg, err := hello.ReadClientHello(bytes.NewReader(recordHello(t, b.clientConfig())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := hello.Parse(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ja4(ch), "t13d1517h2_8daaf6152771_cb7bf5808d99"; got != want {
+		t.Errorf("JA4 %s, Chromium 156's %s", got, want)
+	}
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess.Close()
+}
