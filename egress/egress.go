@@ -75,14 +75,15 @@ const (
 // all; these cap each user across all its sessions, and the bridge as a
 // whole, so that one link holder cannot take the memory and the file
 // descriptors every other user needs. Measured (TestIdleStreamsCost): an
-// idle stream or UDP relay costs the bridge about 12 KiB, so the global
-// defaults stay near 400 MiB even when every slot is taken at once.
+// idle stream or UDP relay costs about 20 KiB of heap and stacks (client
+// side included), so the global defaults hold all slots taken at once
+// near 400 MiB, and a user's near 80 MiB.
 const (
 	// DefaultMaxStreamsPerUser bounds one user's streams of every kind:
 	// a browser's worth of connections on each of a few devices.
 	DefaultMaxStreamsPerUser = 4096
 	// DefaultMaxStreams bounds the streams of all users together.
-	DefaultMaxStreams = 32768
+	DefaultMaxStreams = 16384
 	// DefaultMaxUDPRelaysPerUser bounds one user's UDP relays (each a
 	// UDP socket on the bridge): apps open a few, for calls and DNS.
 	DefaultMaxUDPRelaysPerUser = 256

@@ -450,46 +450,71 @@ func TestTagFromBeforeStartRefused(t *testing.T) {
 
 // TestIdleSessionClosedAndRedialed proves a bridge with IdleTimeout closes
 // a session that has no stream open, and that the client's next stream
-// simply gets a new session.
+// simply gets a new session. Nothing in it hangs on a sleep: each step
+// waits for what it checks (a busy spell measured on the clock, a session
+// closed by the bridge), so a slow machine makes it slower, not wrong.
 func TestIdleSessionClosedAndRedialed(t *testing.T) {
-	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.IdleTimeout = 300 * time.Millisecond })
+	const idle = 300 * time.Millisecond
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.IdleTimeout = idle })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	client, _ := NewClient(*b.clientConfig())
 	defer client.Close()
 	open := func() {
 		t.Helper()
-		st, err := client.OpenStream(context.Background(), Request{Command: CmdDefault})
+		st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
+		st.SetDeadline(time.Now().Add(10 * time.Second))
 		if err := roundTrip(st, payload(1000, 4)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	open()
-	first, _ := client.Session(context.Background())
-	// Short streams one after another keep it too: the session is busy.
-	for range 12 {
-		open()
-		time.Sleep(50 * time.Millisecond)
+	waitClosed := func(s *Session, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !s.IsClosed(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+		}
 	}
-	if s, _ := client.Session(context.Background()); s != first {
+	open()
+	first, _ := client.Session(ctx)
+	// Short streams one after another, for three idle timeouts by the
+	// clock, keep it too: the session is busy.
+	for start := time.Now(); time.Since(start) < 3*idle; {
+		open()
+	}
+	if s, _ := client.Session(ctx); s != first {
 		t.Fatal("a busy session of short streams was closed as idle")
 	}
-	// A stream held open keeps the session, however long.
-	st, err := client.OpenStream(context.Background(), Request{Command: CmdDefault})
+	// A stream held open keeps the session, however long. The clock is
+	// a second session, made after the stream opened and idle from the
+	// start: once the bridge has closed it as idle, the held session's
+	// idle time has run out too, had the open stream not counted.
+	st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
-	if err := roundTrip(st, payload(500, 5)); err != nil {
+	defer st.Close()
+	witness, _ := NewClient(*b.clientConfig())
+	defer witness.Close()
+	ws, err := witness.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(ws, "the bridge did not close a session with no stream")
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := roundTrip(st, payload(500, 5)); err != nil || first.IsClosed() {
 		t.Fatalf("a stream open past the idle timeout was cut: %v", err)
 	}
 	st.Close()
-	time.Sleep(800 * time.Millisecond)
+	waitClosed(first, "the idle session was not closed")
 	open()
-	if second, _ := client.Session(context.Background()); second == first {
-		t.Fatal("the idle session was not closed")
+	if second, _ := client.Session(ctx); second == first {
+		t.Fatal("the client did not make a new session")
 	}
 }
 
