@@ -5,6 +5,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -25,25 +26,37 @@ import (
 
 const batchLimit = 256 << 10
 
-// plainReader returns the DATA bodies of a frame stream.
+// plainReader returns the DATA bodies of a frame stream, reading them
+// straight into the caller's buffer, as the plain session's reader did.
 type plainReader struct {
-	fr   frameReader
-	rest []byte
+	r   io.Reader
+	rem int // bytes left in the current DATA frame
+	hdr [frameHeaderLen]byte
 }
 
-func (r *plainReader) Read(p []byte) (int, error) {
-	for len(r.rest) == 0 {
-		typ, body, err := r.fr.next()
-		if err != nil {
+func (f *plainReader) Read(p []byte) (int, error) {
+	for f.rem == 0 {
+		if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
 			return 0, err
 		}
-		if typ == frameData {
-			r.rest = body
+		n := int(binary.BigEndian.Uint16(f.hdr[1:]))
+		switch f.hdr[0] {
+		case frameData:
+			f.rem = n
+		case framePad:
+			if _, err := io.CopyN(io.Discard, f.r, int64(n)); err != nil {
+				return 0, io.ErrUnexpectedEOF
+			}
+		default:
+			return 0, errBadFrame
 		}
 	}
-	n := copy(p, r.rest)
-	r.rest = r.rest[n:]
-	return n, nil
+	if len(p) > f.rem {
+		p = p[:f.rem]
+	}
+	n, err := f.r.Read(p)
+	f.rem -= n
+	return n, err
 }
 
 // plainConn sits between smux and the TLS connection. smux writes every
@@ -78,7 +91,7 @@ type plainConn struct {
 }
 
 func newPlainConn(c net.Conn) *plainConn {
-	b := &plainConn{Conn: c, in: plainReader{fr: frameReader{r: c}}, flushed: make(chan struct{})}
+	b := &plainConn{Conn: c, in: plainReader{r: c}, flushed: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	go b.flushLoop()
 	return b

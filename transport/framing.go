@@ -138,30 +138,55 @@ type frameReader struct {
 // the stream is io.ErrUnexpectedEOF, not a clean end.
 func (f *frameReader) next() (byte, []byte, error) {
 	for {
-		if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
+		typ, n, err := f.header()
+		if err != nil {
 			return 0, nil, err
 		}
-		typ := f.hdr[0]
-		n := int(binary.BigEndian.Uint16(f.hdr[1:]))
-		switch want, ok := controlBodyLen[typ]; {
-		case typ == frameData || typ == framePad:
-			if n > maxFrameBody {
-				return 0, nil, fmt.Errorf("%w: %d-byte frame", errBadFrame, n)
-			}
-		case !ok:
-			return 0, nil, fmt.Errorf("%w: type %#x", errBadFrame, typ)
-		case n != want:
-			return 0, nil, fmt.Errorf("%w: type %#x with a %d-byte body", errBadFrame, typ, n)
-		}
-		body := f.body[:n]
-		if _, err := io.ReadFull(f.r, body); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
+		body, err := f.readBody(n)
+		if err != nil {
 			return 0, nil, err
 		}
 		if typ != framePad {
 			return typ, body, nil
 		}
 	}
+}
+
+// header reads and checks the next frame's header, and returns its type
+// and body length; the caller then reads the body (readBody, or straight
+// into its own buffer with bodyInto).
+func (f *frameReader) header() (byte, int, error) {
+	if _, err := io.ReadFull(f.r, f.hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	typ := f.hdr[0]
+	n := int(binary.BigEndian.Uint16(f.hdr[1:]))
+	switch want, ok := controlBodyLen[typ]; {
+	case typ == frameData || typ == framePad:
+		if n > maxFrameBody {
+			return 0, 0, fmt.Errorf("%w: %d-byte frame", errBadFrame, n)
+		}
+	case !ok:
+		return 0, 0, fmt.Errorf("%w: type %#x", errBadFrame, typ)
+	case n != want:
+		return 0, 0, fmt.Errorf("%w: type %#x with a %d-byte body", errBadFrame, typ, n)
+	}
+	return typ, n, nil
+}
+
+// readBody reads a body of n bytes into the reader's own buffer.
+func (f *frameReader) readBody(n int) ([]byte, error) {
+	body := f.body[:n]
+	return body, f.bodyInto(body)
+}
+
+// bodyInto reads a body into dst, which is exactly its length.
+func (f *frameReader) bodyInto(dst []byte) error {
+	if _, err := io.ReadFull(f.r, dst); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return nil
 }

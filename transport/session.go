@@ -68,6 +68,7 @@ type sessionConn struct {
 	// recvd is the offset of the end of them.
 	rbuf          []byte
 	rstart        int
+	rbusy         bool // a carrier reader is filling rbuf[len:] (readInto)
 	recvd         uint64
 	ackSent       uint64
 	ackEvery      uint64
@@ -390,7 +391,7 @@ func (s *sessionConn) Read(p []byte) (int, error) {
 	}
 	n := copy(p, s.rbuf[s.rstart:])
 	s.rstart += n
-	if s.rstart == len(s.rbuf) {
+	if s.rstart == len(s.rbuf) && !s.rbusy {
 		s.rbuf, s.rstart = s.rbuf[:0], 0
 	}
 	s.rspaceCond.Broadcast()
@@ -525,7 +526,28 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 func (s *sessionConn) readLoop(c *carrier) {
 	fr := &frameReader{r: c.conn}
 	for {
-		typ, body, err := fr.next()
+		typ, n, err := fr.header()
+		var body []byte
+		switch {
+		case err != nil:
+		case typ == frameData:
+			// In order, the common case: straight into the receive
+			// buffer (readInto); otherwise through the frame buffer.
+			var done bool
+			if done, err = s.readInto(c, fr, n); done || err != nil {
+				if err == nil {
+					continue
+				}
+				break
+			}
+			body, err = fr.readBody(n)
+		default:
+			body, err = fr.readBody(n)
+			if typ == framePad && err == nil {
+				c.lastRecv.Store(time.Now().UnixNano())
+				continue
+			}
+		}
 		if err != nil {
 			s.mu.Lock()
 			s.carrierEnded(c, err)
@@ -630,7 +652,7 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 	}
 	data = data[s.recvd-off:]
 	for len(data) > 0 {
-		for !c.dead && !s.closed && len(s.rbuf)-s.rstart >= recvLimit {
+		for !c.dead && !s.closed && (s.rbusy || len(s.rbuf)-s.rstart >= recvLimit) {
 			s.rspaceCond.Wait()
 		}
 		if c.dead || s.closed {
@@ -648,26 +670,61 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 		s.recvd += uint64(n)
 		data = data[n:]
 	}
-	if s.recvd-s.ackSent >= s.ackEvery {
-		s.ackDue = true
-	} else if !s.ackTimer {
-		s.ackTimer = true
-		time.AfterFunc(ackDelay, func() {
-			s.mu.Lock()
-			s.ackTimer = false
-			if s.recvd > s.ackSent {
-				s.ackDue = true
-			}
-			s.sendCond.Signal()
-			s.mu.Unlock()
-		})
+	s.delivered()
+}
+
+// readInto reads the body of a DATA frame of n bytes that c carries
+// straight into the receive buffer, if it is the next data in order (the
+// common case): one copy fewer per byte than through the frame buffer. It
+// reports whether it did; if not, the caller reads the body and calls
+// receive. While it reads, other carriers' data waits (rbusy), and Read
+// may take what was there before but not move the buffer.
+func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error) {
+	s.mu.Lock()
+	for !c.dead && !s.closed && c.rpos == s.recvd && (s.rbusy || len(s.rbuf)-s.rstart+n > recvLimit) {
+		s.rspaceCond.Wait()
 	}
-	s.lastRecv = time.Now()
-	s.readCond.Signal()
-	s.rspaceCond.Broadcast() // gap waiters
-	if s.ackDue {
-		s.sendCond.Signal()
+	if c.dead || s.closed || c.rpos != s.recvd || n == 0 {
+		s.mu.Unlock()
+		return false, nil
 	}
+	if cap(s.rbuf)-len(s.rbuf) < n {
+		unread := len(s.rbuf) - s.rstart
+		if unread+n <= cap(s.rbuf) {
+			copy(s.rbuf, s.rbuf[s.rstart:])
+		} else {
+			nb := make([]byte, unread, max(2*cap(s.rbuf), unread+n, 64<<10))
+			copy(nb, s.rbuf[s.rstart:])
+			s.rbuf = nb
+		}
+		s.rbuf, s.rstart = s.rbuf[:unread], 0
+	}
+	start := len(s.rbuf)
+	dst := s.rbuf[start : start+n]
+	s.rbusy = true
+	s.mu.Unlock()
+
+	err := fr.bodyInto(dst)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rbusy = false
+	s.rspaceCond.Broadcast()
+	if err != nil {
+		return true, err
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.lastData.Store(time.Now().UnixNano())
+	c.rpos += uint64(n)
+	if c.dead || s.closed {
+		return true, nil
+	}
+	// Nothing moved the buffer or its end meanwhile (rbusy), so the
+	// bytes are where they belong.
+	s.rbuf = s.rbuf[:start+n]
+	s.recvd += uint64(n)
+	s.delivered()
+	return true, nil
 }
 
 // rewind makes the sender go back to off, which the peer asked for or
@@ -898,7 +955,7 @@ func (s *sessionConn) releaseIdle(now time.Time) {
 		return
 	}
 	s.sendq.release()
-	if s.rstart == len(s.rbuf) && cap(s.rbuf) > 0 {
+	if s.rstart == len(s.rbuf) && cap(s.rbuf) > 0 && !s.rbusy {
 		s.rbuf, s.rstart = nil, 0
 	}
 }
@@ -916,4 +973,29 @@ func (s *sessionConn) LocalAddr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.local
+}
+
+// delivered schedules the acknowledgement of bytes just received and wakes
+// the reader. Called with mu held.
+func (s *sessionConn) delivered() {
+	if s.recvd-s.ackSent >= s.ackEvery {
+		s.ackDue = true
+	} else if !s.ackTimer {
+		s.ackTimer = true
+		time.AfterFunc(ackDelay, func() {
+			s.mu.Lock()
+			s.ackTimer = false
+			if s.recvd > s.ackSent {
+				s.ackDue = true
+			}
+			s.sendCond.Signal()
+			s.mu.Unlock()
+		})
+	}
+	s.lastRecv = time.Now()
+	s.readCond.Signal()
+	s.rspaceCond.Broadcast() // gap waiters
+	if s.ackDue {
+		s.sendCond.Signal()
+	}
 }
