@@ -69,6 +69,7 @@ type config struct {
 	target        string
 	unsafeLogging bool
 	strict        bool
+	helloCapture  string
 	logLevel      slog.Level
 	logFile       string
 	showVersion   bool
@@ -90,6 +91,7 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	var linkFile, level string
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:1080", "address of the local SOCKS5 + HTTP proxy")
 	fs.StringVar(&linkFile, "link-file", "", "read the mirage:// link from this file")
+	fs.StringVar(&c.helloCapture, "hello-capture", "", "send the browser ClientHello captured in this file, or directory of *.bin captures (see README, \"Fingerprints\"), for the link's fp= instead of the built-in one")
 	fs.StringVar(&c.whatsapp, "whatsapp", "", "also serve WhatsApp's proxy setting on this IP (127.0.0.1 for this machine, or its LAN address for the phones of a household)")
 	fs.IntVar(&c.waChatPort, "whatsapp-chat-port", localproxy.DefaultWhatsAppChatPort, "-whatsapp: the chat port (leads to g.whatsapp.net:5222)")
 	fs.IntVar(&c.waMediaPort, "whatsapp-media-port", localproxy.DefaultWhatsAppMediaPort, "-whatsapp: the media port (leads to whatsapp.net:443)")
@@ -260,6 +262,19 @@ func proxyCredentials(c *config, log *slog.Logger) (*localproxy.Credentials, err
 // until ctx ends. What to type into apps goes to stdout; own logs the
 // lines that name the proxy's own addresses.
 func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer) error {
+	if c.helloCapture != "" {
+		h, err := transport.LoadCapturedHello(c.helloCapture)
+		if err != nil {
+			return fmt.Errorf("-hello-capture: %w", err)
+		}
+		fp := c.link.Fingerprint
+		if fp == "" {
+			fp = link.DefaultFingerprint
+		}
+		if err := transport.UseCapturedHello(fp, h); err != nil {
+			return fmt.Errorf("-hello-capture: %w", err)
+		}
+	}
 	client, err := transport.NewClient(transport.ClientConfig{Address: c.link.Address, Params: c.link.Params, Logger: log})
 	if err != nil {
 		return err
