@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -555,5 +556,41 @@ func TestSilentFloodFromManyAddresses(t *testing.T) {
 	waitPending(t, b.server, slots)
 	if err := dialGenuineFrom(t, b, 3); err != nil {
 		t.Fatalf("a genuine client behind %d silent sockets from 4 addresses: %v", 2*slots, err)
+	}
+}
+
+// TestEvictedSilentSocketMeetsTheCover proves that in cover mode a silent
+// socket that lost its classification slot to a newer one still meets the
+// cover, byte for byte, when it finally speaks: the eviction is invisible
+// from outside.
+func TestEvictedSilentSocketMeetsTheCover(t *testing.T) {
+	cover := startPlainSite(t)
+	b := startBridge(t, &CoverFace{Address: cover}, echoHandler, func(c *ServerConfig) { c.MaxPendingHandshakes = 2 })
+	oldest := dialFrom(t, 2, b.addr)
+	waitPending(t, b.server, 1) // oldest is the oldest
+	dialFrom(t, 3, b.addr)
+	dialFrom(t, 4, b.addr) // takes oldest's slot
+	pendingFrom := func(last byte) int {
+		b.server.mu.Lock()
+		defer b.server.mu.Unlock()
+		return b.server.pendingBy[netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 0, last}), 32)]
+	}
+	for deadline := time.Now().Add(10 * time.Second); pendingFrom(4) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the newest socket never got a slot")
+		}
+	}
+	if pendingFrom(2) != 0 {
+		t.Fatal("the oldest silent socket kept its slot")
+	}
+	data := []byte("GET / HTTP/1.0\r\n\r\n")
+	oldest.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := oldest.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(oldest)
+	want := probe(t, cover, data, 3*time.Second)
+	if want.Shape() == "" || !bytes.HasPrefix(got, []byte("HTTP/1.0 400")) {
+		t.Fatalf("the evicted socket got %q; the cover answers %s", got, want.Shape())
 	}
 }
