@@ -57,6 +57,8 @@ type config struct {
 	logLevel      slog.Level
 	logFile       string
 	maxConns      int
+	userStreams   int // streams per user (short id) at once, in proxy and forward mode
+	userUDP       int // UDP relays per user at once
 	maxHandshakes int
 	handshakeWait time.Duration
 	idleTimeout   time.Duration
@@ -135,6 +137,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
+	fs.IntVar(&c.userStreams, "max-streams-per-user", egress.DefaultMaxStreamsPerUser, "maximum streams one user (short id) may have open at once; more are refused, other users unaffected (-1: no limit)")
+	fs.IntVar(&c.userUDP, "max-udp-per-user", egress.DefaultMaxUDPRelaysPerUser, "maximum UDP relays one user (short id) may have open at once (-1: no limit)")
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
 	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
 	fs.DurationVar(&c.sessionLinger, "session-linger", transport.DefaultSessionLinger, "how long a client's session waits for it to come back after its connections are lost (a network change, an outage), holding its streams")
@@ -165,6 +169,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.maxConns < 1 || c.maxHandshakes < 1 {
 		return nil, errors.New("-max-conns and -max-handshakes must be at least 1")
+	}
+	if c.userStreams == 0 || c.userUDP == 0 {
+		return nil, errors.New("-max-streams-per-user and -max-udp-per-user must be at least 1, or -1 for no limit")
 	}
 	if c.handshakeWait <= 0 || c.idleTimeout < 0 {
 		return nil, errors.New("-handshake-timeout must be positive and -idle-timeout not negative")
@@ -311,6 +318,10 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		Logger:        log,
 		UnsafeLogging: c.unsafeLogging,
 		Stats:         counters,
+		// Past these a stream is refused: one user cannot take the
+		// memory and sockets the others need.
+		MaxStreamsPerUser:   c.userStreams,
+		MaxUDPRelaysPerUser: c.userUDP,
 	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
