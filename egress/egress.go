@@ -272,6 +272,11 @@ type Config struct {
 	// is refused with StatusGeneralFailure (SOCKS5's "general failure":
 	// try again later) and costs nothing else; the session and the
 	// user's other streams carry on.
+	//
+	// A user is a short id, that is a link: everyone given the same link
+	// shares its limits. An operator who hands one link to many people
+	// raises the per-user limits or gives each their own link
+	// (mirage-server users add).
 	MaxStreamsPerUser   int
 	MaxStreams          int
 	MaxUDPRelaysPerUser int

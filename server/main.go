@@ -137,7 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
-	fs.IntVar(&c.userStreams, "max-streams-per-user", egress.DefaultMaxStreamsPerUser, "maximum streams one user (short id) may have open at once; more are refused, other users unaffected (-1: no limit)")
+	fs.IntVar(&c.userStreams, "max-streams-per-user", egress.DefaultMaxStreamsPerUser, "maximum streams one user (short id, i.e. one link: everyone sharing a link shares this) may have open at once; more are refused, other users unaffected (-1: no limit)")
 	fs.IntVar(&c.userUDP, "max-udp-per-user", egress.DefaultMaxUDPRelaysPerUser, "maximum UDP relays one user (short id) may have open at once (-1: no limit)")
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
 	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
