@@ -71,4 +71,3 @@ func BrowserRequest(ctx context.Context, dial func(ctx context.Context, network,
 	}
 	return resp, body, nil
 }
-

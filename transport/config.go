@@ -162,6 +162,11 @@ type ServerConfig struct {
 	// Logger receives events, named by session number, never by address.
 	// nil means no logging.
 	Logger *slog.Logger
+
+	// Limits tests shorten for one server (zero: the defaults), so that
+	// they need not change package variables under parallel tests.
+	maxStreamsPerSession int
+	writeStallTimeout    time.Duration
 }
 
 func (c *ServerConfig) check() error {

@@ -45,6 +45,8 @@ type Server struct {
 	cancel context.CancelFunc
 
 	maxSessions int
+	maxStreams  int           // per session
+	writeStall  time.Duration // see writeStallTimeout
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -75,6 +77,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		pendingBy: make(map[netip.Prefix]int),
 		sessions:  make(map[sessionID]*serverSession),
 	}
+	s.maxStreams = orInt(cfg.maxStreamsPerSession, maxStreamsPerSession)
+	s.writeStall = orDefault(cfg.writeStallTimeout, writeStallTimeout)
 	s.maxSessions = cfg.MaxSessions
 	if s.maxSessions <= 0 {
 		s.maxSessions = DefaultMaxSessions
@@ -492,7 +496,7 @@ func (s *Server) serveSession(ss *serverSession) {
 	// maxStreamsPerSession open streams, new ones are refused at once.
 	// (Waiting to accept them would stall smux's receive loop, and with
 	// it every stream of the session.)
-	slots := make(chan struct{}, maxStreamsPerSession)
+	slots := make(chan struct{}, s.maxStreams)
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
@@ -552,9 +556,9 @@ func closeWhenIdle(sess *smux.Session, lastActive *atomic.Int64, idle time.Durat
 
 // maxStreamsPerSession bounds the streams one session may have open at
 // once on the server, so one client cannot exhaust the bridge's file
-// descriptors (and with them the face). (A variable so that tests can
-// lower it.)
-var maxStreamsPerSession = 1024
+// descriptors (and with them the face). (Tests lower it per server with
+// ServerConfig.maxStreamsPerSession.)
+const maxStreamsPerSession = 1024
 
 func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, shortID keys.ShortID, log *slog.Logger) {
 	defer st.Close()
@@ -578,7 +582,7 @@ func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id ui
 		log.Debug("bad stream request", "stream", st.ID(), "error", safelog.Error(err, false))
 		return
 	}
-	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID(), ShortID: shortID, sessionDone: sessionDone}
+	stream := &Stream{Conn: st, Request: req, Session: id, StreamID: st.ID(), ShortID: shortID, sessionDone: sessionDone, writeStall: s.writeStall}
 	s.cfg.Handler(stream)
 	if !stream.replied.Load() {
 		stream.Reply(StatusGeneralFailure)
@@ -659,6 +663,7 @@ type Stream struct {
 
 	sessionDone <-chan struct{}
 	replied     atomic.Bool
+	writeStall  time.Duration
 }
 
 // Reply sends the status of the request. It must be called exactly once,
@@ -684,13 +689,13 @@ func (st *Stream) SessionDone() <-chan struct{} { return st.sessionDone }
 // more window, and without this bound the bridge's write would wait for
 // the rest of the session's life. An app that stops reading for this long
 // loses the stream.
-// (A variable so that tests can shorten it.)
-var writeStallTimeout = 5 * time.Minute
+// (Tests shorten it per server with ServerConfig.writeStallTimeout.)
+const writeStallTimeout = 5 * time.Minute
 
 // Write writes to the client, failing if the client takes nothing for
 // writeStallTimeout.
 func (st *Stream) Write(p []byte) (int, error) {
-	st.Conn.SetWriteDeadline(time.Now().Add(writeStallTimeout))
+	st.Conn.SetWriteDeadline(time.Now().Add(st.writeStall))
 	return st.Conn.Write(p)
 }
 
@@ -749,4 +754,11 @@ func (s *Server) SetShortIDs(ids []keys.ShortID) {
 		ss.log.Info("session ended: its short id was revoked")
 		ss.conn.Close()
 	}
+}
+
+func orInt(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
 }

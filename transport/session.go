@@ -97,8 +97,10 @@ type sessionConn struct {
 const (
 	sessionIDLen = 16
 	// sendLimit bounds the bytes a session keeps for resending: past it,
-	// smux's writes wait for acknowledgements.
-	sendLimit = 4 << 20
+	// smux's writes wait for acknowledgements. It must exceed a long
+	// path's bandwidth-delay product (5 MB at 200 Mbit/s and 200 ms),
+	// or it, not the window, caps a stream.
+	sendLimit = 8 << 20
 	// recvLimit bounds received bytes smux has not read yet.
 	recvLimit = 512 << 10
 	// maxWriteChunk bounds the data in one write to a carrier.

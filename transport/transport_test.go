@@ -524,9 +524,6 @@ func TestIdleSessionClosedAndRedialed(t *testing.T) {
 // the bridge gives up once the client has taken nothing for the stall
 // timeout.
 func TestAbandonedStreamEnds(t *testing.T) {
-	old := writeStallTimeout
-	writeStallTimeout = 300 * time.Millisecond
-	defer func() { writeStallTimeout = old }()
 	ended := make(chan struct{})
 	handler := func(st *Stream) {
 		defer close(ended)
@@ -538,7 +535,7 @@ func TestAbandonedStreamEnds(t *testing.T) {
 			}
 		}
 	}
-	b := startBridge(t, newSiteFace(t), handler, nil)
+	b := startBridge(t, newSiteFace(t), handler, func(c *ServerConfig) { c.writeStallTimeout = 300 * time.Millisecond })
 	sess, err := Dial(context.Background(), b.clientConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -564,10 +561,7 @@ func TestAbandonedStreamEnds(t *testing.T) {
 // stream limit new streams are refused at once with a status, while the
 // open ones keep working.
 func TestStreamCapRefusesWithoutStalling(t *testing.T) {
-	old := maxStreamsPerSession
-	maxStreamsPerSession = 2
-	defer func() { maxStreamsPerSession = old }()
-	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.maxStreamsPerSession = 2 })
 	sess, err := Dial(context.Background(), b.clientConfig())
 	if err != nil {
 		t.Fatal(err)
