@@ -275,13 +275,22 @@ func siteHandler(o faceOptions) (http.Handler, error) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("-upstream %q: want an http:// or https:// URL, e.g. http://127.0.0.1:8080", o.upstream)
 		}
+		names := append([]string{}, o.sni...)
+		if o.domain != "" {
+			names = append([]string{o.domain}, names...)
+		}
 		return &httputil.ReverseProxy{
 			Rewrite: func(r *httputil.ProxyRequest) {
 				r.SetURL(u)
-				r.Out.Host = r.In.Host // the site answers for its own name
+				r.Out.Host = pinnedHost(r.In.Host, names, u.Host)
 				// No X-Forwarded-For: visitors' addresses stay here.
+				// But the upstream must be able to tell a visitor from
+				// a local request: this header says "from the
+				// internet, address withheld" (RFC 7239).
+				r.Out.Header.Set("Forwarded", `for="_hidden";proto=https`)
 			},
-			ErrorLog: discardLog,
+			Transport: upstreamTransport(u),
+			ErrorLog:  discardLog,
 		}, nil
 	case o.www != "":
 		st, err := os.Stat(o.www)
@@ -291,6 +300,43 @@ func siteHandler(o faceOptions) (http.Handler, error) {
 		return http.FileServer(staticDir{http.Dir(o.www)}), nil
 	}
 	return notFoundSite, nil
+}
+
+// pinnedHost is the Host the upstream sees: the visitor's, if it is one of
+// the face's names; otherwise the face's first name, or, for a bridge
+// without one, the upstream's own host. A prober choosing the Host (say
+// "localhost", to reach a virtual host meant only for the machine itself)
+// reaches nothing the face does not serve.
+func pinnedHost(host string, names []string, upstream string) string {
+	h := strings.ToLower(host)
+	if hn, _, err := net.SplitHostPort(h); err == nil {
+		h = hn
+	}
+	for _, n := range names {
+		if h == strings.ToLower(n) {
+			return host
+		}
+	}
+	if len(names) > 0 {
+		return names[0]
+	}
+	return upstream
+}
+
+// upstreamTransport dials the upstream. When the upstream is on IPv4
+// loopback, the connection comes from 127.0.0.2, not 127.0.0.1, so that an
+// upstream rule such as nginx's "allow 127.0.0.1" does not take the
+// internet's visitors for the machine's own requests. (Apache's "Require
+// local" takes all of 127.0.0.0/8 as local: such an upstream should match
+// the Forwarded header instead, as the README says.)
+func upstreamTransport(u *url.URL) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	host := u.Hostname()
+	if ip := net.ParseIP(host); ip != nil && ip.To4() != nil && ip.IsLoopback() {
+		d := &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		t.DialContext = d.DialContext
+	}
+	return t
 }
 
 // staticDir is the -www directory as the site shows it: files, and

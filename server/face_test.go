@@ -128,3 +128,43 @@ func TestACMEOptions(t *testing.T) {
 }
 
 var discardLogger = slog.New(slog.DiscardHandler)
+
+// TestUpstreamSeesNoLocalVisitor: with -upstream, what a prober sends
+// cannot pass for the machine's own request: the upstream sees the
+// connection from 127.0.0.2 (not 127.0.0.1), a Forwarded header that
+// withholds the address, and a Host pinned to the face's names whatever
+// Host the prober chose.
+func TestUpstreamSeesNoLocalVisitor(t *testing.T) {
+	type seen struct{ remote, host, forwarded string }
+	got := make(chan seen, 4)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.RemoteAddr, r.Host, r.Header.Get("Forwarded")}
+	}))
+	defer up.Close()
+	for _, tc := range []struct {
+		names      []string
+		host, want string
+	}{
+		{[]string{"www.example.com"}, "localhost", "www.example.com"},
+		{[]string{"www.example.com"}, "WWW.example.com:443", "WWW.example.com:443"},
+		{nil, "localhost", strings.TrimPrefix(up.URL, "http://")},
+	} {
+		h, err := siteHandler(faceOptions{upstream: up.URL, sni: tc.names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		req.Host = tc.host
+		h.ServeHTTP(httptest.NewRecorder(), req)
+		s := <-got
+		if s.host != tc.want {
+			t.Errorf("names %v, Host %q: the upstream saw Host %q, want %q", tc.names, tc.host, s.host, tc.want)
+		}
+		if strings.HasPrefix(s.remote, "127.0.0.1:") {
+			t.Errorf("the upstream saw the visitor come from %s, like the machine's own requests", s.remote)
+		}
+		if !strings.Contains(s.forwarded, `for="_hidden"`) {
+			t.Errorf("Forwarded = %q: the upstream cannot tell a visitor from a local request", s.forwarded)
+		}
+	}
+}
