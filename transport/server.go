@@ -695,7 +695,9 @@ const writeStallTimeout = 5 * time.Minute
 // Write writes to the client, failing if the client takes nothing for
 // writeStallTimeout.
 func (st *Stream) Write(p []byte) (int, error) {
-	st.Conn.SetWriteDeadline(time.Now().Add(st.writeStall))
+	// A Stream made outside this package (an embedder's tests) has no
+	// setting: the default.
+	st.Conn.SetWriteDeadline(time.Now().Add(orDefault(st.writeStall, writeStallTimeout)))
 	return st.Conn.Write(p)
 }
 
