@@ -65,3 +65,10 @@ func (c *limitConn) CloseWrite() error {
 // NetConn returns the connection under the wrapper, so the transport can
 // splice and reset it directly.
 func (c *limitConn) NetConn() net.Conn { return c.Conn }
+
+// LimitListener returns ln letting at most n connections be open at once
+// (mirage-server -max-conns standalone; under tor, RunServer shares one
+// limit among its listeners).
+func LimitListener(ln net.Listener, n int) net.Listener {
+	return newLimitListener(ln, make(chan struct{}, n))
+}

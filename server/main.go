@@ -344,7 +344,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	ops.users.add(srv)
 	log.Info("bridge running", "listen", ln.Addr().String(), "face", f.describe(), "mode", eg.Describe())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(newLimitListener(ln, c.maxConns)) }()
+	go func() { errc <- srv.Serve(mpt.LimitListener(ln, c.maxConns)) }()
 	// Once the port serves, so the CA's TLS-ALPN-01 check can reach it.
 	go f.obtainCertificate(log)
 	select {

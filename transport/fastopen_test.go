@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
@@ -57,67 +56,6 @@ func TestFastOpen(t *testing.T) {
 	}
 }
 
-// delayLine relays one TCP connection at a time to target, holding every
-// chunk for delay in each direction (a long link, RTT = 2 × delay).
-func delayLine(t testing.TB, target string, delay time.Duration) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		type chunk struct {
-			b  []byte
-			at time.Time
-		}
-		q := make(chan chunk, 1024)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c := range q {
-				time.Sleep(time.Until(c.at))
-				if _, err := dst.Write(c.b); err != nil {
-					break
-				}
-			}
-			dst.Close()
-			src.Close()
-		}()
-		for {
-			buf := make([]byte, 64<<10)
-			n, err := src.Read(buf)
-			if n > 0 {
-				q <- chunk{buf[:n], time.Now().Add(delay)}
-			}
-			if err != nil {
-				close(q)
-				return
-			}
-		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go pipe(up, c)
-			go pipe(c, up)
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // BenchmarkTTFB measures, on a warm session over a 60 ms RTT link, the
 // time from opening a stream to the first byte of the answer to the app's
 // first bytes, with the stream request answered first (strict, as before)
@@ -127,7 +65,7 @@ func delayLine(t testing.TB, target string, delay time.Duration) string {
 func BenchmarkTTFB(b *testing.B) {
 	br := startBridge(b, newSiteFace(b), echoHandler, func(c *ServerConfig) { c.Logger = nil })
 	cfg := br.clientConfig()
-	cfg.Address = delayLine(b, br.addr, 30*time.Millisecond)
+	cfg.Address = startLongLink(b, br.addr, 60*time.Millisecond, 0)
 	sess, err := Dial(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -1,5 +1,3 @@
-//go:build linux
-
 package transport
 
 import (
@@ -13,8 +11,8 @@ import (
 
 // longLink is a user-space link between clients and one target: every
 // byte is delayed by delay (one way) and the link as a whole carries at
-// most rate bytes a second each way, shared by all connections, as a long
-// thin path would.
+// most rate bytes a second each way (0: no limit), shared by all
+// connections, as a long thin path would.
 type longLink struct {
 	delay time.Duration
 	rate  float64
@@ -24,9 +22,12 @@ type longLink struct {
 
 // pass returns when a chunk of n bytes leaves the link's far end.
 func (l *longLink) pass(dir, n int) time.Time {
+	now := time.Now()
+	if l.rate == 0 {
+		return now.Add(l.delay)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := time.Now()
 	start := now
 	if l.next[dir].After(now) {
 		start = l.next[dir]
