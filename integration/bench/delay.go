@@ -1,0 +1,134 @@
+package main
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// link is one direction of a shared bottleneck: every connection of a system
+// that crosses the delay line queues on the same serializer, so 8 streams
+// share the rate as they would on a real access link instead of each getting
+// a private copy of it.
+type link struct {
+	mu       sync.Mutex
+	rate     float64 // bytes per second; 0 means unlimited
+	oneWay   time.Duration
+	nextFree time.Time
+}
+
+// schedule returns when the last bit of n bytes leaves the serializer. The
+// schedule is kept as absolute times so that timer slop does not accumulate
+// into a lower rate than asked for.
+func (l *link) schedule(n int) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	start := l.nextFree
+	if start.Before(now) {
+		start = now
+	}
+	done := start
+	if l.rate > 0 {
+		done = start.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
+	}
+	l.nextFree = done
+	return done
+}
+
+// delayLine listens on loopback and forwards every connection to upstream
+// through two shared links (one per direction), each adding rtt/2 and
+// limiting to rate.
+type delayLine struct {
+	ln       net.Listener
+	upstream string
+	up, down *link
+}
+
+func newDelayLine(upstream string, rtt time.Duration, bitsPerSec float64) (*delayLine, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	d := &delayLine{
+		ln:       ln,
+		upstream: upstream,
+		up:       &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
+		down:     &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
+	}
+	go d.serve()
+	return d, nil
+}
+
+func (d *delayLine) Addr() string { return d.ln.Addr().String() }
+
+func (d *delayLine) Close() { d.ln.Close() }
+
+func (d *delayLine) serve() {
+	for {
+		c, err := d.ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			u, err := net.DialTimeout("tcp", d.upstream, 10*time.Second)
+			if err != nil {
+				c.Close()
+				return
+			}
+			// Both directions run to their end (half-closes pass
+			// through) before either socket is closed.
+			var both sync.WaitGroup
+			both.Add(2)
+			go func() { pipeDelayed(u, c, d.up); both.Done() }()
+			go func() { pipeDelayed(c, u, d.down); both.Done() }()
+			both.Wait()
+			c.Close()
+			u.Close()
+		}()
+	}
+}
+
+type chunk struct {
+	b  []byte
+	at time.Time
+}
+
+// pipeDelayed copies src to dst through l. The reader waits until each chunk
+// has left the serializer before reading the next, which pushes back on the
+// sender the way a full bottleneck queue would; a second goroutine delivers
+// each chunk one propagation delay later.
+func pipeDelayed(dst, src net.Conn, l *link) {
+	q := make(chan chunk, 4096) // ample for a BDP of 64 MiB at 16 KiB chunks
+	go func() {
+		defer close(q)
+		for {
+			buf := make([]byte, 16<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				done := l.schedule(n)
+				q <- chunk{buf[:n], done.Add(l.oneWay)}
+				time.Sleep(time.Until(done))
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range q {
+		time.Sleep(time.Until(c.at))
+		if _, err := dst.Write(c.b); err != nil {
+			// Drain so the reader is not stuck on a full queue, and tell
+			// the other side.
+			src.Close()
+			for range q {
+			}
+			break
+		}
+	}
+	if tc, ok := dst.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	} else {
+		dst.Close()
+	}
+}

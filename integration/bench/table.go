@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+)
+
+// row is the median over rounds of one system's figures.
+type row struct {
+	name string
+	r    result
+	err  error
+}
+
+type table struct {
+	title string
+	rows  []row
+}
+
+func median(xs []float64) float64 {
+	var v []float64
+	for _, x := range xs {
+		if x >= 0 {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return -1
+	}
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func summarize(title string, systems []*system, res [][]result) table {
+	t := table{title: title}
+	for i, s := range systems {
+		rw := row{name: s.name}
+		var ok []result
+		for _, r := range res[i] {
+			if r.err != nil {
+				rw.err = r.err
+				continue
+			}
+			ok = append(ok, r)
+		}
+		if len(ok) > 0 {
+			rw.err = nil // report what worked; a failed round only shrinks the sample
+			f := func(get func(result) float64) float64 {
+				var xs []float64
+				for _, r := range ok {
+					xs = append(xs, get(r))
+				}
+				return median(xs)
+			}
+			rw.r = result{
+				down1: f(func(r result) float64 { return r.down1 }), down8: f(func(r result) float64 { return r.down8 }),
+				up1: f(func(r result) float64 { return r.up1 }), up8: f(func(r result) float64 { return r.up8 }),
+				ttfb50: f(func(r result) float64 { return r.ttfb50 }), ttfb99: f(func(r result) float64 { return r.ttfb99 }),
+				cpuCli: f(func(r result) float64 { return r.cpuCli }), cpuSrv: f(func(r result) float64 { return r.cpuSrv }),
+				rssCli: f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
+			}
+		}
+		t.rows = append(t.rows, rw)
+	}
+	return t
+}
+
+// cpuTotal is client+server s/GiB, counting an absent side as 0 (direct
+// TCP has no server process) but unknown when the client is unknown.
+func cpuTotal(r result) float64 {
+	if r.cpuCli < 0 {
+		return -1
+	}
+	return r.cpuCli + math.Max(r.cpuSrv, 0)
+}
+
+func (t table) base(prefix string) (result, bool) {
+	for _, rw := range t.rows {
+		if strings.HasPrefix(rw.name, prefix) && rw.err == nil {
+			return rw.r, true
+		}
+	}
+	return result{}, false
+}
+
+func num(x float64, prec int) string {
+	if x < 0 || math.IsNaN(x) {
+		return "–"
+	}
+	return fmt.Sprintf("%.*f", prec, x)
+}
+
+// ratio formats x against the direct and TLS baselines as "x (d× / t×)".
+func ratio(x, d, tl float64, okD, okT bool, prec int) string {
+	s := num(x, prec)
+	if x < 0 {
+		return s
+	}
+	r := func(b float64, ok bool) string {
+		if !ok || b <= 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", x/b)
+	}
+	return fmt.Sprintf("%s (%s / %s)", s, r(d, okD), r(tl, okT))
+}
+
+func (t table) markdown(o options) string {
+	var b strings.Builder
+	d, okD := t.base("direct")
+	tl, okT := t.base("Go crypto/tls")
+	fmt.Fprintf(&b, "## %s\n\nEach figure: value (ratio to direct TCP / ratio to Go TLS relay).\n\n", t.title)
+	b.WriteString("| system | 1 stream down MiB/s | " + fmt.Sprint(o.streams) + " streams down MiB/s |")
+	if o.upload {
+		b.WriteString(" 1 stream up MiB/s | " + fmt.Sprint(o.streams) + " streams up MiB/s |")
+	}
+	b.WriteString(" TTFB p50 ms | TTFB p99 ms | CPU s/GiB client + server = total | peak RSS MiB client / server |\n|---|---|---|")
+	if o.upload {
+		b.WriteString("---|---|")
+	}
+	b.WriteString("---|---|---|---|\n")
+	for _, rw := range t.rows {
+		if rw.err != nil {
+			fmt.Fprintf(&b, "| %s | failed: %s |\n", rw.name, strings.ReplaceAll(rw.err.Error(), "|", "/"))
+			continue
+		}
+		r := rw.r
+		fmt.Fprintf(&b, "| %s | %s | %s |", rw.name, ratio(r.down1, d.down1, tl.down1, okD, okT, 0), ratio(r.down8, d.down8, tl.down8, okD, okT, 0))
+		if o.upload {
+			fmt.Fprintf(&b, " %s | %s |", ratio(r.up1, d.up1, tl.up1, okD, okT, 0), ratio(r.up8, d.up8, tl.up8, okD, okT, 0))
+		}
+		fmt.Fprintf(&b, " %s | %s | %s + %s = %s | %s / %s |\n",
+			ratio(r.ttfb50, d.ttfb50, tl.ttfb50, okD, okT, 2), ratio(r.ttfb99, d.ttfb99, tl.ttfb99, okD, okT, 2),
+			num(r.cpuCli, 2), num(r.cpuSrv, 2), ratio(cpuTotal(r), cpuTotal(d), cpuTotal(tl), okD, okT, 2),
+			num(r.rssCli, 0), num(r.rssSrv, 0))
+	}
+	return b.String()
+}
