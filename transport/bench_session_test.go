@@ -357,5 +357,8 @@ func BenchmarkBudget(b *testing.B) {
 	b.ReportMetric(got, "KB/s")
 	b.ReportMetric(bound, "bound-KB/s")
 	b.ReportMetric(got/bound, "of-bound")
+	// What the client allows itself: 2 per handshakeWindow+pacingMargin.
+	paced := float64(cfg.Budget-int(handshake)) * float64(time.Second) / float64(handshakeWindow+pacingMargin) * maxHandshakeBurst / 1000
+	b.ReportMetric(got/paced, "of-paced")
 	b.Log(fmt.Sprintf("median %v per 256 KiB: %.1f KB/s; pacing bound %.1f KB/s (handshake %d bytes of a %d budget)", median, got, bound, handshake, cfg.Budget))
 }

@@ -66,6 +66,10 @@ const (
 	maxOpenCarriers   = 6
 	maxHandshakeBurst = 2
 	handshakeWindow   = 400 * time.Millisecond
+	// pacingMargin widens the handshake window: an observer times
+	// connections by their arrival, which a busy machine (or a busy
+	// middlebox) may see late. 2 per 500 ms is 4 carriers a second.
+	pacingMargin = handshakeWindow / 4
 	// slowDial is how long a dial may hang before a second one is tried
 	// beside it (a blackholed route, a lost SYN).
 	slowDial = 3 * time.Second
@@ -307,7 +311,7 @@ func (s *Session) maybeDial(now time.Time) {
 func (s *Session) paceAllows(now time.Time) bool {
 	recent := s.handshakes[:0]
 	for _, t := range s.handshakes {
-		if now.Sub(time.Unix(0, t.Load())) < handshakeWindow+handshakeWindow/8 {
+		if now.Sub(time.Unix(0, t.Load())) < handshakeWindow+pacingMargin {
 			recent = append(recent, t)
 		}
 	}

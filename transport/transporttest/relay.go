@@ -303,13 +303,16 @@ func (r *Relay) acceptLoop() {
 			}
 			continue
 		}
-		r.admit(c.(*net.TCPConn))
+		// Stamped before admit takes the lock (which the watcher may
+		// hold while it reads the kernel's table), so that the record is
+		// when the connection arrived, not when the relay got to it.
+		r.admit(c.(*net.TCPConn), time.Now())
 	}
 }
 
 // admit records a new connection and starts forwarding it, or, during an
 // outage, holds it silent.
-func (r *Relay) admit(client *net.TCPConn) {
+func (r *Relay) admit(client *net.TCPConn, accepted time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -321,7 +324,7 @@ func (r *Relay) admit(client *net.TCPConn) {
 	if local, remote := procAddr(client.RemoteAddr()), procAddr(client.LocalAddr()); local != "" && remote != "" {
 		c.clientKey = local + " " + remote
 	}
-	c.stat.Accepted = time.Now()
+	c.stat.Accepted = accepted
 	r.conns = append(r.conns, c)
 	r.open++
 	r.maxOpen = max(r.maxOpen, r.open)
