@@ -43,18 +43,27 @@ type delayLine struct {
 	ln       net.Listener
 	upstream string
 	up, down *link
+	// handshake makes each new connection pay the TCP handshake's round
+	// trip: the delay line is itself a TCP endpoint on loopback, so the
+	// client's connect() completes at once and, left alone, a system that
+	// opens a TCP connection per stream would get its handshake for free
+	// while one that reuses a session gains nothing from doing so.
+	handshake bool
+	rtt       time.Duration
 }
 
-func newDelayLine(upstream string, rtt time.Duration, bitsPerSec float64) (*delayLine, error) {
+func newDelayLine(upstream string, rtt time.Duration, bitsPerSec float64, handshake bool) (*delayLine, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	d := &delayLine{
-		ln:       ln,
-		upstream: upstream,
-		up:       &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
-		down:     &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
+		ln:        ln,
+		upstream:  upstream,
+		handshake: handshake,
+		rtt:       rtt,
+		up:        &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
+		down:      &link{rate: bitsPerSec / 8, oneWay: rtt / 2},
 	}
 	go d.serve()
 	return d, nil
@@ -70,6 +79,12 @@ func (d *delayLine) serve() {
 		if err != nil {
 			return
 		}
+		// On a real path the client's first bytes can leave only when the
+		// SYN-ACK is back, one RTT after connect().
+		var notBefore time.Time
+		if d.handshake {
+			notBefore = time.Now().Add(d.rtt)
+		}
 		go func() {
 			u, err := net.DialTimeout("tcp", d.upstream, 10*time.Second)
 			if err != nil {
@@ -80,14 +95,18 @@ func (d *delayLine) serve() {
 			// through) before either socket is closed.
 			var both sync.WaitGroup
 			both.Add(2)
-			go func() { pipeDelayed(u, c, d.up); both.Done() }()
-			go func() { pipeDelayed(c, u, d.down); both.Done() }()
+			go func() { pipeDelayed(u, c, d.up, notBefore); both.Done() }()
+			go func() { pipeDelayed(c, u, d.down, time.Time{}); both.Done() }()
 			both.Wait()
 			c.Close()
 			u.Close()
 		}()
 	}
 }
+
+// readAhead is how far ahead of the serializer a connection's reader may
+// be: the bottleneck queue, per connection, in link time.
+const readAhead = 5 * time.Millisecond
 
 type chunk struct {
 	b  []byte
@@ -98,7 +117,9 @@ type chunk struct {
 // has left the serializer before reading the next, which pushes back on the
 // sender the way a full bottleneck queue would; a second goroutine delivers
 // each chunk one propagation delay later.
-func pipeDelayed(dst, src net.Conn, l *link) {
+//
+// Nothing reaches dst before notBefore plus the one-way delay.
+func pipeDelayed(dst, src net.Conn, l *link, notBefore time.Time) {
 	q := make(chan chunk, 4096) // ample for a BDP of 64 MiB at 16 KiB chunks
 	go func() {
 		defer close(q)
@@ -107,8 +128,17 @@ func pipeDelayed(dst, src net.Conn, l *link) {
 			n, err := src.Read(buf)
 			if n > 0 {
 				done := l.schedule(n)
-				q <- chunk{buf[:n], done.Add(l.oneWay)}
-				time.Sleep(time.Until(done))
+				at := done
+				if at.Before(notBefore) {
+					at = notBefore
+				}
+				q <- chunk{buf[:n], at.Add(l.oneWay)}
+				// Read ahead by a few ms of link time: sleeping exactly
+				// until done would let each timer overshoot idle the
+				// serializer, and one stream would get ~60% of the rate.
+				if w := time.Until(done) - readAhead; w > 0 {
+					time.Sleep(w)
+				}
 			}
 			if err != nil {
 				return

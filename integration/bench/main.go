@@ -23,12 +23,14 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +45,9 @@ type options struct {
 	extra   []string
 	install bool
 	upload  bool
+	// handshake: the delay line charges each new TCP connection its
+	// handshake round trip.
+	handshake bool
 }
 
 func main() {
@@ -60,6 +65,7 @@ func main() {
 	flag.StringVar(&extra, "extra", "", "comma-separated HOST:PORT of more SOCKS5 proxies to measure (loopback run only)")
 	flag.BoolVar(&o.install, "install", false, "first try apt-get install -y shadowsocks-libev obfs4proxy")
 	flag.BoolVar(&o.upload, "upload", true, "also measure uploads")
+	flag.BoolVar(&o.handshake, "rtt-handshake", true, "the delay line delays each new connection's first client bytes by one RTT, as a TCP handshake would (false: connections open for free, as in issue 9's first measurements)")
 	flag.Parse()
 	if role != "" {
 		if err := runRole(role, upstream); err != nil {
@@ -269,7 +275,7 @@ func (e *env) via(s *system, addr string, delayed bool) (string, error) {
 	if !delayed {
 		return addr, nil
 	}
-	d, err := newDelayLine(addr, e.o.rtt, e.o.rate)
+	d, err := newDelayLine(addr, e.o.rtt, e.o.rate, e.o.handshake)
 	if err != nil {
 		return "", err
 	}
@@ -657,6 +663,15 @@ func (e *env) measure(s *system) result {
 func run(o options) error {
 	e := &env{o: o, procs: &procs{}}
 	defer e.procs.killAll()
+	// An interrupted run still ends the processes it started.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		e.procs.killAll()
+		fmt.Fprintln(os.Stderr, "bench: stopped by", s)
+		os.Exit(1)
+	}()
 	var err error
 	if e.tmp, err = os.MkdirTemp("", "mirage-bench-"); err != nil {
 		return err
@@ -712,6 +727,11 @@ func run(o options) error {
 		title := "Loopback"
 		if delayed {
 			title = fmt.Sprintf("Delay line: %v RTT, %s, one link per system shared by all its connections", o.rtt, humanRate(o.rate))
+			if o.handshake {
+				title += ", each new TCP connection pays its handshake RTT"
+			} else {
+				title += ", TCP handshakes free (-rtt-handshake=false)"
+			}
 		}
 		t := summarize(title, systems, res)
 		tables = append(tables, t)
@@ -726,6 +746,9 @@ func run(o options) error {
 	fmt.Println("Notes:")
 	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; RSS is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (the bench binary re-executed), so their figures exclude the load generator; direct TCP has no server side.")
 	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session.")
+	if o.rtt > 0 {
+		fmt.Println("- Delay line: a user-space TCP relay per system between its client side and server side (direct TCP: between the relay and the target), adding RTT/2 each way behind one rate-limited serializer per direction shared by all the system's connections; its queue holds 5 ms of link time per connection, and it never drops. It terminates TCP on both sides and holds up to 64 MiB in flight per direction and connection, so TCP's own window, slow start and loss recovery never see the delay: it measures the round trips and windows of each system's own protocol (handshakes, stream windows), not TCP congestion control.")
+	}
 	fmt.Println("- Ratios are to direct TCP and to the Go TLS relay of the same run; throughput ratio > 1 is faster, TTFB/CPU ratio < 1 is better.")
 	for _, n := range e.notes {
 		fmt.Println("-", n)
