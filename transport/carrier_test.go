@@ -297,8 +297,11 @@ func TestCarriersCutAtRandom(t *testing.T) {
 		}
 	}
 	t.Logf("%d MiB in %v over %d connections (%d reset, the rest silent or whole)", streams*size>>20, time.Since(start).Round(time.Millisecond), len(r.Stats()), resets)
-	if len(r.Stats()) < 3 || resets == 0 {
-		t.Fatalf("only %d connections, %d resets: the cuts were not exercised", len(r.Stats()), resets)
+	// Each cut is a reset or a silence at even odds, so a run of a few
+	// cuts may have no reset at all (1 in 32 with five): what must hold
+	// is that cuts happened and the session moved on every time.
+	if len(r.Stats()) < 3 {
+		t.Fatalf("only %d connections: the cuts were not exercised", len(r.Stats()))
 	}
 	checkPacing(t, r)
 }
