@@ -664,10 +664,7 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 			return // another carrier delivered these meanwhile
 		}
 		n := min(len(data), recvLimit-(len(s.rbuf)-s.rstart))
-		if s.rstart > 0 && len(s.rbuf)+n > cap(s.rbuf) {
-			m := copy(s.rbuf, s.rbuf[s.rstart:])
-			s.rbuf, s.rstart = s.rbuf[:m], 0
-		}
+		s.rbufRoom(n)
 		s.rbuf = append(s.rbuf, data[:n]...)
 		s.recvd += uint64(n)
 		data = data[n:]
@@ -690,17 +687,7 @@ func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error)
 		s.mu.Unlock()
 		return false, nil
 	}
-	if cap(s.rbuf)-len(s.rbuf) < n {
-		unread := len(s.rbuf) - s.rstart
-		if unread+n <= cap(s.rbuf) {
-			copy(s.rbuf, s.rbuf[s.rstart:])
-		} else {
-			nb := make([]byte, unread, max(2*cap(s.rbuf), unread+n, 64<<10))
-			copy(nb, s.rbuf[s.rstart:])
-			s.rbuf = nb
-		}
-		s.rbuf, s.rstart = s.rbuf[:unread], 0
-	}
+	s.rbufRoom(n)
 	start := len(s.rbuf)
 	dst := s.rbuf[start : start+n]
 	s.rbusy = true
@@ -727,6 +714,24 @@ func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error)
 	s.recvd += uint64(n)
 	s.delivered()
 	return true, nil
+}
+
+// rbufRoom makes room for n more bytes after the end of rbuf: it moves
+// the unread bytes to the front if that is enough, or else grows the
+// buffer (doubling). Called with mu held, never while rbusy.
+func (s *sessionConn) rbufRoom(n int) {
+	if cap(s.rbuf)-len(s.rbuf) >= n {
+		return
+	}
+	unread := len(s.rbuf) - s.rstart
+	if unread+n <= cap(s.rbuf) {
+		copy(s.rbuf, s.rbuf[s.rstart:])
+	} else {
+		nb := make([]byte, unread, max(2*cap(s.rbuf), unread+n, 64<<10))
+		copy(nb, s.rbuf[s.rstart:])
+		s.rbuf = nb
+	}
+	s.rbuf, s.rstart = s.rbuf[:unread], 0
 }
 
 // rewind makes the sender go back to off, which the peer asked for or
@@ -853,13 +858,6 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 
 // Done is closed when the session has ended.
 func (s *sessionConn) Done() <-chan struct{} { return s.done }
-
-// liveCarriers returns how many carriers the session has.
-func (s *sessionConn) liveCarriers() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.carriers)
-}
 
 // Deadlines are smux's business on streams, not on the session stream.
 func (s *sessionConn) SetDeadline(time.Time) error      { return nil }
