@@ -30,6 +30,10 @@ const (
 	frameRetire = 0x06 // empty: the sender sends nothing more on this carrier
 	frameDrop   = 0x07 // body: carrier number(4): that carrier is dead, resend what it lost
 	frameClose  = 0x08 // empty: the session is over
+	// frameStatus is the server's answer to a carrier's opening, its
+	// first frame (PROTOCOL.md, "Openings"): status(1) | received(8) |
+	// padding, so that its record can take the size the face's would.
+	frameStatus = 0x09
 
 	frameHeaderLen = 3
 	// maxFrameBody keeps a frame with its header inside one TLS record;
@@ -43,6 +47,8 @@ const (
 	maxPad          = 1024
 	// maxTrackedStreams bounds the per-stream counters.
 	maxTrackedStreams = 4096
+	// statusBodyMin is a STATUS frame's body without padding.
+	statusBodyMin = 1 + 8
 )
 
 // controlBodyLen is the body length each control frame must have.
@@ -105,6 +111,15 @@ func appendFrames(out, data []byte, pad int) []byte {
 	return out
 }
 
+// padFrame returns a PAD frame n bytes long, header included (n at least
+// frameHeaderLen): a record of its own the size of someone else's.
+func padFrame(n int) []byte {
+	body := max(n-frameHeaderLen, 0)
+	b := make([]byte, frameHeaderLen+body)
+	b[0], b[1], b[2] = framePad, byte(body>>8), byte(body)
+	return b
+}
+
 // appendControl appends a control frame with an 8-byte offset body.
 func appendOffsetFrame(out []byte, typ byte, off uint64) []byte {
 	out = append(out, typ, 0, 8)
@@ -162,8 +177,8 @@ func (f *frameReader) header() (byte, int, error) {
 	typ := f.hdr[0]
 	n := int(binary.BigEndian.Uint16(f.hdr[1:]))
 	switch want, ok := controlBodyLen[typ]; {
-	case typ == frameData || typ == framePad:
-		if n > maxFrameBody {
+	case typ == frameData || typ == framePad || typ == frameStatus:
+		if n > maxFrameBody || (typ == frameStatus && n < statusBodyMin) {
 			return 0, 0, fmt.Errorf("%w: %d-byte frame", errBadFrame, n)
 		}
 	case !ok:

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -61,15 +60,18 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 		return nil, 0, 0, fmt.Errorf("transport: TLS exporter: %w", err)
 	}
 	// The client's opening goes out before the proof comes in, as a
-	// browser sends its HTTP/2 preface without waiting. It carries nothing
-	// of the user's: a random session id, offsets and padding.
-	b := op.marshal(randRead)
+	// browser sends its HTTP/2 preface and first request without
+	// waiting. It carries nothing of the user's: a random session id,
+	// offsets and padding, in two records the sizes of Chromium's
+	// preface and request.
+	b := op.marshal(chromeRequestLen(authority(cfg)))
 	for _, part := range [][]byte{b[:clientPrefaceLen], b[clientPrefaceLen:]} {
 		if _, err := uc.Write(part); err != nil {
 			return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
 		}
 	}
-	proof, status, received, err := readServerOpening(uc)
+	fr := &frameReader{r: uc}
+	proof, err := readServerProof(fr)
 	if err != nil {
 		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 			errors.Is(err, syscall.ECONNRESET) {
@@ -89,7 +91,32 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	if !auth.VerifyServerProof(key, exporter, proof) {
 		return nil, 0, 0, ErrNotBridge
 	}
+	// The browser acknowledges the server's SETTINGS, which came first.
+	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
+		return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
+	}
+	status, received, err := readStatus(fr)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("transport: reading the bridge's status: %w", err)
+	}
 	return uc, status, received, nil
+}
+
+// authority is what a browser would put in :authority for the bridge:
+// its name, or the address it dials when there is none, with the port
+// unless it is 443.
+func authority(cfg *ClientConfig) string {
+	host, port, err := net.SplitHostPort(cfg.Address)
+	if err != nil {
+		return cfg.Address
+	}
+	if cfg.ServerName != "" {
+		host = cfg.ServerName
+	}
+	if port == "443" {
+		return host
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // sealHello builds the ClientHello of uc's fingerprint and writes the tag
@@ -155,26 +182,21 @@ func x25519Share(hs *utls.PubClientHandshakeState) (*ecdh.PrivateKey, error) {
 // Openings: the first application data each way (PROTOCOL.md, "Openings").
 //
 //	client opening = session id(16) | flags(1) | carrier(4) | received(8) | budget(4) | padding length(2, BE) | padding
-//	server opening = proof(32) | status(1) | received(8) | padding length(2, BE) | padding
+//	server opening = proof(32) | padding length(2, BE) | padding, then frames: STATUS first
 //
 // They name the session this carrier joins and say where each direction
-// resumes. Their sizes imitate the first application records of an HTTP/2
-// connection, as measured here between Chromium 156 and Go's h2 server:
-// the browser sends its preface, SETTINGS and WINDOW_UPDATE (70 bytes, one
-// record), then its first HEADERS (about 450 bytes) in a second record;
-// the server sends SETTINGS and WINDOW_UPDATE (39 bytes; ours needs 43).
-// So the client's opening goes out in two writes, the first
-// clientPrefaceLen bytes long.
+// resumes. Their records copy an HTTP/2 connection's first records (see
+// faceshape.go): the client's opening goes out in two writes, the first
+// clientPrefaceLen bytes long (Chromium's preface, SETTINGS and
+// WINDOW_UPDATE), the second as long as Chromium's first request; the
+// server's proof, its STATUS frame and the PAD frames after it take the
+// sizes of the face's records.
 const (
 	exporterLen       = 32
-	maxOpeningPadding = 4096
+	maxOpeningPadding = maxFrameBody
 	clientOpeningHead = sessionIDLen + 1 + 4 + 8 + 4 // before the padding length
-	serverOpeningHead = auth.ProofLen + 1 + 8
-	clientPrefaceLen  = 70                                             // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
-	clientPadMin      = clientPrefaceLen - clientOpeningHead - 2 + 380 // second record: 380-519 bytes, like HEADERS
-	clientPadSpan     = 140
-	serverPadMin      = 0
-	serverPadSpan     = 1
+	clientPrefaceLen  = 70                           // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
+	settingsAckLen    = 9                            // an empty SETTINGS frame with the ACK flag
 )
 
 // Flags of the client opening.
@@ -189,17 +211,6 @@ const (
 
 var errBadOpening = errors.New("transport: malformed opening")
 
-// randRead is the source of padding lengths; a variable so tests can fix it.
-var randRead = rand.Read
-
-func paddingLen(randRead func([]byte) (int, error), min, span int) int {
-	var b [2]byte
-	if _, err := randRead(b[:]); err != nil {
-		return min
-	}
-	return min + int(binary.BigEndian.Uint16(b[:]))%span
-}
-
 // clientHello is what a client opening says: which session the carrier
 // joins and where the client's receiving resumes.
 type clientOpeningInfo struct {
@@ -210,8 +221,10 @@ type clientOpeningInfo struct {
 	Budget   int    // bytes the carrier may carry each way; 0: no budget
 }
 
-func (o *clientOpeningInfo) marshal(randRead func([]byte) (int, error)) []byte {
-	n := paddingLen(randRead, clientPadMin, clientPadSpan)
+// marshal returns the opening, padded so that the bytes after the first
+// clientPrefaceLen are second long.
+func (o *clientOpeningInfo) marshal(second int) []byte {
+	n := clientPrefaceLen + max(second, 1) - clientOpeningHead - 2
 	b := make([]byte, 0, clientOpeningHead+2+n)
 	b = append(b, o.Session[:]...)
 	var flags byte
@@ -249,27 +262,60 @@ func readClientOpening(r io.Reader) (clientOpeningInfo, error) {
 	return o, skipPadding(r, buf[clientOpeningHead:])
 }
 
-func serverOpening(proof [auth.ProofLen]byte, status byte, received uint64, randRead func([]byte) (int, error)) []byte {
-	n := paddingLen(randRead, serverPadMin, serverPadSpan)
-	b := make([]byte, 0, serverOpeningHead+2+n)
+// proofOpening returns the server's opening, size bytes long (at least
+// proofOpeningLen).
+func proofOpening(proof [auth.ProofLen]byte, size int) []byte {
+	n := max(size-proofOpeningLen, 0)
+	b := make([]byte, 0, proofOpeningLen+n)
 	b = append(b, proof[:]...)
-	b = append(b, status)
-	b = binary.BigEndian.AppendUint64(b, received)
 	b = binary.BigEndian.AppendUint16(b, uint16(n))
 	return append(b, make([]byte, n)...)
 }
 
-// readServerOpening reads the server's opening and returns its proof,
-// status and the bytes the server has received.
-func readServerOpening(r io.Reader) (proof []byte, status byte, received uint64, err error) {
-	buf := make([]byte, serverOpeningHead+2)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, 0, 0, err
+// readServerProof reads the server's opening and returns its proof.
+func readServerProof(fr *frameReader) ([]byte, error) {
+	buf := make([]byte, proofOpeningLen)
+	if _, err := io.ReadFull(fr.r, buf); err != nil {
+		return nil, err
 	}
-	if err := skipPadding(r, buf[serverOpeningHead:]); err != nil {
-		return nil, 0, 0, err
+	if err := skipPadding(fr.r, buf[auth.ProofLen:]); err != nil {
+		return nil, err
 	}
-	return buf[:auth.ProofLen], buf[auth.ProofLen], binary.BigEndian.Uint64(buf[auth.ProofLen+1:]), nil
+	return buf[:auth.ProofLen], nil
+}
+
+// statusFrame returns a STATUS frame size bytes long (at least
+// statusFrameMin).
+func statusFrame(status byte, received uint64, size int) []byte {
+	body := max(size-frameHeaderLen, statusBodyMin)
+	b := make([]byte, 0, frameHeaderLen+body)
+	b = append(b, frameStatus, byte(body>>8), byte(body))
+	b = append(b, status)
+	b = binary.BigEndian.AppendUint64(b, received)
+	return append(b, make([]byte, body-statusBodyMin)...)
+}
+
+// readStatus reads the STATUS frame that follows the proof (PAD frames
+// may come first) and returns the status and how many bytes of the
+// session the server has received.
+func readStatus(fr *frameReader) (byte, uint64, error) {
+	for {
+		typ, n, err := fr.header()
+		if err != nil {
+			return 0, 0, err
+		}
+		body, err := fr.readBody(n)
+		if err != nil {
+			return 0, 0, err
+		}
+		switch typ {
+		case framePad:
+			continue
+		case frameStatus:
+			return body[0], binary.BigEndian.Uint64(body[1:]), nil
+		}
+		return 0, 0, errBadOpening
+	}
 }
 
 func skipPadding(r io.Reader, lenField []byte) error {

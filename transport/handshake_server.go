@@ -139,21 +139,26 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 	return nil
 }
 
-// tunnel completes TLS with an authenticated client and reads the
-// client's opening. The caller answers with the server opening (see
-// Server.handle), which carries the proof. raw counts the carrier's bytes,
+// tunnel completes TLS with an authenticated client, sends the proof and
+// reads the client's opening. The caller answers with the status and
+// the rest of the shape (see Server.carry). raw counts the carrier's bytes,
 // the ClientHello's included.
-func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *countingConn, op clientOpeningInfo, proof [auth.ProofLen]byte, err error) {
+func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *countingConn, op clientOpeningInfo, shape openingShape, err error) {
 	cfg := hs.srv.tunnelTLS
 	if cfg == nil { // cover face: our own TLS, certificate bound to the key
 		cert, err := boundCertificate(hs.key)
 		if err != nil {
-			return nil, nil, op, proof, err
+			return nil, nil, op, shape, err
 		}
 		cfg = &tls.Config{
 			MinVersion:   tls.VersionTLS13,
 			Certificates: []tls.Certificate{cert},
 			NextProtos:   []string{"h2", "http/1.1"},
+			// The cover's session tickets, if it sends any, are copied
+			// with the rest of its opening records (faceshape.go); Go's
+			// own, sent with its Finished, would be one more record
+			// than the cover sends, and at the wrong time.
+			SessionTicketsDisabled: true,
 		}
 		if g := tls.CurveID(hs.srv.coverGroup.Load()); g != 0 {
 			// Pick the key exchange the cover picks (see coverGroup),
@@ -174,28 +179,35 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, nil, op, proof, fmt.Errorf("TLS handshake: %w", err)
+		return nil, nil, op, shape, fmt.Errorf("TLS handshake: %w", err)
 	}
 	state := tc.ConnectionState()
 	if state.Version != tls.VersionTLS13 {
 		// Only a client that sent a TLS 1.3 hello has a tag, so this
 		// cannot happen with a genuine client.
-		return nil, nil, op, proof, ErrNotTLS13
+		return nil, nil, op, shape, ErrNotTLS13
 	}
 	if hs.srv.site != nil && hs.srv.filter.Seen(hs.tag, hs.srv.cfg.now()) {
 		// Another copy of this hello completed first.
-		return nil, nil, op, proof, errReplayedTag
+		return nil, nil, op, shape, errReplayedTag
 	}
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
-		return nil, nil, op, proof, err
+		return nil, nil, op, shape, err
 	}
-	// The client sends its opening right after its Finished, so reading it
-	// before answering costs no round trip.
+	// The proof goes first, at once, in a record the size of the face's
+	// first (a Go server's SETTINGS, a cover's first session ticket);
+	// the status, which needs the client's opening, goes in the second.
+	// The client sends its opening right after its Finished, so reading
+	// it before answering costs no round trip.
+	shape = hs.srv.openingShape()
+	if _, err := tc.Write(proofOpening(auth.ServerProof(hs.key, exporter), shape[0])); err != nil {
+		return nil, nil, op, shape, err
+	}
 	if op, err = readClientOpening(tc); err != nil {
-		return nil, nil, op, proof, fmt.Errorf("reading client opening: %w", err)
+		return nil, nil, op, shape, fmt.Errorf("reading client opening: %w", err)
 	}
-	return tc, raw, op, auth.ServerProof(hs.key, exporter), nil
+	return tc, raw, op, shape, nil
 }
 
 // boundCertificate makes a fresh ECDSA P-256 certificate whose signature

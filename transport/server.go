@@ -39,7 +39,8 @@ type Server struct {
 	started     int64         // unix seconds: tags older than this are refused
 
 	sessionIDs atomic.Uint64
-	coverGroup atomic.Uint32 // cover face: the group the cover picks for Chrome (0: unknown)
+	coverGroup atomic.Uint32                  // cover face: the group the cover picks for Chrome (0: unknown)
+	shape      atomic.Pointer[[]openingShape] // the face's opening records, once learned
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -112,6 +113,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.wg.Add(1)
 		go s.watchCoverGroup()
 	}
+	s.wg.Add(1)
+	go s.watchFaceShape()
 	s.started = cfg.now().Unix()
 	s.helloWait = cfg.handshakeTimeout()
 	if s.site != nil {
@@ -372,7 +375,7 @@ func (s *Server) carry(hs *serverHandshake) {
 		return
 	}
 	defer s.track(hs.raw, false)
-	tc, raw, op, proof, err := hs.tunnel(s.ctx)
+	tc, raw, op, shape, err := hs.tunnel(s.ctx)
 	if err != nil {
 		s.log.Info("authenticated handshake failed", "error", safelog.Error(err, false))
 		hs.raw.Close()
@@ -383,9 +386,17 @@ func (s *Server) carry(hs *serverHandshake) {
 	if sess != nil {
 		received = sess.conn.received()
 	}
-	if _, err := tc.Write(serverOpening(proof, status, received, randRead)); err != nil || sess == nil {
+	// One write per record: the status, then padding the sizes of the
+	// rest of the face's opening records.
+	if _, err := tc.Write(statusFrame(status, received, shape[1])); err != nil || sess == nil {
 		raw.Close()
 		return
+	}
+	for _, n := range shape[2:] {
+		if _, err := tc.Write(padFrame(n)); err != nil {
+			raw.Close()
+			return
+		}
 	}
 	tc.SetDeadline(time.Time{})
 	c := &carrier{seq: op.Carrier, conn: tc, raw: raw, budget: op.Budget}

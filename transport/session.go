@@ -605,6 +605,11 @@ func (s *sessionConn) readLoop(c *carrier) {
 		case frameClose:
 			s.endLocked(errPeerClosed, false)
 			stop = true
+		case frameStatus:
+			// Only ever the first frame of a carrier, read by the
+			// handshake.
+			s.carrierEnded(c, errBadFrame)
+			stop = true
 		}
 		s.mu.Unlock()
 		if stop {

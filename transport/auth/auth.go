@@ -40,7 +40,9 @@ const (
 
 // Version is the protocol version carried in the tag. A server refuses any
 // other value, so a future version can change everything after the tag.
-const Version = 1
+// Version 2: the server opening is the proof alone, then a STATUS frame,
+// in records the sizes of the face's (PROTOCOL.md, "Openings").
+const Version = 2
 
 // Labels used for key derivation and the TLS exporter. They are part of the
 // wire protocol: changing one breaks compatibility.

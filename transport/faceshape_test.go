@@ -1,0 +1,273 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+)
+
+// chromiumVisits are the HTTP/2 openings measured between Chromium 156 and
+// real servers (testdata/h2-openings).
+type chromiumVisit struct {
+	Face      string `json:"face"`
+	Authority string `json:"authority"`
+	Client    []int  `json:"client"`
+	Server    []int  `json:"server"`
+}
+
+func chromiumVisits(t *testing.T) []chromiumVisit {
+	t.Helper()
+	b, err := os.ReadFile("testdata/h2-openings/chromium-156.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct{ Visits []chromiumVisit }
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	return f.Visits
+}
+
+// near reports whether two record length lists are equal but for the
+// records listed in loose, which may differ by up to slack bytes (a
+// response's HEADERS carry a date and a length that HPACK codes in a
+// byte or two more or less).
+func near(got, want []int, loose map[int]bool, slack int) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		d := got[i] - want[i]
+		if d != 0 && (!loose[i] || d < -slack || d > slack) {
+			return false
+		}
+	}
+	return true
+}
+
+// alike reports whether two openings (plaintext lengths) of Go's HTTP/2 server are the same
+// but for flushes: Go writes SETTINGS at once, and the rest in as many
+// records as its flushes make (WINDOW_UPDATE, the ACK and the HEADERS
+// share one or not, by timing, as measured with Chromium too), so the
+// same first record and the same bytes after it, but for a byte or two of
+// the HEADERS' date and length.
+func alike(a, b []int) bool {
+	return len(a) > 0 && len(b) > 0 && a[0] == b[0] && sameBytes(a[1:], b[1:]) <= 2
+}
+
+// sameBytes returns how far apart the sums of two lists of plaintext
+// lengths are.
+func sameBytes(a, b []int) int {
+	d := 0
+	for _, n := range a {
+		d += n
+	}
+	for _, n := range b {
+		d -= n
+	}
+	return max(d, -d)
+}
+
+func plus(lengths []int, k int) []int {
+	out := make([]int, len(lengths))
+	for i, n := range lengths {
+		out[i] = n + k
+	}
+	return out
+}
+
+// startGo404 runs a stock Go HTTPS server with no pages: what Chromium
+// was measured against.
+func startGo404(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := SelfSignedCertificate([]string{"example.test"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewSiteServer(http.NewServeMux(), &tls.Config{Certificates: []tls.Certificate{cert}})
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// TestLearnShapeMatchesChromium proves the bridge's visit to a face sees
+// the records Chromium saw from the same kind of server: Go's HTTP/2
+// SETTINGS, WINDOW_UPDATE, SETTINGS ACK, and the 404's HEADERS and DATA.
+func TestLearnShapeMatchesChromium(t *testing.T) {
+	addr := startGo404(t)
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	shape, err := learnShape(context.Background(), raw, "", "127.0.0.1:8443", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := chromiumVisits(t)[0]
+	if !alike(shape, plus(want.Server, -recordOverhead13)) {
+		t.Errorf("learned records %v, Chromium saw %v", plus(shape, recordOverhead13), want.Server)
+	}
+}
+
+// tapRelay passes connections to target and records the TLS records each
+// way. It keeps only the last connection's taps.
+type tapRelay struct {
+	addr     string
+	up, down chan *recordTap // client→bridge, bridge→client
+}
+
+func startTapRelay(t *testing.T, target string) *tapRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tapRelay{addr: ln.Addr().String(), up: make(chan *recordTap, 16), down: make(chan *recordTap, 16)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); s.Close() })
+			up, down := &recordTap{Conn: c}, &recordTap{Conn: s}
+			r.up <- up
+			r.down <- down
+			go func() { io.Copy(s, up); s.Close() }()
+			go func() { io.Copy(c, down); c.Close() }()
+		}
+	}()
+	return r
+}
+
+// after returns the plaintext-plus-overhead lengths of the encrypted
+// records after the first skip of them, once there are want of them.
+func (tap *recordTap) after(t *testing.T, skip, want int) []int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		i := tap.encryptedAt(skip)
+		if i >= 0 {
+			n, _ := tap.count()
+			if got := plus(tap.lengths(i, n), recordOverhead13); len(got) >= want || time.Now().After(deadline) {
+				return got
+			}
+		} else if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d encrypted records", skip)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTunnelOpensAsItsFace proves a carrier's first records, both ways,
+// are those of a browser opening the face's front page: the client's are
+// Chromium's (preface, request, SETTINGS ACK), the bridge's are what its
+// face sends such a visit, record for record. Before, the bridge sent one
+// 60-byte record and nothing more, and the client's request record was of
+// its own size.
+func TestTunnelOpensAsItsFace(t *testing.T) {
+	face := &SiteFace{
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{siteCertificate(t)}},
+		Handler:   http.NewServeMux(), // Go's 404, as measured
+	}
+	b := startBridge(t, face, echoHandler, nil)
+	waitFor(t, "the bridge to learn its face", func() bool { return b.server.shape.Load() != nil })
+	shapes := *b.server.shape.Load()
+	shape := shapes[0]
+
+	// What a visit to the face itself gets, through the bridge's port.
+	raw, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	visit, err := learnShape(context.Background(), raw, testSNI, testSNI, 1)
+	raw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !alike(visit, shape) {
+		t.Fatalf("learned shape %v, a visit now sees %v", shape, visit)
+	}
+
+	relay := startTapRelay(t, b.addr)
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	up, down := <-relay.up, <-relay.down
+
+	// The bridge: its flight (four records and Go's session ticket), then
+	// the face's records.
+	// the face's records: one of the learned openings, exactly.
+	got := down.after(t, handshakeRecords+1, 2)
+	waitFor(t, "the bridge's opening records", func() bool {
+		got = down.after(t, handshakeRecords+1, 2)
+		for _, sh := range shapes {
+			if near(got, plus(sh, recordOverhead13), nil, 0) {
+				return true
+			}
+		}
+		return false
+	})
+	for _, v := range chromiumVisits(t) {
+		if v.Face != "go-404" || v.Authority != "127.0.0.1:8443" {
+			continue
+		}
+		// Go's server writes SETTINGS at once, and the rest in as many
+		// records as its flushes make (WINDOW_UPDATE, the ACK and the
+		// HEADERS share one or not, by timing): the same first record,
+		// and the same bytes after it.
+		if !alike(plus(got, -recordOverhead13), plus(v.Server, -recordOverhead13)) {
+			t.Errorf("bridge's first records %v, Chromium saw %v from a Go website", got, v.Server)
+		}
+	}
+	// The client: its Finished, then Chromium's three records, with the
+	// request's record as long as Chromium's would be for this address.
+	got = up.after(t, 1, 3)
+	want := []int{87, chromeRequestLen(authority(cfg)) + recordOverhead13, 26}
+	if !near(got, want, nil, 0) {
+		t.Errorf("client's first records %v, Chromium's would be %v", got, want)
+	}
+	if d := chromeRequestLen("example.test:8443") + recordOverhead13 - 465; d != 0 {
+		t.Errorf("request record for example.test:8443 is %d bytes off Chromium's", d)
+	}
+	// The carrier works.
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := roundTrip(st, payload(4096, 1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond until it holds, for up to ten seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
