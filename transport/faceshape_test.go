@@ -271,3 +271,65 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestPingSizedAsHTTP2 proves a PING, and the ACK that answers one, go
+// out as 17 bytes, HTTP/2's PING frame either way, not as 3 and 11 (which
+// a keepalive every half minute would show as 20- and 28-byte records).
+func TestPingSizedAsHTTP2(t *testing.T) {
+	s := newSessionConn(true, time.Minute, testLogger(t))
+	defer s.Close()
+	c := &carrier{raw: &countingConn{}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pingDue = true
+	if out := s.compose(nil, c); len(out) != h2PingLen {
+		t.Errorf("a PING goes out as %d bytes, want %d", len(out), h2PingLen)
+	}
+	s.recvd, s.ackDue, s.pongDue = 100, true, true
+	if out := s.compose(nil, c); len(out) != h2PingLen {
+		t.Errorf("the answer to a PING goes out as %d bytes, want %d", len(out), h2PingLen)
+	}
+	s.recvd, s.ackDue = 200, true
+	if out := s.compose(nil, c); len(out) != 11 {
+		t.Errorf("an ACK that answers no PING goes out as %d bytes, want 11 (unpadded)", len(out))
+	}
+}
+
+// TestIdleCarrierClosedAsTheFace proves a carrier idle for longer than the
+// face lets an idle connection live is closed by the bridge as the face
+// would close it (a GOAWAY-sized record, then close_notify), and that the
+// session goes on over a new connection.
+func TestIdleCarrierClosedAsTheFace(t *testing.T) {
+	face := newSiteFace(t)
+	face.Server.IdleTimeout = 500 * time.Millisecond
+	b := startBridge(t, face, echoHandler, nil)
+	relay := startTapRelay(t, b.addr)
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	down := <-relay.down
+	<-relay.up
+	// The first carrier ends and a second one comes.
+	select {
+	case <-relay.down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new carrier after the idle close")
+	}
+	n, _ := down.count()
+	all := down.lengths(0, n)
+	if len(all) < 2 || all[len(all)-2] != h2GoAwayLen || all[len(all)-1] != 2 {
+		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
+	}
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := roundTrip(st, payload(4096, 2)); err != nil {
+		t.Fatal(err)
+	}
+}

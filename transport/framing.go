@@ -47,6 +47,11 @@ const (
 	maxPad          = 1024
 	// maxTrackedStreams bounds the per-stream counters.
 	maxTrackedStreams = 4096
+	// h2PingLen and h2GoAwayLen are HTTP/2's PING frame (either way)
+	// and a GOAWAY without debug data, which keepalives and idle closes
+	// imitate.
+	h2PingLen   = 9 + 8
+	h2GoAwayLen = 9 + 8
 	// statusBodyMin is a STATUS frame's body without padding.
 	statusBodyMin = 1 + 8
 )

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -460,6 +461,16 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	return sess, statusResumed
 }
 
+// faceIdle is how long the face lets an idle HTTP/2 connection live: a
+// site's IdleTimeout, else its ReadTimeout, as net/http's HTTP/2 server
+// takes them; 0 for none. (A cover's is not known: 0.)
+func (s *Server) faceIdle() time.Duration {
+	if s.site == nil {
+		return 0
+	}
+	return cmp.Or(s.site.srv.IdleTimeout, s.site.srv.ReadTimeout)
+}
+
 // serveSession hands each stream of ss to the handler until the session
 // ends, then forgets it.
 func (s *Server) serveSession(ss *serverSession) {
@@ -500,6 +511,9 @@ func (s *Server) serveSession(ss *serverSession) {
 				return
 			case now := <-tick.C:
 				ss.conn.checkFrozen(now, sess.NumStreams() > 0)
+				if d := s.faceIdle(); d > 0 {
+					ss.conn.closeIdle(now, d)
+				}
 			}
 		}
 	}()

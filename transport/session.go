@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,7 @@ type sessionConn struct {
 	ackDue        bool
 	ackTimer      bool // an ACK is scheduled
 	pingDue       bool
+	pongDue       bool      // the ACK due answers a PING: size it as h2's PING ACK
 	pingAt        time.Time // when the outstanding PING was queued
 	pingVia       *carrier  // the carrier it was queued on
 	resendDue     bool
@@ -169,6 +171,7 @@ type carrier struct {
 
 	lastRecv atomic.Int64 // unix ns of the last frame received
 	lastData atomic.Int64 // unix ns of the last DATA received
+	lastSent atomic.Int64 // unix ns of the last DATA sent
 
 	// Guarded by the session's mu.
 	dead        bool
@@ -477,14 +480,20 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	if c.peerRetired || room < 64 {
 		return retire()
 	}
+	pinging := s.pongDue || s.pingDue
 	if s.ackDue || (s.recvd > s.ackSent && s.next < s.written) {
 		// Due (a PING, a timer, enough bytes), or free to piggyback.
 		out = appendOffsetFrame(out, frameAck, s.recvd)
-		s.ackSent, s.ackDue = s.recvd, false
+		s.ackSent, s.ackDue, s.pongDue = s.recvd, false, false
 	}
 	if s.pingDue {
 		out = appendEmptyFrame(out, framePing)
 		s.pingDue, s.pingVia = false, c
+	}
+	if pinging && s.next >= s.written && len(out)+frameHeaderLen <= h2PingLen {
+		// A PING or its answer alone in a record is sized as HTTP/2's
+		// (a 17-byte frame either way), not as our own 3 or 11 bytes.
+		out = append(out, padFrame(h2PingLen-len(out))...)
 	}
 	if s.resendDue {
 		out = appendOffsetFrame(out, frameResend, s.resendFrom)
@@ -497,6 +506,7 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	if s.next >= s.written {
 		return out
 	}
+	c.lastSent.Store(time.Now().UnixNano())
 	avail := room - len(out) - 11 // a SEEK may come first
 	if s.padDue {
 		avail -= frameHeaderLen + maxPad
@@ -576,7 +586,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 				stop = true
 			}
 		case framePing:
-			s.ackDue = true
+			s.ackDue, s.pongDue = true, true
 			s.sendCond.Signal()
 		case frameResend:
 			off := binary.BigEndian.Uint64(body)
@@ -921,7 +931,9 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// its way. A long-idle stream is checked only by keepalives.
 		lastMove := max(rc.lastData.Load(), s.lastSend.UnixNano(), rc.joined.UnixNano())
 		owed := s.written > s.acked || (streams && now.Sub(time.Unix(0, lastMove)) < activeFor)
-		idle := streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
+		// Keepalives are the client's, as an HTTP/2 client's PINGs
+		// would be; the bridge only checks what it is owed.
+		idle := s.client && streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
 		if (owed && silence >= pingAfter) || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil
 			s.sendCond.Signal()
@@ -943,6 +955,34 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	}
 	s.pingVia = nil
 	return frozen
+}
+
+// closeIdle ends, as the face would end an idle HTTP/2 connection (a
+// GOAWAY, then close_notify), every carrier on which no DATA has moved
+// either way for idle, provided nothing is in flight. The client then
+// carries the session on a new connection. So no carrier outlives what
+// the face allows an idle connection.
+func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.written > s.acked || s.recvd > s.ackSent {
+		return
+	}
+	for _, c := range slices.Clone(s.carriers) {
+		last := max(c.lastData.Load(), c.lastSent.Load(), c.joined.UnixNano())
+		if c.dead || now.Sub(time.Unix(0, last)) < idle {
+			continue
+		}
+		c.dead = true
+		s.remove(c)
+		go func() {
+			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			c.conn.Write(padFrame(h2GoAwayLen))
+			c.conn.Close()
+		}()
+	}
+	s.poke()
+	s.wakeAll()
 }
 
 // received returns how many bytes of the peer's stream have arrived.
