@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"testing"
@@ -251,6 +252,10 @@ func TestTailPadding(t *testing.T) {
 		}
 		if last > hi {
 			t.Fatalf("%d bytes: last record %d above the bucket's edge %d", n, last, hi)
+		}
+		// The cost PROTOCOL.md states.
+		if float64(last) > max(38, math.Sqrt2*float64(r+frameHeaderLen)) {
+			t.Fatalf("%d bytes: last record %d, more than 2^(1/2) times %d", n, last, r+frameHeaderLen)
 		}
 		// appendPad writes exactly that much, in frames a reader takes.
 		if got := len(appendPad(buf[:0], pad)); got != pad {
