@@ -859,6 +859,12 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 	close(s.done)
 	s.wakeAll()
 	onEnd := s.onEnd
+	// CLOSE is padded as any short record is (tailPad), within the
+	// reserve a budget keeps for RETIRE.
+	bye := appendEmptyFrame(nil, frameClose)
+	if !s.pad.youngOnly {
+		bye = appendPad(bye, tailPad(len(bye)))
+	}
 	go func() {
 		// Tell the peer on every carrier, so it need not wait for a
 		// timeout, without waiting long on one that is stuck.
@@ -869,7 +875,7 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 				defer wg.Done()
 				if tell {
 					c.conn.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-					c.conn.Write(appendEmptyFrame(nil, frameClose))
+					c.conn.Write(bye)
 				}
 				c.raw.Close()
 			}()
