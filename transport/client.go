@@ -126,6 +126,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.mux = mux
 	s.conn.mu.Lock()
 	s.conn.onEnd = func() { mux.Close() }
+	s.conn.pad.youngOnly = cfg.padYoungOnly
 	s.conn.mu.Unlock()
 	c, status, received, err := s.dialCarrier(ctx, true, s.pace(time.Now()))
 	if err == nil && status != statusResumed {

@@ -66,6 +66,9 @@ type ClientConfig struct {
 	// singleCarrier keeps a session on its first connection (tests: the
 	// control that shows what carriers are for).
 	singleCarrier bool
+	// padYoungOnly pads only the young phase's writes (benchmarks: the
+	// baseline that shows what tail padding costs).
+	padYoungOnly bool
 }
 
 func (c *ClientConfig) check() error {
@@ -167,6 +170,9 @@ type ServerConfig struct {
 	// they need not change package variables under parallel tests.
 	maxStreamsPerSession int
 	writeStallTimeout    time.Duration
+	// padYoungOnly pads only the young phase's writes (benchmarks: the
+	// baseline that shows what tail padding costs).
+	padYoungOnly bool
 }
 
 func (c *ServerConfig) check() error {

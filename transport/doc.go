@@ -10,7 +10,8 @@
 //	         session_id carries an authentication tag (package auth)
 //	openings: the server proves it holds the bridge key; padding both ways
 //	batchConn: smux frames coalesced into full TLS records, framed, and
-//	           padded where a stream or the session is young
+//	           padded where a stream or the session is young; later,
+//	           short records are padded to a random size bucket
 //	smux v2: streams with per-stream flow control and keepalives
 //	per stream: a request (CONNECT host:port, UDP relay, default target)
 //	            and the server's status, then the user's bytes

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
+	"sort"
 )
 
 // Inside each carrier's TLS, after the openings, both directions are a
@@ -19,7 +21,10 @@ import (
 // telltale message sizes, and without padding they would show through as
 // the sizes of the outer TLS records. Writes that carry the first bytes of
 // a stream, or of the session, get a PAD frame of random length in the
-// same TLS record; bulk data goes unpadded.
+// same TLS record. After that, a write whose last TLS record would be
+// short (an interactive app's segment, a few Tor cells, an ACK) is padded
+// so that record's length is drawn from a size bucket, not set by the
+// write; bulk data goes in full records, unpadded.
 const (
 	frameData   = 0x00 // body: the next bytes of the session stream
 	framePad    = 0x01 // body: ignored
@@ -45,6 +50,13 @@ const (
 	padStreamBytes  = 16 << 10
 	padSessionBytes = 32 << 10
 	maxPad          = 1024
+	// maxTLSRecord is the most plaintext a TLS record holds (RFC 8446
+	// §5.1). Go's TLS and utls fill records to it once past a
+	// connection's first 14 or so records (dynamic record sizing), so
+	// bulk writes go out in records of this size.
+	maxTLSRecord = 1 << 14
+	// minBucket is the smallest bucket edge of tail padding.
+	minBucket = 32
 	// maxTrackedStreams bounds the per-stream counters.
 	maxTrackedStreams = 4096
 	// h2PingLen and h2GoAwayLen are HTTP/2's PING frame (either way)
@@ -75,6 +87,10 @@ const (
 type padPolicy struct {
 	sessionSent int
 	streamSent  map[uint32]int
+	// youngOnly pads young writes only, as before tail padding (the
+	// benchmarks' baseline): later writes go unpadded, whatever their
+	// size, and bulk writes end where the queue or the chunk does.
+	youngOnly bool
 }
 
 // young reports whether the smux frame with header hdr and n bytes of
@@ -142,6 +158,85 @@ func appendDropFrame(out []byte, seq uint32) []byte {
 
 // padLen draws the length of a PAD frame's body.
 func padLen() int { return 1 + rand.IntN(maxPad) }
+
+// bucketEdges are the edges of the record-size buckets of tail padding:
+// from minBucket to a full record in quarter octaves (32·2^(k/4),
+// rounded: 32, 38, 45, 54, 64, 76, … 11585, 13777, 16384). Quarter
+// octaves cost about a fifth of a small write (PROTOCOL.md §6.2).
+var bucketEdges = func() []int {
+	var e []int
+	for k := 0; ; k++ {
+		n := int(math.Round(minBucket * math.Exp2(float64(k)/4)))
+		e = append(e, n)
+		if n >= maxTLSRecord {
+			return e
+		}
+	}
+}()
+
+// bucketLen draws the length of a record that must hold at least m bytes
+// (m at most maxTLSRecord): uniform over the bucket above the smallest
+// edge not below m, (e_i, e_i+1], or a full record when that edge is the
+// last. Every m up to the same edge gets the same distribution, so the
+// length tells only which quarter octave m lies in.
+func bucketLen(m int) int {
+	i := sort.SearchInts(bucketEdges, m)
+	if i+1 >= len(bucketEdges) {
+		return maxTLSRecord
+	}
+	lo, hi := bucketEdges[i], bucketEdges[i+1]
+	return lo + 1 + rand.IntN(hi-lo)
+}
+
+// tailPad returns the length, header included, of the PAD frame that
+// ends a write of n bytes of frames so that the write's last TLS record
+// has a bucketLen length instead of one set by the write, or 0 if the
+// write ends on a full record. The padding lands in that last record.
+func tailPad(n int) int {
+	r := n % maxTLSRecord
+	switch {
+	case r == 0:
+		return 0
+	case r > maxTLSRecord-frameHeaderLen:
+		// No room for a PAD header: the PAD frame fills the record and
+		// makes a record of its own, padded as a small one.
+		return maxTLSRecord - r + bucketLen(frameHeaderLen)
+	}
+	return bucketLen(r+frameHeaderLen) - r
+}
+
+// appendPad appends PAD frames of n bytes in all, headers included (n is
+// 0 or at least frameHeaderLen).
+func appendPad(out []byte, n int) []byte {
+	for n >= frameHeaderLen {
+		body := min(n-frameHeaderLen, maxFrameBody)
+		out = append(out, framePad, byte(body>>8), byte(body))
+		out = append(out, make([]byte, body)...)
+		n -= frameHeaderLen + body
+	}
+	return out
+}
+
+// framedLen returns how many bytes n bytes of data take as DATA frames.
+func framedLen(n int) int {
+	return n + frameHeaderLen*((n+maxFrameBody-1)/maxFrameBody)
+}
+
+// wholeRecords returns how much of n bytes of data to send after pre
+// bytes of frames so that the write ends on a TLS record boundary, and
+// the bytes of padding that then fill it up to that boundary (0, or an
+// empty PAD frame's 3 when the last DATA frame would hold none). It
+// returns n and -1 if the write would not fill one record.
+func wholeRecords(pre, n int) (int, int) {
+	end := (pre + framedLen(n)) / maxTLSRecord * maxTLSRecord
+	f := end - pre // for DATA frames
+	if f <= frameHeaderLen {
+		return n, -1
+	}
+	frames := (f + maxTLSRecord - 1) / maxTLSRecord
+	m := f - frameHeaderLen*frames
+	return m, f - framedLen(m)
+}
 
 var errBadFrame = errors.New("transport: malformed frame from peer")
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"testing"
@@ -202,5 +203,82 @@ func TestInnerSizesDoNotShow(t *testing.T) {
 	}
 	if len(got) < 20 || len(distinct) < 10 {
 		t.Fatalf("record sizes %v: too few, or too few different ones", got)
+	}
+}
+
+// TestTailPadding checks the arithmetic of tail padding for every length
+// a write's last record can have: the PAD frame fits, brings the last
+// record to a length in the bucket above what it carries (so padding
+// lands in the record it hides), costs at most that bucket, and never
+// spills a record unless the record had no room for a PAD header. And a
+// bulk write cut by wholeRecords ends exactly on a record boundary.
+func TestTailPadding(t *testing.T) {
+	data := make([]byte, 5*maxTLSRecord)
+	buf := make([]byte, 0, 6*maxTLSRecord)
+	if bucketEdges[0] != minBucket || bucketEdges[len(bucketEdges)-1] != maxTLSRecord {
+		t.Fatalf("bucket edges %v", bucketEdges)
+	}
+	for n := 1; n <= 3*maxTLSRecord; n++ {
+		pad := tailPad(n)
+		r := n % maxTLSRecord
+		switch {
+		case r == 0:
+			if pad != 0 {
+				t.Fatalf("%d bytes end a record, padded with %d", n, pad)
+			}
+			continue
+		case pad < frameHeaderLen:
+			t.Fatalf("%d bytes: %d of padding holds no PAD header", n, pad)
+		}
+		last := r + pad
+		if r > maxTLSRecord-frameHeaderLen {
+			last -= maxTLSRecord // a record of its own
+			r = 0
+		}
+		if last > maxTLSRecord || last <= minBucket {
+			t.Fatalf("%d bytes padded with %d: a last record of %d", n, pad, last)
+		}
+		// The bucket above r+3: its upper edge bounds the cost.
+		i := 0
+		for bucketEdges[i] < r+frameHeaderLen {
+			i++
+		}
+		hi := maxTLSRecord
+		if i+1 < len(bucketEdges) {
+			hi = bucketEdges[i+1]
+			if last <= bucketEdges[i] {
+				t.Fatalf("%d bytes: last record %d below the bucket (%d, %d]", n, last, bucketEdges[i], hi)
+			}
+		}
+		if last > hi {
+			t.Fatalf("%d bytes: last record %d above the bucket's edge %d", n, last, hi)
+		}
+		// The cost PROTOCOL.md states.
+		if float64(last) > max(38, math.Sqrt2*float64(r+frameHeaderLen)) {
+			t.Fatalf("%d bytes: last record %d, more than 2^(1/2) times %d", n, last, r+frameHeaderLen)
+		}
+		// appendPad writes exactly that much, in frames a reader takes.
+		if got := len(appendPad(buf[:0], pad)); got != pad {
+			t.Fatalf("appendPad(%d) wrote %d bytes", pad, got)
+		}
+	}
+	for _, pre := range []int{0, 3, 11, 22, 100} {
+		for n := 1; n <= len(data); n += 13 {
+			m, fill := wholeRecords(pre, n)
+			total := pre + framedLen(m) + fill
+			if fill < 0 {
+				if m != n || pre+framedLen(n) >= maxTLSRecord+frameHeaderLen {
+					t.Fatalf("pre %d, %d bytes: not cut though they fill a record", pre, n)
+				}
+				continue
+			}
+			if m > n || m <= 0 || (fill != 0 && fill != frameHeaderLen) || total%maxTLSRecord != 0 ||
+				pre+framedLen(n)-total >= maxTLSRecord {
+				t.Fatalf("pre %d, %d bytes: cut to %d with %d of padding: %d bytes", pre, n, m, fill, total)
+			}
+			if got := len(appendPad(appendFrames(buf[:pre], data[:m], 0), fill)); got != total {
+				t.Fatalf("pre %d, %d bytes cut to %d: wrote %d, want %d", pre, n, m, got, total)
+			}
+		}
 	}
 }

@@ -450,6 +450,7 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	sess := &serverSession{id: op.Session, num: num, shortID: shortID, conn: conn, mux: mux, log: log}
 	conn.mu.Lock()
 	conn.onEnd = func() { mux.Close() }
+	conn.pad.youngOnly = s.cfg.padYoungOnly
 	conn.mu.Unlock()
 	s.sessions[op.Session] = sess
 	s.wg.Add(1)

@@ -464,18 +464,39 @@ func maxPlaintext(room int) int {
 	return room - tlsRecordOverhead*(room/1000+1)
 }
 
-// compose fills out with what to send on c now: control frames, then
-// data, within c's budget. Called with mu held.
+// compose fills out (empty) with what to send on c now: control frames,
+// then data, within c's budget, then padding (PROTOCOL.md §6.2): a
+// write carrying a young stream's bytes gets a PAD frame of random
+// length; any other write ends on a full TLS record, or is padded so
+// its last record's length is drawn from a bucket (tailPad). Called
+// with mu held.
 func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	room := math.MaxInt
 	if c.budget > 0 {
 		room = maxPlaintext(c.budget - int(c.raw.written.Load()) - retireReserve)
 	}
-	retire := func() []byte {
+	out, fill := s.composeFrames(out, c, room)
+	if fill < 0 && !s.pad.youngOnly {
+		// Within the budget: the last write on a nearly spent carrier
+		// may be padded less (it is followed by RETIRE).
+		fill = min(tailPad(len(out)), room-len(out))
+	}
+	if fill >= frameHeaderLen {
+		out = appendPad(out, fill)
+	}
+	return out
+}
+
+// composeFrames appends compose's frames to out and returns it with the
+// bytes of padding it needs: -1 for the tail padding, or what is already
+// decided (0 once padded for a young stream, or the few bytes that bring
+// a bulk write to the end of its last record). Called with mu held.
+func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, int) {
+	retire := func() ([]byte, int) {
 		c.sendRetired = true
 		s.poke()
 		s.wakeAll()
-		return appendEmptyFrame(out, frameRetire)
+		return appendEmptyFrame(out, frameRetire), -1
 	}
 	if c.peerRetired || room < 64 {
 		return retire()
@@ -504,7 +525,7 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	}
 	s.drops = s.drops[:0]
 	if s.next >= s.written {
-		return out
+		return out, -1
 	}
 	c.lastSent.Store(time.Now().UnixNano())
 	avail := room - len(out) - 11 // a SEEK may come first
@@ -520,9 +541,15 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 		out = appendOffsetFrame(out, frameSeek, s.next)
 		c.needSeek = false
 	}
-	pad := 0
-	if s.padDue {
-		pad, s.padDue = padLen(), false
+	pad, fill := 0, -1
+	switch {
+	case s.padDue:
+		pad, fill, s.padDue = padLen(), 0, false
+	case uint64(n) < s.written-s.next && !s.pad.youngOnly:
+		// More is queued than this write takes: it ends on a record
+		// boundary, and the rest goes in the next write (at once, so
+		// nothing waits), so bulk data goes in full records.
+		n, fill = wholeRecords(len(out), n)
 	}
 	a, b := s.sendq.slice(int(s.next-s.acked), n)
 	if len(b) == 0 {
@@ -531,7 +558,7 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 		out = appendFrames(appendFrames(out, a, 0), b, pad)
 	}
 	s.next += uint64(n)
-	return out
+	return out, fill
 }
 
 // readLoop reads c's frames until it ends.
@@ -847,6 +874,12 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 	close(s.done)
 	s.wakeAll()
 	onEnd := s.onEnd
+	// CLOSE is padded as any short record is (tailPad), within the
+	// reserve a budget keeps for RETIRE.
+	bye := appendEmptyFrame(nil, frameClose)
+	if !s.pad.youngOnly {
+		bye = appendPad(bye, tailPad(len(bye)))
+	}
 	go func() {
 		// Tell the peer on every carrier, so it need not wait for a
 		// timeout, without waiting long on one that is stuck.
@@ -857,7 +890,7 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 				defer wg.Done()
 				if tell {
 					c.conn.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-					c.conn.Write(appendEmptyFrame(nil, frameClose))
+					c.conn.Write(bye)
 				}
 				c.raw.Close()
 			}()
