@@ -289,10 +289,6 @@ func TestPingSizedAsHTTP2(t *testing.T) {
 	if out := s.compose(nil, c); len(out) != h2PingLen {
 		t.Errorf("the answer to a PING goes out as %d bytes, want %d", len(out), h2PingLen)
 	}
-	s.recvd, s.ackDue = 200, true
-	if out := s.compose(nil, c); len(out) != 11 {
-		t.Errorf("an ACK that answers no PING goes out as %d bytes, want 11 (unpadded)", len(out))
-	}
 }
 
 // TestIdleCarrierClosedAsTheFace proves a carrier idle for longer than the

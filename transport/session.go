@@ -511,10 +511,12 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		out = appendEmptyFrame(out, framePing)
 		s.pingDue, s.pingVia = false, c
 	}
-	if pinging && s.next >= s.written && len(out)+frameHeaderLen <= h2PingLen {
+	if pinging && s.next >= s.written && !s.resendDue && len(s.drops) == 0 && len(out)+frameHeaderLen <= h2PingLen {
 		// A PING or its answer alone in a record is sized as HTTP/2's
-		// (a 17-byte frame either way), not as our own 3 or 11 bytes.
-		out = append(out, padFrame(h2PingLen-len(out))...)
+		// (a 17-byte frame either way), not as our own 3 or 11 bytes,
+		// nor bucketed as other small records are: h2 PINGs have one
+		// size.
+		return append(out, padFrame(h2PingLen-len(out))...), 0
 	}
 	if s.resendDue {
 		out = appendOffsetFrame(out, frameResend, s.resendFrom)
