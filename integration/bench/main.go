@@ -1,10 +1,15 @@
 // Command bench measures Mirage against baselines on loopback, in one run
 // with interleaved rounds (issue 9): direct TCP through a plain SOCKS5 relay,
 // a Go crypto/tls relay with one TLS connection per stream, Mirage's own
-// binaries, shadowsocks-libev when installed, and any extra SOCKS5 proxy.
-// Every system is reached through its own local SOCKS5 port. With -rtt it
+// binaries, shadowsocks-libev and obfs4proxy (as a Tor pluggable transport
+// in managed mode) when installed, and any extra SOCKS5 proxy. Every system
+// is reached through its own local SOCKS5 port. Figures: bulk throughput of
+// 1 and N streams each way, TTFB of a new stream on a warm session, cold
+// start (a freshly started client's first stream), CPU per GiB and peak RSS
+// of each side from /proc, and RSS with 1,000 idle streams. With -rtt it
 // measures again through a user-space delay line placed between each
-// system's client side and server side.
+// system's client side and server side. Output: Markdown tables with ratios
+// to the direct and TLS baselines of the same run, and a PNG chart.
 //
 //	go run ./integration/bench -size 16MiB -rounds 1 -rtt 60ms -rate 100mbit -png bench.png
 //
@@ -347,8 +352,10 @@ func (e *env) measure(s *system) result {
 	}
 	r.cold, r.coldReady = -1, -1
 	if s.startClient != nil {
+		// A failed cold start costs only its own figure.
 		if r.cold, r.coldReady, err = e.coldStarts(s, e.o.cold); err != nil {
-			return result{err: fmt.Errorf("cold start: %w", err)}
+			r.cold, r.coldReady = -1, -1
+			e.note(fmt.Sprintf("%s: cold start failed in a round: %v", s.name, err))
 		}
 	}
 	return r
