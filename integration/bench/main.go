@@ -409,8 +409,8 @@ func run(o options) error {
 	if e.target, err = targetServer(); err != nil {
 		return err
 	}
-	fmt.Printf("# Mirage benchmark, %s, %d CPUs, %d round(s) interleaved, %s per stream, %d streams, %d TTFB samples per round; medians over rounds\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), o.rounds, humanSize(o.size), o.streams, o.samples)
+	fmt.Printf("# Mirage benchmark, %s, %d CPUs, %d round(s) interleaved, %s per stream, %d streams, %d TTFB samples per round; medians over rounds\n\nLoad average at start: %s (other work on the machine shares its CPUs with every system alike, rounds being interleaved, but widens the spread).\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), o.rounds, humanSize(o.size), o.streams, o.samples, loadAvg())
 	var tables []table
 	passes := []bool{false}
 	if o.rtt > 0 {
@@ -460,6 +460,8 @@ func run(o options) error {
 		}
 		e.procs.killAll() // each pass starts its own processes
 	}
+	fmt.Println("Load average at the end:", loadAvg())
+	fmt.Println()
 	fmt.Println("Notes:")
 	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; peak RSS after bulk is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (the bench binary re-executed), so their figures exclude the load generator; direct TCP has no server side.")
 	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session (for systems with a connection per stream, a new connection and its handshake each time, as in use).")
@@ -481,6 +483,15 @@ func run(o options) error {
 		fmt.Fprintln(os.Stderr, "chart written to", o.png)
 	}
 	return nil
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 // delayRTT is the round trip a pass adds (0 on loopback).
