@@ -54,14 +54,24 @@ var palette = []color.RGBA{
 func writeChart(path string, tables []table, streams int) error {
 	type metric struct {
 		name string
-		get  func(result) float64
+		get  func(row) float64
+	}
+	of := func(get func(result) float64) func(row) float64 {
+		return func(rw row) float64 { return get(rw.r) }
 	}
 	metrics := []metric{
-		{"1 stream down MiB/s", func(r result) float64 { return r.down1 }},
-		{fmt.Sprintf("%d streams down MiB/s", streams), func(r result) float64 { return r.down8 }},
-		{"1 stream up MiB/s", func(r result) float64 { return r.up1 }},
-		{"TTFB p50 ms", func(r result) float64 { return r.ttfb50 }},
-		{"CPU s/GiB total", cpuTotal},
+		{"1 stream down MiB/s", of(func(r result) float64 { return r.down1 })},
+		{fmt.Sprintf("%d streams down MiB/s", streams), of(func(r result) float64 { return r.down8 })},
+		{"1 stream up MiB/s", of(func(r result) float64 { return r.up1 })},
+		{"TTFB p50 ms", of(func(r result) float64 { return r.ttfb50 })},
+		{"cold start ms", of(func(r result) float64 { return r.cold })},
+		{"CPU s/GiB total", of(cpuTotal)},
+		{"idle RSS MiB cli+srv", func(rw row) float64 {
+			if rw.idle == nil || rw.idle.err != nil || (rw.idle.hwmCli < 0 && rw.idle.hwmSrv < 0) {
+				return -1
+			}
+			return max(rw.idle.hwmCli, 0) + max(rw.idle.hwmSrv, 0)
+		}},
 	}
 	const (
 		scale  = 2
@@ -94,7 +104,7 @@ func writeChart(path string, tables []table, streams int) error {
 			top := 0.0
 			for _, rw := range t.rows {
 				if rw.err == nil {
-					top = max(top, m.get(rw.r))
+					top = max(top, m.get(rw))
 				}
 			}
 			base := py + panelH
@@ -106,7 +116,7 @@ func writeChart(path string, tables []table, streams int) error {
 			for i, rw := range t.rows {
 				v := -1.0
 				if rw.err == nil {
-					v = m.get(rw.r)
+					v = m.get(rw)
 				}
 				if v < 0 {
 					continue

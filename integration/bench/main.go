@@ -1,10 +1,15 @@
 // Command bench measures Mirage against baselines on loopback, in one run
 // with interleaved rounds (issue 9): direct TCP through a plain SOCKS5 relay,
 // a Go crypto/tls relay with one TLS connection per stream, Mirage's own
-// binaries, shadowsocks-libev when installed, and any extra SOCKS5 proxy.
-// Every system is reached through its own local SOCKS5 port. With -rtt it
+// binaries, shadowsocks-libev and obfs4proxy (as a Tor pluggable transport
+// in managed mode) when installed, and any extra SOCKS5 proxy. Every system
+// is reached through its own local SOCKS5 port. Figures: bulk throughput of
+// 1 and N streams each way, TTFB of a new stream on a warm session, cold
+// start (a freshly started client's first stream), CPU per GiB and peak RSS
+// of each side from /proc, and RSS with 1,000 idle streams. With -rtt it
 // measures again through a user-space delay line placed between each
-// system's client side and server side.
+// system's client side and server side. Output: Markdown tables with ratios
+// to the direct and TLS baselines of the same run, and a PNG chart.
 //
 //	go run ./integration/bench -size 16MiB -rounds 1 -rtt 60ms -rate 100mbit -png bench.png
 //
@@ -12,7 +17,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -20,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -29,7 +32,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -48,17 +50,22 @@ type options struct {
 	// handshake: the delay line charges each new TCP connection its
 	// handshake round trip.
 	handshake bool
+	cold      int // cold starts per round
+	idle      int // idle streams of the memory figure
 }
 
 func main() {
-	var role, upstream, size, rate, extra string
+	var role, upstream, listen, size, rate, extra string
 	o := options{}
 	flag.StringVar(&role, "role", "", "internal: run as a baseline relay child (direct, tls-front, tls-server)")
 	flag.StringVar(&upstream, "upstream", "", "internal: the role's upstream address")
+	flag.StringVar(&listen, "listen", "", "internal: the role's listen address (default: a free loopback port)")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; figures are medians over rounds")
 	flag.StringVar(&size, "size", "64MiB", "bytes per stream for the bulk figures (KiB, MiB, GiB suffixes)")
 	flag.IntVar(&o.streams, "streams", 8, "streams of the parallel bulk figure")
 	flag.IntVar(&o.samples, "samples", 200, "new streams per round for the TTFB figure")
+	flag.IntVar(&o.cold, "cold", 5, "cold starts (a freshly started client's first stream) per round")
+	flag.IntVar(&o.idle, "idle", 1000, "idle streams held open for the memory figure (0: none)")
 	flag.DurationVar(&o.rtt, "rtt", 0, "also measure through a delay line with this round-trip time (e.g. 60ms)")
 	flag.StringVar(&rate, "rate", "0", "delay line rate (e.g. 100mbit, 1gbit; 0: unlimited)")
 	flag.StringVar(&o.png, "png", "bench.png", "write the bar chart here (empty: none)")
@@ -68,7 +75,7 @@ func main() {
 	flag.BoolVar(&o.handshake, "rtt-handshake", true, "the delay line delays each new connection's first client bytes by one RTT, as a TCP handshake would (false: connections open for free, as in issue 9's first measurements)")
 	flag.Parse()
 	if role != "" {
-		if err := runRole(role, upstream); err != nil {
+		if err := runRole(role, upstream, listen); err != nil {
 			fmt.Fprintln(os.Stderr, "bench role:", err)
 			os.Exit(1)
 		}
@@ -81,8 +88,11 @@ func main() {
 	if o.rate, err = parseRate(rate); err != nil {
 		fatal(err)
 	}
-	if o.rounds < 1 || o.streams < 1 || o.samples < 1 {
-		fatal(errors.New("-rounds, -streams and -samples must be at least 1"))
+	if o.rounds < 1 || o.streams < 1 || o.samples < 1 || o.cold < 1 {
+		fatal(errors.New("-rounds, -streams, -samples and -cold must be at least 1"))
+	}
+	if o.idle < 0 || o.idle > 100000 {
+		fatal(errors.New("-idle must be between 0 and 100000"))
 	}
 	for _, e := range strings.Split(extra, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -139,289 +149,11 @@ func parseRate(s string) (float64, error) {
 	return f * mult, nil
 }
 
-// procs tracks every process the harness starts, so that exactly those are
-// killed at the end, whatever happened.
-type procs struct {
-	mu   sync.Mutex
-	list []*exec.Cmd
-}
-
-func (p *procs) start(name string, args ...string) (*exec.Cmd, *bufio.Reader, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p.mu.Lock()
-	p.list = append(p.list, cmd)
-	p.mu.Unlock()
-	return cmd, bufio.NewReader(out), nil
-}
-
-func (p *procs) killAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.list {
-		c.Process.Kill()
-		c.Wait()
-	}
-	p.list = nil
-}
-
-// firstLine reads one line from r, giving up after d.
-func firstLine(r *bufio.Reader, d time.Duration) (string, error) {
-	ch := make(chan string, 1)
-	errc := make(chan error, 1)
-	go func() {
-		s, err := r.ReadString('\n')
-		if err != nil {
-			errc <- err
-			return
-		}
-		ch <- strings.TrimSpace(s)
-		io.Copy(io.Discard, r) // keep the child from blocking on a full pipe
-	}()
-	select {
-	case s := <-ch:
-		return s, nil
-	case err := <-errc:
-		return "", err
-	case <-time.After(d):
-		return "", fmt.Errorf("no output within %v", d)
-	}
-}
-
-// waitListening polls addr until it accepts a TCP connection.
-func waitListening(addr string, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not listening within %v: %w", addr, d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// system is one proxy under test.
-type system struct {
-	name           string
-	socks          string
-	client, server *exec.Cmd // nil when not a separate process
-	delay          *delayLine
-}
-
-type env struct {
-	o      options
-	procs  *procs
-	tmp    string
-	self   string
-	target string // bulk and ping server
-	notes  []string
-}
-
-// setup starts every system; with delayed set, each one's client side
-// reaches its server side through its own delay line.
-func (e *env) setup(delayed bool) []*system {
-	var out []*system
-	add := func(s *system, err error) {
-		if err != nil {
-			e.notes = append(e.notes, fmt.Sprintf("%s%s: skipped: %v", s.name, suffix(delayed), err))
-			return
-		}
-		out = append(out, s)
-	}
-	add(e.direct(delayed))
-	add(e.tlsRelay(delayed))
-	add(e.mirage(delayed))
-	add(e.shadowsocks(delayed))
-	e.notes = append(e.notes, "obfs4proxy"+suffix(delayed)+": skipped: it runs only under a Tor pluggable-transport harness (TOR_PT_* environment, CMETHOD parsing, SOCKS arguments for cert=), more than the ~40 lines budgeted")
-	if !delayed {
-		for _, x := range e.o.extra {
-			out = append(out, &system{name: "extra " + x, socks: x})
-		}
-	} else if len(e.o.extra) > 0 {
-		e.notes = append(e.notes, "extra proxies are not measured through the delay line: their server side is not ours to put behind it")
-	}
-	return out
-}
-
-func suffix(delayed bool) string {
-	if delayed {
-		return " (delay line)"
-	}
-	return ""
-}
-
-// via returns addr, or a new delay line in front of it for a delayed run.
-func (e *env) via(s *system, addr string, delayed bool) (string, error) {
-	if !delayed {
-		return addr, nil
-	}
-	d, err := newDelayLine(addr, e.o.rtt, e.o.rate, e.o.handshake)
-	if err != nil {
-		return "", err
-	}
-	s.delay = d
-	return d.Addr(), nil
-}
-
-func (e *env) child(role, upstream string) (*exec.Cmd, string, error) {
-	cmd, out, err := e.procs.start(e.self, "-role", role, "-upstream", upstream)
-	if err != nil {
-		return nil, "", err
-	}
-	addr, err := firstLine(out, 10*time.Second)
-	if err != nil {
-		return nil, "", fmt.Errorf("%s child: %w", role, err)
-	}
-	return cmd, addr, nil
-}
-
-func (e *env) direct(delayed bool) (*system, error) {
-	s := &system{name: "direct TCP (SOCKS5 relay)"}
-	up := ""
-	if delayed {
-		var err error
-		if up, err = e.via(s, e.target, true); err != nil {
-			return s, err
-		}
-	}
-	var err error
-	s.client, s.socks, err = e.child("direct", up)
-	return s, err
-}
-
-func (e *env) tlsRelay(delayed bool) (*system, error) {
-	s := &system{name: "Go crypto/tls relay"}
-	var err error
-	var srv string
-	if s.server, srv, err = e.child("tls-server", ""); err != nil {
-		return s, err
-	}
-	if srv, err = e.via(s, srv, delayed); err != nil {
-		return s, err
-	}
-	s.client, s.socks, err = e.child("tls-front", srv)
-	return s, err
-}
-
-func (e *env) mirage(delayed bool) (*system, error) {
-	s := &system{name: "mirage"}
-	bin := filepath.Join(e.tmp, "bin")
-	srvState, err := os.MkdirTemp(e.tmp, "mirage-server-")
-	if err != nil {
-		return s, err
-	}
-	cliState, err := os.MkdirTemp(e.tmp, "mirage-client-")
-	if err != nil {
-		return s, err
-	}
-	listen, err := freePort()
-	if err != nil {
-		return s, err
-	}
-	var out *bufio.Reader
-	if s.server, out, err = e.procs.start(filepath.Join(bin, "mirage-server"), "-state", srvState, "-listen", listen, "-allow-private", "-log-level", "warn"); err != nil {
-		return s, err
-	}
-	go io.Copy(io.Discard, out)
-	var raw []byte
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		raw, err = os.ReadFile(filepath.Join(srvState, "client.link"))
-		if err == nil && len(raw) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return s, fmt.Errorf("mirage-server wrote no %s/client.link within 30s", srvState)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := waitListening(listen, 10*time.Second); err != nil {
-		return s, err
-	}
-	lnk := strings.TrimSpace(string(raw))
-	addr, err := e.via(s, listen, delayed)
-	if err != nil {
-		return s, err
-	}
-	// The client must reach the bridge at the delay line's address (or
-	// the loopback listen address when the server put another in the
-	// link), so host:port in the link is replaced.
-	u, err := url.Parse(lnk)
-	if err != nil {
-		return s, fmt.Errorf("mirage link %q: %w", lnk, err)
-	}
-	u.Host = addr
-	if s.socks, err = freePort(); err != nil {
-		return s, err
-	}
-	if s.client, out, err = e.procs.start(filepath.Join(bin, "mirage-client"), "-listen", s.socks, "-auth", "none", "-state", cliState, "-log-level", "warn", u.String()); err != nil {
-		return s, err
-	}
-	go io.Copy(io.Discard, out)
-	return s, waitListening(s.socks, 20*time.Second)
-}
-
-func (e *env) shadowsocks(delayed bool) (*system, error) {
-	s := &system{name: "shadowsocks-libev aes-256-gcm"}
-	if _, err := exec.LookPath("ss-server"); err != nil {
-		return s, errors.New("ss-server not installed (Debian: shadowsocks-libev; try -install)")
-	}
-	if _, err := exec.LookPath("ss-local"); err != nil {
-		return s, errors.New("ss-local not installed")
-	}
-	srv, err := freePort()
-	if err != nil {
-		return s, err
-	}
-	sh, sp, _ := net.SplitHostPort(srv)
-	const pw = "mirage-bench"
-	var out *bufio.Reader
-	if s.server, out, err = e.procs.start("ss-server", "-s", sh, "-p", sp, "-k", pw, "-m", "aes-256-gcm"); err != nil {
-		return s, err
-	}
-	go io.Copy(io.Discard, out)
-	if err := waitListening(srv, 10*time.Second); err != nil {
-		return s, err
-	}
-	addr, err := e.via(s, srv, delayed)
-	if err != nil {
-		return s, err
-	}
-	ah, ap, _ := net.SplitHostPort(addr)
-	if s.socks, err = freePort(); err != nil {
-		return s, err
-	}
-	lh, lp, _ := net.SplitHostPort(s.socks)
-	if s.client, out, err = e.procs.start("ss-local", "-s", ah, "-p", ap, "-b", lh, "-l", lp, "-k", pw, "-m", "aes-256-gcm"); err != nil {
-		return s, err
-	}
-	go io.Copy(io.Discard, out)
-	return s, waitListening(s.socks, 10*time.Second)
-}
-
 // targetServer serves the load: 'D'+uint64 n: send n bytes; 'U'+uint64 n:
 // read n bytes then answer one byte; 'P': answer one byte at once (the
-// TTFB probe, "a 1-byte request answered with 1 byte").
+// TTFB probe, "a 1-byte request answered with 1 byte"); 'I': answer one
+// byte, then hold the connection open until the client closes it (the idle
+// streams of the memory figure).
 func targetServer() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -441,8 +173,14 @@ func targetServer() (string, error) {
 				if _, err := io.ReadFull(c, cmd[:]); err != nil {
 					return
 				}
-				if cmd[0] == 'P' {
+				switch cmd[0] {
+				case 'P':
 					c.Write([]byte{'p'})
+					return
+				case 'I':
+					if _, err := c.Write([]byte{'i'}); err == nil {
+						io.Copy(io.Discard, c)
+					}
 					return
 				}
 				var nb [8]byte
@@ -480,6 +218,7 @@ type result struct {
 	ttfb50, ttfb99         float64 // ms
 	cpuCli, cpuSrv         float64 // s/GiB, -1 when unknown
 	rssCli, rssSrv         float64 // MiB, -1 when unknown
+	cold, coldReady        float64 // ms, -1 when not measured
 	err                    error
 }
 
@@ -491,7 +230,7 @@ func bulk(s *system, target string, k int, n int64, down bool, limit time.Durati
 	errc := make(chan error, k)
 	for i := 0; i < k; i++ {
 		go func() {
-			c, err := socksDial(s.socks, target, deadline)
+			c, err := s.dial(target, deadline)
 			if err != nil {
 				errc <- err
 				return
@@ -548,7 +287,7 @@ func (zeros) Read(p []byte) (int, error) {
 func ttfb(s *system, target string, samples int) (float64, float64, error) {
 	probe := func() (time.Duration, error) {
 		start := time.Now()
-		c, err := socksDial(s.socks, target, start.Add(30*time.Second))
+		c, err := s.dial(target, start.Add(30*time.Second))
 		if err != nil {
 			return 0, err
 		}
@@ -575,52 +314,6 @@ func ttfb(s *system, target string, samples int) (float64, float64, error) {
 	}
 	sort.Float64s(d)
 	return pct(d, 0.5), pct(d, 0.99), nil
-}
-
-func pct(sorted []float64, p float64) float64 {
-	i := int(p*float64(len(sorted)-1) + 0.5)
-	return sorted[i]
-}
-
-// cpuSeconds is utime+stime of pid from /proc/PID/stat.
-func cpuSeconds(cmd *exec.Cmd) float64 {
-	if cmd == nil {
-		return -1
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
-	if err != nil {
-		return -1
-	}
-	// The command name (field 2) may hold spaces; fields after ")" are
-	// fixed: utime and stime are the 12th and 13th after it.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return -1
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ is 100 on Linux
-}
-
-// peakRSS is VmHWM in MiB.
-func peakRSS(cmd *exec.Cmd) float64 {
-	if cmd == nil {
-		return -1
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	if err != nil {
-		return -1
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmHWM:") {
-			f := strings.Fields(l)
-			if len(f) >= 2 {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				return kb / 1024
-			}
-		}
-	}
-	return -1
 }
 
 func (e *env) measure(s *system) result {
@@ -653,9 +346,17 @@ func (e *env) measure(s *system) result {
 	if s1 := cpuSeconds(s.server); s0 >= 0 && s1 >= 0 {
 		r.cpuSrv = (s1 - s0) / gib
 	}
-	r.rssCli, r.rssSrv = peakRSS(s.client), peakRSS(s.server)
+	r.rssCli, r.rssSrv = procMiB(s.client, "VmHWM"), procMiB(s.server, "VmHWM")
 	if r.ttfb50, r.ttfb99, err = ttfb(s, e.target, e.o.samples); err != nil {
 		return result{err: fmt.Errorf("TTFB: %w", err)}
+	}
+	r.cold, r.coldReady = -1, -1
+	if s.startClient != nil {
+		// A failed cold start costs only its own figure.
+		if r.cold, r.coldReady, err = e.coldStarts(s, e.o.cold); err != nil {
+			r.cold, r.coldReady = -1, -1
+			e.note(fmt.Sprintf("%s: cold start failed in a round: %v", s.name, err))
+		}
 	}
 	return r
 }
@@ -708,14 +409,28 @@ func run(o options) error {
 	if e.target, err = targetServer(); err != nil {
 		return err
 	}
-	fmt.Printf("# Mirage benchmark, %s, %d CPUs, %d round(s) interleaved, %s per stream, %d streams, %d TTFB samples per round; medians over rounds\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), o.rounds, humanSize(o.size), o.streams, o.samples)
+	fmt.Printf("# Mirage benchmark, %s, %d CPUs, %d round(s) interleaved, %s per stream, %d streams, %d TTFB samples per round; medians over rounds\n\nLoad average at start: %s (other work on the machine shares its CPUs with every system alike, rounds being interleaved, but widens the spread).\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), o.rounds, humanSize(o.size), o.streams, o.samples, loadAvg())
 	var tables []table
 	passes := []bool{false}
 	if o.rtt > 0 {
 		passes = append(passes, true)
 	}
 	for _, delayed := range passes {
+		// The memory figure with idle streams runs on processes of its
+		// own, started for it and moving nothing else, so that their peak
+		// RSS is startup plus the streams, and the bulk figures' peak is
+		// not the idle streams'.
+		idle := map[string]idleResult{}
+		if o.idle > 0 {
+			for _, s := range e.setup(delayed) {
+				if s.client != nil || s.server != nil {
+					fmt.Fprintf(os.Stderr, "%d idle streams%s: %s ...\n", o.idle, suffix(delayed), s.name)
+					idle[s.name] = e.idleStreams(s, o.idle)
+				}
+				e.stop(s)
+			}
+		}
 		systems := e.setup(delayed)
 		res := make([][]result, len(systems))
 		for round := 0; round < o.rounds; round++ {
@@ -733,19 +448,27 @@ func run(o options) error {
 				title += ", TCP handshakes free (-rtt-handshake=false)"
 			}
 		}
-		t := summarize(title, systems, res)
+		t := summarize(title, systems, res, idle)
 		tables = append(tables, t)
 		fmt.Println(t.markdown(o))
+		if bar := t.coldBar(delayRTT(o, delayed)); bar != "" {
+			fmt.Println(bar)
+			fmt.Println()
+		}
 		for _, s := range systems {
-			if s.delay != nil {
-				s.delay.Close()
-			}
+			e.stop(s)
 		}
 		e.procs.killAll() // each pass starts its own processes
 	}
+	fmt.Println("Load average at the end:", loadAvg())
+	fmt.Println()
 	fmt.Println("Notes:")
-	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; RSS is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (the bench binary re-executed), so their figures exclude the load generator; direct TCP has no server side.")
-	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session.")
+	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; peak RSS after bulk is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (the bench binary re-executed), so their figures exclude the load generator; direct TCP has no server side.")
+	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session (for systems with a connection per stream, a new connection and its handshake each time, as in use).")
+	fmt.Printf("- Cold start: the client process is started afresh (the server side keeps running), a stream is opened as soon as its SOCKS port accepts (connect retried every 0.2 ms), and the time is from just before the process starts to the first byte of the answer to a 1-byte request: process start, TCP connection, handshakes (TLS; obfs4's; Mirage's session, which mirage-client begins as soon as it starts), and the stream's own round trip. \"client ready\" is the part until the SOCKS port accepted. Median of %d per round, then over rounds. Extra proxies have no cold start here: the harness cannot restart them.\n", o.cold)
+	if o.idle > 0 {
+		fmt.Printf("- Idle streams: on processes started for this figure alone (before any bulk data), %d streams are opened through the SOCKS port (64 at a time), each confirmed by a 1-byte answer from the target, then left idle for %v; peak RSS is then VmHWM (startup plus the streams), KiB per stream is the growth of VmRSS over opening them divided by %d. One sample per pass, not a median.\n", o.idle, idleSettle, o.idle)
+	}
 	if o.rtt > 0 {
 		fmt.Println("- Delay line: a user-space TCP relay per system between its client side and server side (direct TCP: between the relay and the target), adding RTT/2 each way behind one rate-limited serializer per direction shared by all the system's connections; its queue holds 5 ms of link time per connection, and it never drops. It terminates TCP on both sides and holds up to 64 MiB in flight per direction and connection, so TCP's own window, slow start and loss recovery never see the delay: it measures the round trips and windows of each system's own protocol (handshakes, stream windows), not TCP congestion control.")
 	}
@@ -760,6 +483,23 @@ func run(o options) error {
 		fmt.Fprintln(os.Stderr, "chart written to", o.png)
 	}
 	return nil
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages from /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
+}
+
+// delayRTT is the round trip a pass adds (0 on loopback).
+func delayRTT(o options, delayed bool) time.Duration {
+	if delayed {
+		return o.rtt
+	}
+	return 0
 }
 
 func lastLine(s string) string {

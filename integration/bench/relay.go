@@ -21,10 +21,14 @@ import (
 // -role), so that their CPU time and RSS are measured from /proc exactly as
 // for Mirage's and shadowsocks's binaries, apart from the load generator.
 
-// runRole runs a child role until killed. It prints its listen address as
-// the first line on stdout.
-func runRole(role, upstream string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// runRole runs a child role until killed, listening on listen (a free
+// loopback port when empty). It prints its listen address as the first line
+// on stdout.
+func runRole(role, upstream, listen string) error {
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
@@ -198,36 +202,55 @@ func socksAccept(c net.Conn) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(p[:])))), nil
 }
 
-// socksDial opens a stream to target through the SOCKS5 proxy at proxy,
-// waiting for each answer as ordinary applications do.
-func socksDial(proxy, target string, deadline time.Time) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", proxy, time.Until(deadline))
+// socksAuth is an RFC 1929 user name and password for the SOCKS5 handshake.
+type socksAuth struct{ user, pass string }
+
+// socksConnect does the client side of a SOCKS5 CONNECT to target on c,
+// waiting for each answer as ordinary applications do. With auth set it
+// offers only user/password authentication (the way a pluggable transport's
+// per-connection arguments are passed).
+func socksConnect(c net.Conn, target string, auth *socksAuth) error {
+	host, port, err := net.SplitHostPort(target)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c.SetDeadline(deadline)
-	host, port, _ := net.SplitHostPort(target)
 	ip := net.ParseIP(host).To4()
+	if ip == nil {
+		return fmt.Errorf("SOCKS5 target %q: want an IPv4 address", target)
+	}
 	pn, _ := strconv.Atoi(port)
-	if _, err := c.Write([]byte{5, 1, 0}); err != nil {
-		c.Close()
-		return nil, err
+	method := byte(0)
+	if auth != nil {
+		method = 2
+	}
+	if _, err := c.Write([]byte{5, 1, method}); err != nil {
+		return err
 	}
 	var m [2]byte
-	if _, err := io.ReadFull(c, m[:]); err != nil || m[1] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("SOCKS5 method answer from %s: %v %v", proxy, m, err)
+	if _, err := io.ReadFull(c, m[:]); err != nil || m[1] != method {
+		return fmt.Errorf("SOCKS5 method answer: %v %v", m, err)
+	}
+	if auth != nil {
+		if len(auth.user) > 255 || len(auth.pass) > 255 {
+			return errors.New("SOCKS5 user name or password longer than 255 bytes")
+		}
+		req := append([]byte{1, byte(len(auth.user))}, auth.user...)
+		req = append(append(req, byte(len(auth.pass))), auth.pass...)
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, m[:]); err != nil || m[1] != 0 {
+			return fmt.Errorf("SOCKS5 user/password refused: %v %v", m, err)
+		}
 	}
 	req := append([]byte{5, 1, 0, 1}, ip...)
 	req = binary.BigEndian.AppendUint16(req, uint16(pn))
 	if _, err := c.Write(req); err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	var rep [10]byte
 	if _, err := io.ReadFull(c, rep[:4]); err != nil || rep[1] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("SOCKS5 CONNECT via %s: reply %d %v", proxy, rep[1], err)
+		return fmt.Errorf("SOCKS5 CONNECT: reply %d %v", rep[1], err)
 	}
 	n := 6
 	switch rep[3] {
@@ -236,14 +259,10 @@ func socksDial(proxy, target string, deadline time.Time) (net.Conn, error) {
 	case 3:
 		var l [1]byte
 		if _, err := io.ReadFull(c, l[:]); err != nil {
-			c.Close()
-			return nil, err
+			return err
 		}
 		n = int(l[0]) + 2
 	}
-	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	_, err = io.ReadFull(c, make([]byte, n))
+	return err
 }

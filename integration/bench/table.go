@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"time"
 )
 
 // row is the median over rounds of one system's figures.
@@ -12,6 +13,7 @@ type row struct {
 	name string
 	r    result
 	err  error
+	idle *idleResult // nil: not measured
 }
 
 type table struct {
@@ -36,10 +38,13 @@ func median(xs []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-func summarize(title string, systems []*system, res [][]result) table {
+func summarize(title string, systems []*system, res [][]result, idle map[string]idleResult) table {
 	t := table{title: title}
 	for i, s := range systems {
 		rw := row{name: s.name}
+		if ir, ok := idle[s.name]; ok {
+			rw.idle = &ir
+		}
 		var ok []result
 		for _, r := range res[i] {
 			if r.err != nil {
@@ -63,6 +68,7 @@ func summarize(title string, systems []*system, res [][]result) table {
 				ttfb50: f(func(r result) float64 { return r.ttfb50 }), ttfb99: f(func(r result) float64 { return r.ttfb99 }),
 				cpuCli: f(func(r result) float64 { return r.cpuCli }), cpuSrv: f(func(r result) float64 { return r.cpuSrv }),
 				rssCli: f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
+				cold: f(func(r result) float64 { return r.cold }), coldReady: f(func(r result) float64 { return r.coldReady }),
 			}
 		}
 		t.rows = append(t.rows, rw)
@@ -115,29 +121,69 @@ func (t table) markdown(o options) string {
 	d, okD := t.base("direct")
 	tl, okT := t.base("Go crypto/tls")
 	fmt.Fprintf(&b, "## %s\n\nEach figure: value (ratio to direct TCP / ratio to Go TLS relay).\n\n", t.title)
-	b.WriteString("| system | 1 stream down MiB/s | " + fmt.Sprint(o.streams) + " streams down MiB/s |")
+	cols := []string{"system", "1 stream down MiB/s", fmt.Sprint(o.streams) + " streams down MiB/s"}
 	if o.upload {
-		b.WriteString(" 1 stream up MiB/s | " + fmt.Sprint(o.streams) + " streams up MiB/s |")
+		cols = append(cols, "1 stream up MiB/s", fmt.Sprint(o.streams)+" streams up MiB/s")
 	}
-	b.WriteString(" TTFB p50 ms | TTFB p99 ms | CPU s/GiB client + server = total | peak RSS MiB client / server |\n|---|---|---|")
-	if o.upload {
-		b.WriteString("---|---|")
+	cols = append(cols, "TTFB p50 ms", "TTFB p99 ms", "cold start ms", "of which client ready ms",
+		"CPU s/GiB client + server = total", "peak RSS after bulk MiB client / server")
+	if o.idle > 0 {
+		cols = append(cols, fmt.Sprintf("%d idle streams: peak RSS MiB client / server", o.idle), "KiB per idle stream client / server")
 	}
-	b.WriteString("---|---|---|---|\n")
+	b.WriteString("| " + strings.Join(cols, " | ") + " |\n|" + strings.Repeat("---|", len(cols)) + "\n")
 	for _, rw := range t.rows {
 		if rw.err != nil {
 			fmt.Fprintf(&b, "| %s | failed: %s |\n", rw.name, strings.ReplaceAll(rw.err.Error(), "|", "/"))
 			continue
 		}
 		r := rw.r
-		fmt.Fprintf(&b, "| %s | %s | %s |", rw.name, ratio(r.down1, d.down1, tl.down1, okD, okT, 0), ratio(r.down8, d.down8, tl.down8, okD, okT, 0))
+		c := []string{rw.name, ratio(r.down1, d.down1, tl.down1, okD, okT, 0), ratio(r.down8, d.down8, tl.down8, okD, okT, 0)}
 		if o.upload {
-			fmt.Fprintf(&b, " %s | %s |", ratio(r.up1, d.up1, tl.up1, okD, okT, 0), ratio(r.up8, d.up8, tl.up8, okD, okT, 0))
+			c = append(c, ratio(r.up1, d.up1, tl.up1, okD, okT, 0), ratio(r.up8, d.up8, tl.up8, okD, okT, 0))
 		}
-		fmt.Fprintf(&b, " %s | %s | %s + %s = %s | %s / %s |\n",
+		c = append(c,
 			ratio(r.ttfb50, d.ttfb50, tl.ttfb50, okD, okT, 2), ratio(r.ttfb99, d.ttfb99, tl.ttfb99, okD, okT, 2),
-			num(r.cpuCli, 2), num(r.cpuSrv, 2), ratio(cpuTotal(r), cpuTotal(d), cpuTotal(tl), okD, okT, 2),
-			num(r.rssCli, 0), num(r.rssSrv, 0))
+			ratio(r.cold, d.cold, tl.cold, okD, okT, 1), num(r.coldReady, 1),
+			fmt.Sprintf("%s + %s = %s", num(r.cpuCli, 2), num(r.cpuSrv, 2), ratio(cpuTotal(r), cpuTotal(d), cpuTotal(tl), okD, okT, 2)),
+			fmt.Sprintf("%s / %s", num(r.rssCli, 0), num(r.rssSrv, 0)))
+		if o.idle > 0 {
+			switch {
+			case rw.idle == nil:
+				c = append(c, "–", "–")
+			case rw.idle.err != nil:
+				c = append(c, "failed: "+strings.ReplaceAll(rw.idle.err.Error(), "|", "/"), "–")
+			default:
+				c = append(c, fmt.Sprintf("%s / %s", num(rw.idle.hwmCli, 0), num(rw.idle.hwmSrv, 0)),
+					fmt.Sprintf("%s / %s", signed(rw.idle.perCli), signed(rw.idle.perSrv)))
+			}
+		}
+		b.WriteString("| " + strings.Join(c, " | ") + " |\n")
 	}
 	return b.String()
+}
+
+// signed formats a growth that may be negative (-1 is a real value here,
+// so only NaN means unknown).
+func signed(x float64) string {
+	if math.IsNaN(x) {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f", x)
+}
+
+// coldBar checks issue 9's bar for the table: Mirage's cold start at most
+// the Go TLS relay's plus one RTT of the delay line.
+func (t table) coldBar(rtt time.Duration) string {
+	m, okM := t.base("mirage")
+	tl, okT := t.base("Go crypto/tls")
+	if !okM || !okT || m.cold < 0 || tl.cold < 0 {
+		return ""
+	}
+	limit := tl.cold + float64(rtt)/float64(time.Millisecond)
+	verdict := "met"
+	if m.cold > limit {
+		verdict = "NOT met"
+	}
+	return fmt.Sprintf("Issue 9's cold-start bar (Mirage ≤ Go TLS relay + 1 RTT): %.1f ms ≤ %.1f + %.0f = %.1f ms: %s. After the client's SOCKS port accepts (cold start less client ready): Mirage %.1f ms, Go TLS relay %.1f ms.",
+		m.cold, tl.cold, float64(rtt)/float64(time.Millisecond), limit, verdict, m.cold-m.coldReady, tl.cold-tl.coldReady)
 }
