@@ -26,26 +26,44 @@ import (
 // sets the deadline on raw. It returns the server's opening status and
 // how many bytes of the session the server has received.
 func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
+	ac := &abortConn{Conn: raw}
+	var key [auth.KeyLen]byte
+	check := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key}
 	ucfg := &utls.Config{
 		// An empty ServerName leaves server_name out of the hello (utls's
 		// SNIExtension writes nothing for it) and changes nothing else:
 		// what Chrome sends to an address typed as an IP, and what a
 		// bridge without a domain name tells its clients to send.
 		ServerName: cfg.ServerName,
-		// The certificate is not what authenticates a bridge: the proof
-		// below is, and it is bound to this TLS session by the exporter,
-		// so a man in the middle with any certificate cannot forge it.
+		// utls's own verification knows neither pins nor bound
+		// certificates: certCheck decides instead, in VerifyConnection,
+		// which utls calls before the client's Finished. The proof
+		// after the handshake still authenticates the bridge (it is
+		// bound to this TLS session by the exporter); the check is what
+		// keeps an interceptor from seeing a handshake no browser would
+		// finish.
 		InsecureSkipVerify: true,
+		VerifyConnection: func(cs utls.ConnectionState) error {
+			err := check.verify(cs)
+			if err != nil {
+				ac.failed(cs.CipherSuite)
+			}
+			return err
+		},
+		// For the abort only: see abortConn.
+		KeyLogWriter: ac.keyLog(),
 	}
-	uc, err := newUConn(raw, ucfg, cfg.Fingerprint)
+	uc, err := newUConn(ac, ucfg, cfg.Fingerprint)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	key, err := sealHello(uc, cfg)
-	if err != nil {
+	if key, err = sealHello(uc, cfg); err != nil {
 		return nil, 0, 0, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, ErrCertificate) {
+			return nil, 0, 0, err
+		}
 		return nil, 0, 0, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
 	}
 	state := uc.ConnectionState()
