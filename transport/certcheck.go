@@ -110,6 +110,25 @@ func (c certCheck) failure(chainErr error) error {
 // client's handshake traffic secret, which encrypts that record, from
 // utls's key log.
 
+// drain reads, without waiting, what the server sent that utls had not
+// read when the check failed (the rest of its flight). Chromium has read
+// it by the time it closes, so its close is a FIN; a socket closed with
+// unread bytes sends a RST instead. Bounded, so a server that keeps
+// sending cannot keep the client here.
+func (a *abortConn) drain() {
+	c := a.Conn
+	if cc, ok := c.(*countingConn); ok {
+		c = cc.Conn
+	}
+	c = unwrapConn(c)
+	buf := make([]byte, 16<<10)
+	for range 64 {
+		if readAvailable(c, buf) == 0 {
+			return
+		}
+	}
+}
+
 // alertCertificateUnknown is the TLS alert Chromium sends on a certificate
 // it does not trust.
 const alertCertificateUnknown = 46

@@ -62,6 +62,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
 		if errors.Is(err, ErrCertificate) {
+			ac.drain()
 			return nil, 0, 0, err
 		}
 		return nil, 0, 0, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
