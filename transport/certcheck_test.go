@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // chromiumAbort is testdata/chromium-156-abort.json: what Chromium 156
@@ -240,5 +242,31 @@ func TestGenuineBridgeCertificates(t *testing.T) {
 				t.Fatalf("err = %v, want ErrCertificate saying the certificate is not valid for %s and what to do", err, testSNI)
 			}
 		})
+	}
+}
+
+// TestBrowserRequestAbortsAsChromium proves that mirage-client check's
+// request (BrowserRequest) applies the tunnel's decision: it never
+// finishes a handshake with a certificate the link does not pin, and
+// aborts it as Chromium does.
+func TestBrowserRequestAbortsAsChromium(t *testing.T) {
+	want := loadChromiumAbort(t)
+	addr, seen := startInterceptor(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+testSNI+"/", nil)
+	p := link.Params{ServerName: testSNI, Pin: transporttest.Pin(t, siteCertificate(t))}
+	_, _, err := BrowserRequest(ctx, nil, addr, p, nil, req)
+	if !errors.Is(err, ErrCertificate) {
+		t.Errorf("BrowserRequest to the interceptor: err = %v, want ErrCertificate", err)
+	}
+	var in interception
+	select {
+	case in = <-seen:
+	case <-ctx.Done():
+		t.Fatal("the interceptor saw no end of the connection")
+	}
+	if fmt.Sprint(in.records) != fmt.Sprint(want.AfterServerFlight) || in.close != want.Close {
+		t.Errorf("the request sent %v and ended with %s; Chromium sends %v and ends with %s", in.records, in.close, want.AfterServerFlight, want.Close)
 	}
 }
