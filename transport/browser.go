@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"time"
 
-	utls "github.com/refraction-networking/utls"
 	"golang.org/x/net/http2"
 
 	"github.com/mirage-pt/mirage/transport/link"
@@ -45,19 +44,7 @@ func BrowserRequest(ctx context.Context, dial func(ctx context.Context, network,
 		raw.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
 	}
 	ac := &abortConn{Conn: raw}
-	check := certCheck{serverName: p.ServerName, pin: p.Pin, roots: roots}
-	ucfg := &utls.Config{
-		ServerName:         p.ServerName,
-		InsecureSkipVerify: true, // certCheck decides, as in clientHandshake
-		VerifyConnection: func(cs utls.ConnectionState) error {
-			err := check.verify(cs)
-			if err != nil {
-				ac.failed(cs.CipherSuite)
-			}
-			return err
-		},
-		KeyLogWriter: ac.keyLog(),
-	}
+	ucfg := certCheck{serverName: p.ServerName, pin: p.Pin, roots: roots}.config(ac)
 	uc, err := newUConn(ac, ucfg, p.Fingerprint)
 	if err != nil {
 		return nil, nil, err

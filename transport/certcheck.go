@@ -82,6 +82,30 @@ func (c certCheck) verify(cs utls.ConnectionState) error {
 	return c.failure(chainErr)
 }
 
+// config returns the utls configuration of a handshake over ac whose
+// certificate c decides: utls's own verification knows neither pins nor
+// bound certificates, so it is off, and c runs in VerifyConnection, which
+// utls calls as soon as it has the certificate, before the client's
+// Finished. A failure is aborted as Chromium aborts (abortConn).
+func (c certCheck) config(ac *abortConn) *utls.Config {
+	return &utls.Config{
+		// An empty ServerName leaves server_name out of the hello (utls's
+		// SNIExtension writes nothing for it) and changes nothing else:
+		// what Chrome sends to an address typed as an IP.
+		ServerName:         c.serverName,
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs utls.ConnectionState) error {
+			err := c.verify(cs)
+			if err != nil {
+				ac.failed(cs.CipherSuite)
+			}
+			return err
+		},
+		// For the abort only: see abortConn.
+		KeyLogWriter: ac.keyLog(),
+	}
+}
+
 // failure says what went wrong and what the user can do about it.
 func (c certCheck) failure(chainErr error) error {
 	const advice = "someone may be intercepting this connection, or the link is old: get a fresh link from the bridge operator"

@@ -26,33 +26,14 @@ import (
 // sets the deadline on raw. It returns the server's opening status and
 // how many bytes of the session the server has received.
 func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
+	// The certificate must be one a browser would accept, or one only
+	// the bridge can have sent (certCheck): the proof after the handshake
+	// authenticates the bridge (it is bound to this TLS session by the
+	// exporter), but a client that finished TLS with any certificate
+	// would show an interceptor a handshake no browser finishes.
 	ac := &abortConn{Conn: raw}
 	var key [auth.KeyLen]byte
-	check := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key}
-	ucfg := &utls.Config{
-		// An empty ServerName leaves server_name out of the hello (utls's
-		// SNIExtension writes nothing for it) and changes nothing else:
-		// what Chrome sends to an address typed as an IP, and what a
-		// bridge without a domain name tells its clients to send.
-		ServerName: cfg.ServerName,
-		// utls's own verification knows neither pins nor bound
-		// certificates: certCheck decides instead, in VerifyConnection,
-		// which utls calls before the client's Finished. The proof
-		// after the handshake still authenticates the bridge (it is
-		// bound to this TLS session by the exporter); the check is what
-		// keeps an interceptor from seeing a handshake no browser would
-		// finish.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs utls.ConnectionState) error {
-			err := check.verify(cs)
-			if err != nil {
-				ac.failed(cs.CipherSuite)
-			}
-			return err
-		},
-		// For the abort only: see abortConn.
-		KeyLogWriter: ac.keyLog(),
-	}
+	ucfg := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key}.config(ac)
 	uc, err := newUConn(ac, ucfg, cfg.Fingerprint)
 	if err != nil {
 		return nil, 0, 0, err
