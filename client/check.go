@@ -86,7 +86,7 @@ func clockSkew(ctx context.Context, l *link.Link) (time.Duration, bool) {
 	}
 	req.Host = host
 	req.Header.Set("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36")
-	resp, _, err := transport.BrowserRequest(ctx, nil, l.Address, l.ServerName, l.Fingerprint, req)
+	resp, _, err := transport.BrowserRequest(ctx, nil, l.Address, l.Params, nil, req)
 	if err != nil {
 		return 0, false
 	}

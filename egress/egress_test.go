@@ -697,10 +697,11 @@ func bridgeSession(t *testing.T, e *Handler) *transport.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cert := selfSignedCert(t, sni)
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey: priv,
 		Site: &transport.SiteFace{
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t, sni)}},
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 			Handler:   http.NotFoundHandler(),
 		},
 		Handler: e.Handle,
@@ -718,7 +719,7 @@ func bridgeSession(t *testing.T, e *Handler) *transport.Session {
 	defer cancel()
 	sess, err := transport.Dial(ctx, &transport.ClientConfig{
 		Address: ln.Addr().String(),
-		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni},
+		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni, Pin: transporttest.Pin(t, cert)},
 	})
 	if err != nil {
 		srv.Close()

@@ -13,6 +13,7 @@ import (
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // limitBridge is a real bridge on loopback with e.Handle as its stream
@@ -20,6 +21,7 @@ import (
 type limitBridge struct {
 	addr string
 	pub  keys.PublicKey
+	pin  link.Pin // of its self-signed certificate
 }
 
 func startLimitBridge(t *testing.T, e *Handler) *limitBridge {
@@ -29,10 +31,11 @@ func startLimitBridge(t *testing.T, e *Handler) *limitBridge {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cert := selfSignedCert(t, sni)
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey: priv,
 		Site: &transport.SiteFace{
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t, sni)}},
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 			Handler:   http.NotFoundHandler(),
 		},
 		Handler: e.Handle,
@@ -50,7 +53,7 @@ func startLimitBridge(t *testing.T, e *Handler) *limitBridge {
 		srv.Close()
 		<-errc
 	})
-	return &limitBridge{addr: ln.Addr().String(), pub: priv.Public()}
+	return &limitBridge{addr: ln.Addr().String(), pub: priv.Public(), pin: transporttest.Pin(t, cert)}
 }
 
 // session dials the bridge as the user with short id id.
@@ -60,7 +63,7 @@ func (b *limitBridge) session(t *testing.T, id keys.ShortID) *transport.Session 
 	defer cancel()
 	sess, err := transport.Dial(ctx, &transport.ClientConfig{
 		Address: b.addr,
-		Params:  link.Params{PublicKey: b.pub, ServerName: "bridge.test", ShortID: id},
+		Params:  link.Params{PublicKey: b.pub, ServerName: "bridge.test", ShortID: id, Pin: b.pin},
 	})
 	if err != nil {
 		t.Fatalf("dialing the test bridge: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // TestStatsPerUser runs the egress behind a real bridge with two users'
@@ -32,11 +33,12 @@ func TestStatsPerUser(t *testing.T) {
 	alice, bob := keys.ShortID{1, 1, 1, 1, 1, 1, 1, 1}, keys.ShortID{2, 2, 2, 2, 2, 2, 2, 2}
 	counters := stats.New()
 	counters.SetNames(map[keys.ShortID]string{alice: "alice", bob: "bob"})
+	cert := selfSignedCert(t, sni)
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey: priv,
 		ShortIDs:   []keys.ShortID{alice, bob},
 		Site: &transport.SiteFace{
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSignedCert(t, sni)}},
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 			Handler:   http.NotFoundHandler(),
 		},
 		Handler:   New(Config{AllowPrivate: true, Stats: counters}).Handle,
@@ -57,7 +59,7 @@ func TestStatsPerUser(t *testing.T) {
 	dial := func(id keys.ShortID) *transport.Session {
 		s, err := transport.Dial(ctx, &transport.ClientConfig{
 			Address: ln.Addr().String(),
-			Params:  link.Params{PublicKey: priv.Public(), ServerName: sni, ShortID: id},
+			Params:  link.Params{PublicKey: priv.Public(), ServerName: sni, ShortID: id, Pin: transporttest.Pin(t, cert)},
 		})
 		if err != nil {
 			t.Fatalf("dialing the test bridge: %v", err)

@@ -67,7 +67,7 @@ func TestACMESiteFace(t *testing.T) {
 	}
 
 	// A browser-like client that trusts pebble's root and nothing else.
-	root := fetchPebbleRoot(t, pb.mgmtAddr, acmeRoot)
+	root, rootFile := fetchPebbleRoot(t, pb.mgmtAddr, acmeRoot)
 	first := fetchFace(t, bridgeAddr, root)
 	t.Logf("first certificate: serial %x, %v to %v", first.SerialNumber, first.NotBefore, first.NotAfter)
 
@@ -79,7 +79,7 @@ func TestACMESiteFace(t *testing.T) {
 		t.Fatalf("link %s does not carry the domain as host and SNI", link)
 	}
 	link = strings.Replace(link, "@"+acmeDomain+":"+portOf(t, bridgeAddr), "@"+bridgeAddr, 1)
-	_, proxy := startClient(t, link)
+	_, proxy := startClientEnv(t, []string{"SSL_CERT_FILE=" + rootFile}, link)
 	o := startOrigin(t, 1<<20)
 	curlFetch(t, curl, o, "through the ACME bridge", proxy.curlSOCKS()...)
 
@@ -108,7 +108,7 @@ func TestACMESiteFace(t *testing.T) {
 	// The session from before may have ended or not: either way streams
 	// still go through.
 	curlFetch(t, curl, o, "through the ACME bridge after renewal", proxy.curlSOCKS()...)
-	_, proxy2 := startClient(t, link)
+	_, proxy2 := startClientEnv(t, []string{"SSL_CERT_FILE=" + rootFile}, link)
 	curlFetch(t, curl, o, "a new client after renewal", proxy2.curlSOCKS()...)
 }
 
@@ -139,14 +139,17 @@ func TestACMEManagedMode(t *testing.T) {
 	}
 
 	// Under tor the first visitor's handshake waits for the certificate.
-	root := fetchPebbleRoot(t, pb.mgmtAddr, pb.rootFile)
+	root, rootFile := fetchPebbleRoot(t, pb.mgmtAddr, pb.rootFile)
 	cert := fetchFace(t, bridgeAddr, root)
 	if n := strings.Count(pb.proc.out.String(), validatedLog); n != 1 {
 		t.Fatalf("pebble's log shows %d validated challenges, want 1", n)
 	}
 	t.Logf("certificate: serial %x, %v to %v", cert.SerialNumber, cert.NotBefore, cert.NotAfter)
 
-	client := startManaged(t, "mirage-client", clientBin, clientEnv(t))
+	if strings.Contains(args, "pin=") {
+		t.Fatalf("SMETHOD ARGS %s pin the ACME certificate, which is renewed with new keys", args)
+	}
+	client := startManaged(t, "mirage-client", clientBin, clientEnv(t, "SSL_CERT_FILE="+rootFile))
 	client.waitOutput(t, regexp.MustCompile(`(?m)^CMETHODS DONE$`), 20*time.Second)
 	cm := cmethodRE.FindStringSubmatch(client.stdout.String())
 	if cm == nil {
@@ -266,8 +269,11 @@ func fetchFace(t *testing.T, bridgeAddr string, root *x509.CertPool) *x509.Certi
 }
 
 // fetchPebbleRoot gets the root pebble issues under (made afresh at every
-// start) from its management interface.
-func fetchPebbleRoot(t *testing.T, mgmtAddr, trustFile string) *x509.CertPool {
+// start) from its management interface. It also writes it to a PEM file,
+// for a Mirage client's SSL_CERT_FILE: the client checks an ACME bridge's
+// certificate against the system's roots, as a browser does, and Go reads
+// them from there.
+func fetchPebbleRoot(t *testing.T, mgmtAddr, trustFile string) (*x509.CertPool, string) {
 	t.Helper()
 	trust := x509.NewCertPool()
 	pemBytes, err := os.ReadFile(trustFile)
@@ -289,7 +295,11 @@ func fetchPebbleRoot(t *testing.T, mgmtAddr, trustFile string) *x509.CertPool {
 	if resp.StatusCode != http.StatusOK || !root.AppendCertsFromPEM(body) {
 		t.Fatalf("pebble's /roots/0 answered %s %q, want a PEM certificate", resp.Status, body)
 	}
-	return root
+	file := filepath.Join(t.TempDir(), "pebble-root.pem")
+	if err := os.WriteFile(file, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root, file
 }
 
 // writeLoopbackCA makes a CA (written to caFile) and a certificate it signs

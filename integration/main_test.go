@@ -238,11 +238,19 @@ func (l localProxy) curlAuth() []string {
 // copy them from its output.
 func startClient(t *testing.T, link string, args ...string) (*proc, localProxy) {
 	t.Helper()
+	return startClientEnv(t, nil, link, args...)
+}
+
+// startClientEnv is startClient with env added to the client's
+// environment (SSL_CERT_FILE: the roots a bridge's CA certificate chains
+// to).
+func startClientEnv(t *testing.T, env []string, link string, args ...string) (*proc, localProxy) {
+	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	state := t.TempDir()
 	all := append([]string{"-listen", addr, "-state", state, "-log-level", "debug"}, args...)
 	all = append(all, link)
-	p := startProc(t, "mirage-client", clientBin, nil, all...)
+	p := startProc(t, "mirage-client", clientBin, env, all...)
 	waitListening(t, addr, 20*time.Second)
 	lp := localProxy{addr: addr}
 	if !slices.Contains(args, "-auth") {

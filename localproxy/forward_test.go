@@ -102,10 +102,11 @@ func egressBridge(t *testing.T) (client *transport.Client, bridgeConns func() in
 	if err != nil {
 		t.Fatal(err)
 	}
+	cert := transporttest.RSACertificate(t, sni)
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey: priv,
 		Site: &transport.SiteFace{
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{transporttest.RSACertificate(t, sni)}},
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 			Handler:   http.NotFoundHandler(),
 		},
 		Handler: egress.New(egress.Config{AllowPrivate: true}).Handle,
@@ -122,7 +123,7 @@ func egressBridge(t *testing.T) (client *transport.Client, bridgeConns func() in
 	go func() { errc <- srv.Serve(ln) }()
 	client, err = transport.NewClient(transport.ClientConfig{
 		Address: ln.Addr().String(),
-		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni},
+		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni, Pin: transporttest.Pin(t, cert)},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -324,7 +324,7 @@ func bridgeClient(t *testing.T) *transport.Client {
 	go func() { errc <- srv.Serve(ln) }()
 	client, err := transport.NewClient(transport.ClientConfig{
 		Address: ln.Addr().String(),
-		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni},
+		Params:  link.Params{PublicKey: priv.Public(), ServerName: sni, Pin: transporttest.Pin(t, tls.Certificate{Certificate: [][]byte{der}})},
 	})
 	if err != nil {
 		t.Fatal(err)

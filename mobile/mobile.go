@@ -347,6 +347,8 @@ func plainError(err error) string {
 	switch {
 	case errors.Is(err, transport.ErrNotBridge):
 		return "The server answered like an ordinary website, not this bridge: check the link (key and id), and that this phone's clock is right."
+	case errors.Is(err, transport.ErrCertificate):
+		return "The server's certificate is not the bridge's: someone may be intercepting this network, or the link is old. Get a fresh link from whoever gave you this one."
 	case errors.Is(err, transport.ErrNotTLS13):
 		return "The address in the link is not a Mirage bridge: check the link."
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():

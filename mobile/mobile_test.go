@@ -39,10 +39,11 @@ func startBridge(t *testing.T) *link.Link {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cert := transporttest.RSACertificate(t, sni)
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey: priv,
 		Site: &transport.SiteFace{
-			TLSConfig: &tls.Config{Certificates: []tls.Certificate{transporttest.RSACertificate(t, sni)}},
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 			Handler:   http.NotFoundHandler(),
 		},
 		Handler: egress.New(egress.Config{AllowPrivate: true}).Handle,
@@ -60,7 +61,7 @@ func startBridge(t *testing.T) *link.Link {
 		srv.Close()
 		<-errc
 	})
-	return &link.Link{Address: ln.Addr().String(), Params: link.Params{PublicKey: priv.Public(), ServerName: sni}, Label: "test"}
+	return &link.Link{Address: ln.Addr().String(), Params: link.Params{PublicKey: priv.Public(), ServerName: sni, Pin: transporttest.Pin(t, cert)}, Label: "test"}
 }
 
 // recorder is the app's StatusListener.

@@ -170,7 +170,7 @@ func (p *clientPool) handle(conn *goptlib.SocksConn) {
 		if errors.As(err, &se) {
 			reason = byte(se.Status)
 		}
-		if errors.Is(err, transport.ErrNotBridge) {
+		if errors.Is(err, transport.ErrNotBridge) || errors.Is(err, transport.ErrCertificate) {
 			goptlib.Log(goptlib.LogSeverityError, "mirage: "+err.Error())
 		}
 		p.log.Warn("cannot open stream to bridge", "error", safelog.Error(err, p.unsafe))

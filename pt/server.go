@@ -144,6 +144,11 @@ func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir strin
 	if params.Fingerprint != "" && params.Fingerprint != "chrome" {
 		args.Add("fp", params.Fingerprint)
 	}
+	if !params.Pin.IsZero() {
+		// A certificate no browser would trust: clients accept it by
+		// its key, and nothing else (an interceptor's certificate).
+		args.Add("pin", params.Pin.String())
+	}
 	// tor publishes these in the bridge's extra-info descriptor, which is
 	// how BridgeDB-style distribution learns the bridge line.
 	goptlib.SmethodArgs(bind.MethodName, ln.Addr(), args)

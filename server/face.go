@@ -20,6 +20,7 @@ import (
 
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
+	"github.com/mirage-pt/mirage/transport/link"
 )
 
 // faceOptions are the flags (or ServerTransportOptions) that choose what
@@ -45,6 +46,10 @@ type face struct {
 	warnings []string
 	acme     *autocert.Manager // -domain: gets and renews the certificate
 	domain   string
+	// pin goes into links (pin=) when no browser would trust the site's
+	// certificate: clients then accept it by its key, and abort, as a
+	// browser does, on any other (an interceptor's).
+	pin link.Pin
 }
 
 // autocertDir is the ACME cache in the state directory.
@@ -155,6 +160,9 @@ func buildFace(o faceOptions, stateDir string, ip net.IP) (*face, error) {
 				return nil, errors.New("the certificate names no exact DNS name: give -sni with the name clients should send")
 			}
 		}
+		if f.pin, err = pinUnlessTrusted(cert, f.names[0]); err != nil {
+			return nil, err
+		}
 	default:
 		// No name of its own: the certificate names the bridge's
 		// address, as a device reached by IP does, and clients send no
@@ -166,6 +174,9 @@ func buildFace(o faceOptions, stateDir string, ip net.IP) (*face, error) {
 			return nil, err
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		if f.pin, err = certPin(cert); err != nil {
+			return nil, err
+		}
 		if len(f.names) == 0 {
 			// The empty name is the hello without server_name;
 			// only it is accepted, besides the legacy name below.
@@ -189,6 +200,39 @@ func buildFace(o faceOptions, stateDir string, ip net.IP) (*face, error) {
 	tlsConfig.NextProtos = append([]string{"h2", "http/1.1"}, tlsConfig.NextProtos...)
 	f.site = &transport.SiteFace{TLSConfig: tlsConfig, Handler: handler}
 	return f, nil
+}
+
+// certPin returns the pin of cert's leaf.
+func certPin(cert tls.Certificate) (link.Pin, error) {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return link.Pin{}, fmt.Errorf("site certificate: %w", err)
+	}
+	return link.SPKIPin(leaf.RawSubjectPublicKeyInfo), nil
+}
+
+// pinUnlessTrusted returns the pin of an operator's certificate (-cert)
+// when its chain does not verify for name under the system's roots (a
+// self-signed or private-CA certificate, which clients could not accept
+// otherwise), and no pin when it does: a CA's certificate is renewed with
+// new keys, and a pin would then lock out every link handed out before.
+func pinUnlessTrusted(cert tls.Certificate, name string) (link.Pin, error) {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return link.Pin{}, fmt.Errorf("-cert: %w", err)
+	}
+	if name != "" {
+		opts := x509.VerifyOptions{DNSName: name, Intermediates: x509.NewCertPool()}
+		for _, der := range cert.Certificate[1:] {
+			if ic, err := x509.ParseCertificate(der); err == nil {
+				opts.Intermediates.AddCert(ic)
+			}
+		}
+		if _, err := leaf.Verify(opts); err == nil {
+			return link.Pin{}, nil
+		}
+	}
+	return link.SPKIPin(leaf.RawSubjectPublicKeyInfo), nil
 }
 
 // acmeManager gets and renews the certificate for o.domain from Let's

@@ -300,7 +300,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	for _, w := range f.warnings {
 		log.Warn(w)
 	}
-	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
+	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0], Pin: f.pin}
 	if len(state.ShortIDs) > 0 {
 		params.ShortID = state.ShortIDs[0]
 	}
@@ -428,7 +428,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 		// (which goes nowhere without -log).
 		goptlib.Log(goptlib.LogSeverityWarning, "mirage: "+w)
 	}
-	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0]}
+	params := link.Params{PublicKey: state.PrivateKey.Public(), ServerName: f.names[0], Pin: f.pin}
 	if len(state.ShortIDs) > 0 {
 		params.ShortID = state.ShortIDs[0]
 	}

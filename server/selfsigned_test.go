@@ -288,6 +288,11 @@ func TestDefaultBridgeNoLocalhost(t *testing.T) {
 	if leaf.Subject.CommonName != "127.0.0.1" || len(leaf.IPAddresses) != 1 || bytes.Contains(leaf.Raw, []byte("localhost")) {
 		t.Fatalf("visitor sees a certificate for %q %v %v", leaf.Subject.CommonName, leaf.IPAddresses, leaf.DNSNames)
 	}
+	// The certificate is self-signed: the link and the bridge line pin
+	// it, so that clients accept it and no other.
+	if pin := link.SPKIPin(leaf.RawSubjectPublicKeyInfo); l.Pin != pin || !strings.Contains(string(bridgeLine), "pin="+pin.String()) {
+		t.Fatalf("link pin %s, bridge line %q; want the served certificate's pin %s in both", l.Pin, bridgeLine, pin)
+	}
 	var advice []string
 	for _, line := range strings.Split(logBuf.String(), "\n") {
 		if strings.Contains(line, "-domain NAME") {
@@ -324,6 +329,9 @@ func TestDomainLink(t *testing.T) {
 	if host, _, _ := net.SplitHostPort(l.Address); host != "bridge.example.com" || l.ServerName != "bridge.example.com" {
 		t.Fatalf("-domain bridge's link %s: host %s, sni %q; want the domain for both", linkText, l.Address, l.ServerName)
 	}
+	if !l.Pin.IsZero() {
+		t.Fatalf("-domain bridge's link %s has a pin: its ACME certificate is renewed with new keys", linkText)
+	}
 	if !strings.Contains(out.String(), l.String()) {
 		t.Fatalf("printed link is not the file's:\n%s", out.String())
 	}
@@ -333,5 +341,36 @@ func TestDomainLink(t *testing.T) {
 	}
 	if got := linkAddress("", "", listen); hostIP(got) == nil {
 		t.Errorf("no -domain, no -link-host: link address %s, want this machine's IP", got)
+	}
+}
+
+// TestOperatorCertificatePin: an operator's certificate (-cert) that no
+// system root vouches for (self-signed here) is pinned in the links, as
+// the bridge's own self-signed one is; a cover face has no pin (its
+// tunnel's certificate is bound to each client's key).
+func TestOperatorCertificatePin(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := transport.SelfSignedCertificate([]string{"bridge.example.net"}, 365*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	certPath, keyPath := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644)
+	f, err := buildFace(faceOptions{certFile: certPath, keyFile: keyPath}, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	if want := link.SPKIPin(leaf.RawSubjectPublicKeyInfo); f.pin != want {
+		t.Fatalf("-cert with a self-signed certificate: pin %s, want %s", f.pin, want)
+	}
+	cover, err := buildFace(faceOptions{cover: "www.example.org:443"}, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cover.pin.IsZero() {
+		t.Fatalf("cover face has pin %s, want none", cover.pin)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/mirage-pt/mirage/transport/hello"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/link"
+	"github.com/mirage-pt/mirage/transport/transporttest"
 )
 
 // TestBrowserRequestLooksLikeTheBrowser: BrowserRequest gets the face's
@@ -51,7 +52,7 @@ func TestBrowserRequestLooksLikeTheBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+testSNI+"/", nil)
-	resp, _, err := BrowserRequest(ctx, nil, ln.Addr().String(), testSNI, "", req)
+	resp, _, err := BrowserRequest(ctx, nil, ln.Addr().String(), link.Params{ServerName: testSNI, Pin: transporttest.Pin(t, siteCertificate(t))}, nil, req)
 	if err != nil {
 		t.Fatal(err)
 	}

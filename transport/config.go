@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,11 @@ type ClientConfig struct {
 	// Params hold the bridge's public key, the SNI to send, the short id and
 	// the browser fingerprint (see package link).
 	link.Params
+	// RootCAs are the roots a site face's certificate chain is checked
+	// against for the link's server name (a private CA, a test CA). nil
+	// means the system's roots. A certificate the link pins (Params.Pin)
+	// or bound to the bridge's key (a cover face) needs no chain.
+	RootCAs *x509.CertPool
 	// Dial opens the TCP connection to the bridge. nil means net.Dialer.
 	// Set it to go through an upstream proxy (TOR_PT_PROXY).
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)

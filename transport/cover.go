@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	utls "github.com/refraction-networking/utls"
-
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
@@ -184,12 +182,21 @@ func (f *CoverFace) coverGroup(ctx context.Context, serverName string) (tls.Curv
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
-	uc, err := newUConn(raw, &utls.Config{ServerName: serverName, InsecureSkipVerify: true}, "chrome")
+	// Checked as Chrome checks it, and aborted as Chrome aborts when it
+	// does not verify (a cover with a name that its certificate lacks, or
+	// an interceptor): the bridge never finishes a handshake that the
+	// browser it imitates would not. The group is in the ServerHello,
+	// which utls has read by then.
+	ac := &abortConn{Conn: raw}
+	uc, err := newUConn(ac, certCheck{serverName: serverName}.config(ac), "chrome")
 	if err != nil {
 		return 0, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
-		return 0, err
+		if !errors.Is(err, ErrCertificate) {
+			return 0, err
+		}
+		ac.drain()
 	}
 	sh := uc.HandshakeState.ServerHello
 	if sh == nil || sh.ServerShare.Group == 0 {

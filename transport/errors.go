@@ -19,6 +19,14 @@ var (
 	// which no Mirage bridge does: the address is not a Mirage bridge.
 	ErrNotTLS13 = errors.New("transport: the server did not speak TLS 1.3, so it is not a Mirage bridge: check the address")
 
+	// ErrCertificate means the client aborted the TLS handshake, as a
+	// browser does, because the server's certificate is neither valid for
+	// the link's server name, nor the one the link pins (pin=), nor bound
+	// to the bridge's key: what an interceptor with a certificate of its
+	// own presents, or a bridge whose certificate changed since the link
+	// was made. The error wrapping it says which.
+	ErrCertificate = errors.New("transport: the bridge's certificate is not valid")
+
 	// ErrClosed is returned by operations on a closed Client or Server.
 	ErrClosed = errors.New("transport: closed")
 )

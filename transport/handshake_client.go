@@ -25,26 +25,26 @@ import (
 // sets the deadline on raw. It returns the server's opening status and
 // how many bytes of the session the server has received.
 func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
-	ucfg := &utls.Config{
-		// An empty ServerName leaves server_name out of the hello (utls's
-		// SNIExtension writes nothing for it) and changes nothing else:
-		// what Chrome sends to an address typed as an IP, and what a
-		// bridge without a domain name tells its clients to send.
-		ServerName: cfg.ServerName,
-		// The certificate is not what authenticates a bridge: the proof
-		// below is, and it is bound to this TLS session by the exporter,
-		// so a man in the middle with any certificate cannot forge it.
-		InsecureSkipVerify: true,
-	}
-	uc, err := newUConn(raw, ucfg, cfg.Fingerprint)
+	// The certificate must be one a browser would accept, or one only
+	// the bridge can have sent (certCheck): the proof after the handshake
+	// authenticates the bridge (it is bound to this TLS session by the
+	// exporter), but a client that finished TLS with any certificate
+	// would show an interceptor a handshake no browser finishes.
+	ac := &abortConn{Conn: raw}
+	var key [auth.KeyLen]byte
+	ucfg := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key}.config(ac)
+	uc, err := newUConn(ac, ucfg, cfg.Fingerprint)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	key, err := sealHello(uc, cfg)
-	if err != nil {
+	if key, err = sealHello(uc, cfg); err != nil {
 		return nil, 0, 0, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
+		if errors.Is(err, ErrCertificate) {
+			ac.drain()
+			return nil, 0, 0, err
+		}
 		return nil, 0, 0, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
 	}
 	state := uc.ConnectionState()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,6 +58,7 @@ type testBridge struct {
 	params  link.Params
 	server  *Server
 	private keys.PrivateKey
+	roots   *x509.CertPool // for ClientConfig.RootCAs: the cover's root
 }
 
 // echoHandler replies OK to every request and echoes the stream back,
@@ -108,12 +110,30 @@ func startBridge(t testing.TB, face any, handler func(*Stream), configure func(*
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return &testBridge{
+	params := link.Params{PublicKey: priv.Public(), ServerName: testSNI, ShortID: id}
+	if cfg.Site != nil && cfg.Site.TLSConfig != nil && len(cfg.Site.TLSConfig.Certificates) > 0 {
+		// Test sites' certificates are self-signed: their links pin
+		// them, as a bridge's own links do.
+		params.Pin = transporttest.Pin(t, cfg.Site.TLSConfig.Certificates[0])
+	}
+	b := &testBridge{
 		addr:    ln.Addr().String(),
 		server:  srv,
 		private: priv,
-		params:  link.Params{PublicKey: priv.Public(), ServerName: testSNI, ShortID: id},
+		params:  params,
 	}
+	if cfg.Cover != nil {
+		// Test covers are sites with the test certificate; a client
+		// that meets one (a wrong key) checks it as it would a real
+		// cover's CA-signed one.
+		b.roots = x509.NewCertPool()
+		leaf, err := x509.ParseCertificate(siteCertificate(t).Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.roots.AddCert(leaf)
+	}
+	return b
 }
 
 func newSiteFace(t testing.TB) *SiteFace {
@@ -142,7 +162,7 @@ func startPlainSite(t testing.TB) string {
 }
 
 func (b *testBridge) clientConfig() *ClientConfig {
-	return &ClientConfig{Address: b.addr, Params: b.params, HandshakeTimeout: 5 * time.Second}
+	return &ClientConfig{Address: b.addr, Params: b.params, RootCAs: b.roots, HandshakeTimeout: 5 * time.Second}
 }
 
 // payload returns n deterministic pseudo-random bytes for seed.

@@ -16,6 +16,8 @@ var linkSeeds = []string{
 	"mirage://" + testKey + "@[fe80::1%25eth0]:443?sni=a.example",
 	"mirage://" + testKey2 + "=@h.example:65536?sni=a..example&x=1&sni=b",
 	" mirage://" + testKey + "@h.example:443?sni=xn--tt-bja.example&fp=edge#a+b%20c\n",
+	"mirage://" + testKey + "@192.0.2.1:443?pin=" + testPin.String(),
+	"mirage://" + testKey + "@192.0.2.1:443?pin=" + testPin.String()[:42] + "B&budget=14k",
 }
 
 // FuzzParseLink proves Parse never panics, accepts only Params that
@@ -59,6 +61,8 @@ func FuzzParseArgs(f *testing.F) {
 	f.Add("key=" + testKey + " sni=a.example fp=ios fp=edge")
 	f.Add("key=" + testKey2 + " sni=a.example id= fp= =x")
 	f.Add("sni=a.example key")
+	f.Add("key=" + testKey + " pin=" + testPin.String())
+	f.Add("key=" + testKey + " pin=" + testPin.String() + "=")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := ParseArgs(argsMap(s))
 		if err != nil {
@@ -89,6 +93,7 @@ func FuzzParseBridgeLine(f *testing.F) {
 	f.Add("bridge\tmirage 192.0.2.1 " + strings.ToLower(testFP) + " sni=A.example key=" + testKey + "\n")
 	f.Add("Bridge mirage <IP ADDRESS>:443 <FINGERPRINT> key=" + testKey + " sni=a.example")
 	f.Add("Bridge obfs4 192.0.2.1:443 cert=x iat-mode=0")
+	f.Add("Bridge mirage 192.0.2.1:443 key=" + testKey + " pin=" + testPin.String())
 	f.Add("Bridge mirage [::ffff:192.0.2.1]:0443 key=" + testKey + " sni=a.example sni=b")
 	f.Fuzz(func(t *testing.T, s string) {
 		addr, fp, p, err := ParseBridgeLine(s)

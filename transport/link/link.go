@@ -1,8 +1,8 @@
 // Package link reads and writes the two ways a Mirage bridge is handed to a
 // user:
 //
-//	mirage://KEY@HOST:PORT?sni=NAME&id=SHORTID&fp=chrome#LABEL      (mirage-client)
-//	Bridge mirage HOST:PORT FINGERPRINT key=KEY sni=NAME id=SHORTID  (tor)
+//	mirage://KEY@HOST:PORT?sni=NAME&id=SHORTID&fp=chrome&pin=PIN#LABEL  (mirage-client)
+//	Bridge mirage HOST:PORT FINGERPRINT key=KEY sni=NAME id=SHORTID pin=PIN (tor)
 //
 // Both carry the same Params. Every parameter but the key is optional: a
 // bridge with no DNS name of its own has no sni, and its clients send no
@@ -13,6 +13,8 @@
 package link
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -60,6 +62,58 @@ type Params struct {
 	// number of bytes; without it the client detects such freezes and
 	// learns a budget on its own.
 	Budget int
+	// Pin is the SHA-256 of the bridge's site certificate's
+	// SubjectPublicKeyInfo (pin=, base64url without padding); zero means
+	// none. A bridge whose certificate no browser would trust (a
+	// self-signed one) hands it out so that its clients, like a browser,
+	// abort a handshake with anyone else's certificate before they send
+	// a byte after it.
+	Pin Pin
+}
+
+// Pin is the SHA-256 of a certificate's SubjectPublicKeyInfo (the form of
+// HPKP's pin-sha256), which stays the same when a certificate is renewed
+// with the same key.
+type Pin [sha256.Size]byte
+
+// SPKIPin returns the pin of a certificate whose DER SubjectPublicKeyInfo
+// is spki (x509.Certificate.RawSubjectPublicKeyInfo).
+func SPKIPin(spki []byte) Pin { return sha256.Sum256(spki) }
+
+// IsZero reports whether p is "no pin".
+func (p Pin) IsZero() bool { return p == Pin{} }
+
+// String returns p in base64url without padding, as pin= carries it, or
+// "" for the zero pin.
+func (p Pin) String() string {
+	if p.IsZero() {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString(p[:])
+}
+
+// ParsePin reads a pin as String writes it. The empty string is the zero
+// pin. Errors start with "pin: ".
+func ParsePin(s string) (Pin, error) {
+	var p Pin
+	if s == "" {
+		return p, nil
+	}
+	// Strict: one text per pin, so that a link's canonical form is the
+	// text it was given. The length is checked first: Decode writes past
+	// a destination too short for its input.
+	enc := base64.RawURLEncoding.Strict()
+	bad := fmt.Errorf("pin: %s is not %d characters of base64url (A-Z a-z 0-9 - _); copy the link again", quote(s), enc.EncodedLen(len(p)))
+	if len(s) != enc.EncodedLen(len(p)) {
+		return Pin{}, bad
+	}
+	if n, err := enc.Decode(p[:], []byte(s)); err != nil || n != len(p) {
+		return Pin{}, bad
+	}
+	if p.IsZero() {
+		return Pin{}, fmt.Errorf("pin: %s is all zeros, no certificate's pin; copy the link again", quote(s))
+	}
+	return p, nil
 }
 
 // Budget bounds: a carrier must have room for a TLS handshake (a browser
@@ -166,8 +220,8 @@ func Parse(s string) (*Link, error) {
 }
 
 // String returns the link in canonical form: the query in the order sni,
-// id, fp, budget, with sni left out when empty, id when zero, fp when it is
-// the default and budget when zero (no query at all when all are), sni and
+// id, fp, budget, pin, with sni left out when empty, id when zero, fp when
+// it is the default and budget and pin when zero (no query at all when all are), sni and
 // fp in lower case, and the label percent-encoded. Parse reads it back as l
 // when l is itself canonical, as everything Parse returns is.
 func (l *Link) String() string {
@@ -196,6 +250,9 @@ func (l *Link) String() string {
 	if l.Budget > 0 {
 		param("budget", FormatBudget(l.Budget))
 	}
+	if !l.Pin.IsZero() {
+		param("pin", l.Pin.String())
+	}
 	if l.Label != "" {
 		b.WriteByte('#')
 		b.WriteString(escape(l.Label))
@@ -205,15 +262,16 @@ func (l *Link) String() string {
 
 // ParseArgs reads the arguments of a bridge line, as goptlib hands them to
 // a pt client (pt.Args is a map[string][]string): key is required; sni,
-// id, fp and budget are optional. An unknown or repeated argument is an
+// id, fp, budget and pin are optional. An unknown or repeated argument is an
 // error, not ignored: it is most likely a typo that would otherwise change
 // what the client does without a word.
 func ParseArgs(args map[string][]string) (Params, error) {
 	return parseParams(args, inBridgeLine)
 }
 
-// Args returns p as the arguments of a bridge line, "key=… sni=… id=… fp=…",
-// with sni left out when empty, id when zero and fp when it is the default.
+// Args returns p as the arguments of a bridge line, "key=… sni=… id=… fp=…
+// budget=… pin=…", with sni left out when empty, id, budget and pin when
+// zero and fp when it is the default.
 func (p Params) Args() string {
 	var b strings.Builder
 	b.WriteString("key=")
@@ -233,6 +291,10 @@ func (p Params) Args() string {
 	if p.Budget > 0 {
 		b.WriteString(" budget=")
 		b.WriteString(FormatBudget(p.Budget))
+	}
+	if !p.Pin.IsZero() {
+		b.WriteString(" pin=")
+		b.WriteString(p.Pin.String())
 	}
 	return b.String()
 }
@@ -323,11 +385,12 @@ func (p Params) Validate() error {
 	return nil
 }
 
-// parseParams reads sni, id, fp and, in a bridge line, key from args.
+// parseParams reads sni, id, fp, budget, pin and, in a bridge line, key
+// from args.
 func parseParams(args map[string][]string, w where) (Params, error) {
-	known := []string{"sni", "id", "fp", "budget"}
+	known := []string{"sni", "id", "fp", "budget", "pin"}
 	if w == inBridgeLine {
-		known = []string{"key", "sni", "id", "fp", "budget"}
+		known = []string{"key", "sni", "id", "fp", "budget", "pin"}
 	}
 	// Checked in a fixed order: map order is random, and the same input
 	// should always give the same error.
@@ -399,6 +462,12 @@ func parseParams(args map[string][]string, w where) (Params, error) {
 		}
 		p.Budget = b
 	}
+
+	pin, err := ParsePin(get("pin"))
+	if err != nil {
+		return Params{}, fmt.Errorf("%s: %w", w.prefix(), err)
+	}
+	p.Pin = pin
 	return p, nil
 }
 

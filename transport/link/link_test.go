@@ -550,3 +550,55 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// testPin is the pin of a made-up SubjectPublicKeyInfo.
+var testPin = SPKIPin([]byte("a SubjectPublicKeyInfo"))
+
+// TestPin proves that pin= is carried by links and bridge lines in
+// base64url without padding, reads back to the same Params, and that a
+// damaged pin is refused with an error that names it: a pin that parsed
+// to something else would make the client refuse the genuine bridge.
+func TestPin(t *testing.T) {
+	key := mustKey(t, testKey)
+	text := testPin.String()
+	if len(text) != 43 || strings.ContainsAny(text, "+/=") {
+		t.Fatalf("pin text %q is not 43 characters of unpadded base64url", text)
+	}
+	l := Link{Params: Params{PublicKey: key, ServerName: "a.example", Pin: testPin}, Address: "192.0.2.7:443"}
+	want := "mirage://" + testKey + "@192.0.2.7:443?sni=a.example&pin=" + text
+	if s := l.String(); s != want {
+		t.Fatalf("String() = %s, want %s", s, want)
+	}
+	got, err := Parse(want)
+	if err != nil || *got != l {
+		t.Fatalf("Parse(%s) = %+v, %v; want %+v", want, got, err, l)
+	}
+	line := BridgeLine("192.0.2.7:443", testFP, l.Params)
+	if !strings.HasSuffix(line, " pin="+text) {
+		t.Fatalf("bridge line %q does not end with pin=%s", line, text)
+	}
+	_, _, p, err := ParseBridgeLine(line)
+	if err != nil || p != l.Params {
+		t.Fatalf("ParseBridgeLine(%s) = %+v, %v; want %+v", line, p, err, l.Params)
+	}
+	if got, err := ParsePin(""); err != nil || !got.IsZero() || got.String() != "" {
+		t.Fatalf(`ParsePin("") = %v, %v; want the zero pin`, got, err)
+	}
+	for _, bad := range []string{
+		text[:42],               // cut short
+		text + "A",              // too long
+		strings.Repeat("A", 44), // longer still (Decode would overrun)
+		"+" + text[1:],          // standard base64
+		text[:42] + "=",         // padding
+		strings.Repeat("A", 43), // all zeros
+		text[:42] + "B",         // stray padding bits: a second text for one pin
+	} {
+		if _, err := ParsePin(bad); err == nil {
+			t.Errorf("ParsePin(%q) accepted it", bad)
+		}
+		_, err := Parse("mirage://" + testKey + "@192.0.2.7:443?pin=" + bad)
+		if err == nil || !strings.HasPrefix(err.Error(), "link: pin: ") {
+			t.Errorf("Parse with pin=%q: error %v, want one starting \"link: pin: \"", bad, err)
+		}
+	}
+}

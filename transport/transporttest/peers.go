@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mirage-pt/mirage/transport/link"
 )
 
 // StartTCPEcho runs a TCP echo server on 127.0.0.1 that half-closes after
@@ -71,4 +73,19 @@ func RSACertificate(t testing.TB, names ...string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+}
+
+// Pin returns the pin (link.Params.Pin) of cert's leaf: what a bridge
+// with this self-signed certificate puts in its links, and what a client
+// of a test site face needs to accept it.
+func Pin(t testing.TB, cert tls.Certificate) link.Pin {
+	t.Helper()
+	if len(cert.Certificate) == 0 {
+		t.Fatal("transporttest.Pin: certificate has no DER")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return link.SPKIPin(leaf.RawSubjectPublicKeyInfo)
 }
