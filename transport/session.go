@@ -506,6 +506,14 @@ func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 		return retire()
 	}
 	n := int(min(s.written-s.next, uint64(maxWriteChunk), uint64(max(avail, 0))))
+	if n > maxFrameBody && n < avail {
+		// Whole frames only, while more than one is queued: each is one
+		// full TLS record. Cut by smux's 32 KiB writes instead, every
+		// write ended in a record of a few bytes, a write and a decrypt
+		// more per 32 KiB (a third of the records). The rest goes next
+		// time, with what smux has queued meanwhile.
+		n -= n % maxFrameBody
+	}
 	if c.needSeek {
 		out = appendOffsetFrame(out, frameSeek, s.next)
 		c.needSeek = false
