@@ -3,6 +3,8 @@ package transport
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -56,5 +58,97 @@ func TestBulkDataFillsRecords(t *testing.T) {
 	}
 	if want := writes * (smuxHeaderLen + maxFrameSize); total != want {
 		t.Fatalf("sent %d bytes, want %d", total, want)
+	}
+}
+
+// pipeCarrier attaches to s a carrier over one end of a synchronous pipe
+// (no TLS: the session only reads and writes frames) and returns the
+// other end, the peer's.
+func pipeCarrier(t *testing.T, s *sessionConn) net.Conn {
+	ours, peer := net.Pipe()
+	t.Cleanup(func() { peer.Close() })
+	c := &carrier{seq: 1, conn: ours, raw: &countingConn{Conn: ours}}
+	if !s.attach(c, 0) {
+		t.Fatal("session refused the carrier")
+	}
+	go s.readLoop(c)
+	return peer
+}
+
+// waitFor waits (up to 10 s) until cond, checked under s's lock, holds.
+func waitFor(t *testing.T, s *sessionConn, what string, cond func() bool) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		ok := cond()
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still waiting for %s after 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestInOrderDataGoesStraightToTheReader: DATA that arrives in order while
+// smux waits in Read is read from the carrier straight into smux's
+// buffer, without a copy through the session's receive buffer (which is
+// never allocated), and is acknowledged.
+func TestInOrderDataGoesStraightToTheReader(t *testing.T) {
+	s := newSessionConn(false, time.Minute, testLogger(t))
+	defer s.Close()
+	peer := pipeCarrier(t, s)
+	got := make(chan []byte, 1)
+	go func() {
+		p := make([]byte, 64<<10)
+		n, err := io.ReadFull(s, p[:3000])
+		if err != nil {
+			t.Error(err)
+		}
+		got <- p[:n]
+	}()
+	data := bytes.Repeat([]byte("mirage"), 500)
+	for i := 0; i < len(data); i += 1000 {
+		waitFor(t, s, "Read to wait", func() bool { return s.readWaiting })
+		if _, err := peer.Write(appendFrames(nil, data[i:i+1000], 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatal("Read returned other bytes than were sent")
+	}
+	s.mu.Lock()
+	recvd, rbuf := s.recvd, cap(s.rbuf)
+	s.mu.Unlock()
+	if recvd != uint64(len(data)) || rbuf != 0 {
+		t.Fatalf("received %d bytes with a %d-byte receive buffer; want %d with none", recvd, rbuf, len(data))
+	}
+}
+
+// TestUnreadDataDoesNotBlockTheCarrier: while smux does not read (its
+// buffers full), DATA still lands in the receive buffer, and the frames
+// behind it are handled: a PING is answered with an ACK of every byte.
+func TestUnreadDataDoesNotBlockTheCarrier(t *testing.T) {
+	s := newSessionConn(false, time.Minute, testLogger(t))
+	defer s.Close()
+	peer := pipeCarrier(t, s)
+	var out []byte
+	for range 3 {
+		out = appendFrames(out, bytes.Repeat([]byte{1}, maxFrameBody), 0)
+	}
+	out = appendEmptyFrame(out, framePing)
+	go peer.Write(out)
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	fr := &frameReader{r: peer}
+	for {
+		typ, body, err := fr.next()
+		if err != nil {
+			t.Fatalf("no ACK of the unread data: %v", err)
+		}
+		if typ == frameAck && binary.BigEndian.Uint64(body) == 3*maxFrameBody {
+			return
+		}
 	}
 }
