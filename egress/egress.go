@@ -420,7 +420,7 @@ func (e *Handler) serveTCP(st *transport.Stream, forward string, u *stats.User, 
 	}
 	// The destination side is wrapped for counting, not the stream:
 	// relay needs the stream's own methods (SessionDone, WriteTo).
-	if err := relay(st, u.Conn(conn), conn); err != nil {
+	if err := relay(st, u.Conn(conn), conn, u.AddDown); err != nil {
 		log.Debug("relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK

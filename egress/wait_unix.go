@@ -4,6 +4,7 @@ package egress
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -40,4 +41,35 @@ func waitReadable(c net.Conn) error {
 		return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
 	}
 	return nil
+}
+
+// readNow reads into p what c's socket holds right now, without waiting.
+// It returns 0 and nil when nothing is queued (or c is not a socket),
+// 0 and io.EOF at the end of the stream, or the read's error.
+func readNow(c net.Conn, p []byte) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		n, rerr = syscall.Read(int(fd), p)
+		return true // never wait
+	})
+	switch {
+	case err != nil:
+		return 0, err // closed
+	case errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EINTR):
+		return 0, nil
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }

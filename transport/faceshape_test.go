@@ -188,7 +188,7 @@ func TestTunnelOpensAsItsFace(t *testing.T) {
 		Handler:   http.NewServeMux(), // Go's 404, as measured
 	}
 	b := startBridge(t, face, echoHandler, nil)
-	waitFor(t, "the bridge to learn its face", func() bool { return b.server.shape.Load() != nil })
+	waitUntil(t, "the bridge to learn its face", func() bool { return b.server.shape.Load() != nil })
 	shapes := *b.server.shape.Load()
 	shape := shapes[0]
 
@@ -220,7 +220,7 @@ func TestTunnelOpensAsItsFace(t *testing.T) {
 	// the face's records.
 	// the face's records: one of the learned openings, exactly.
 	got := down.after(t, handshakeRecords+1, 2)
-	waitFor(t, "the bridge's opening records", func() bool {
+	waitUntil(t, "the bridge's opening records", func() bool {
 		got = down.after(t, handshakeRecords+1, 2)
 		for _, sh := range shapes {
 			if near(got, plus(sh, recordOverhead13), nil, 0) {
@@ -262,8 +262,8 @@ func TestTunnelOpensAsItsFace(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, for up to ten seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond until it holds, for up to ten seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {

@@ -78,8 +78,10 @@ var controlBodyLen = map[byte]int{
 // frames smux hands to the session.
 const (
 	smuxHeaderLen = 8
+	smuxCmdSYN    = 0
 	smuxCmdFIN    = 1
 	smuxCmdPSH    = 2
+	smuxCmdUPD    = 4
 )
 
 // padPolicy decides which writes are padded. Not safe for concurrent use:

@@ -69,7 +69,9 @@ type sessionConn struct {
 	// recvd is the offset of the end of them.
 	rbuf          []byte
 	rstart        int
-	rbusy         bool // a carrier reader is filling rbuf[len:] (readInto)
+	rbusy         bool  // a carrier reader is filling rbuf[len:] (readInto)
+	offered       offer // a DATA body Read may read from its carrier (readInto)
+	readWaiting   bool  // Read waits for bytes
 	recvd         uint64
 	ackSent       uint64
 	ackEvery      uint64
@@ -94,6 +96,16 @@ type sessionConn struct {
 	ended       chan struct{} // closed when the peer was told and every carrier closed
 	flusherDone chan struct{}
 	events      chan struct{} // poked on carrier changes (the client's manager listens)
+}
+
+// offer is the body of a DATA frame, the next bytes in order, that Read
+// reads from its carrier's TLS straight into smux's buffer. Guarded by
+// the session's mu.
+type offer struct {
+	c       *carrier // nil: nothing on offer
+	left    int      // bytes of the body not read yet
+	reading bool     // Read is reading it (without the lock)
+	err     error    // that read failed: the carrier's reader ends it
 }
 
 const (
@@ -378,29 +390,89 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 	for _, b := range v {
 		s.sendq.push(b)
 	}
-	s.written += uint64(total)
+	queued := total
+	if s.client && len(v) > 0 && len(v[0]) >= smuxHeaderLen && v[0][1] == smuxCmdSYN {
+		// Announce the new stream's whole receive window at once: smux
+		// lets the bridge have only 256 KiB of it in flight until our
+		// first read of the stream is announced, a round trip after the
+		// reply, and a download over a long path lost that round trip
+		// (BenchmarkLongLink: 0.91 of a TCP connection's rate, 0.99
+		// with this). The window is the one smux announces anyway.
+		upd := append(v[0][:0:0], v[0][0], smuxCmdUPD, 8, 0)
+		upd = append(upd, v[0][4:8]...)                           // stream id
+		upd = binary.LittleEndian.AppendUint32(upd, 0)            // consumed
+		upd = binary.LittleEndian.AppendUint32(upd, streamWindow) // window
+		s.sendq.push(upd)
+		queued += len(upd)
+	}
+	s.written += uint64(queued)
 	s.lastSend = time.Now()
 	s.sendCond.Signal()
 	return total, nil
 }
 
-// Read returns received bytes in order.
+// Read returns received bytes in order: those in the receive buffer,
+// else the body of a DATA frame on offer (readInto), read from its
+// carrier's TLS straight into p.
 func (s *sessionConn) Read(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.rbuf) == s.rstart {
+	for {
+		if len(s.rbuf) > s.rstart {
+			n := copy(p, s.rbuf[s.rstart:])
+			s.rstart += n
+			if s.rstart == len(s.rbuf) && !s.rbusy {
+				s.rbuf, s.rstart = s.rbuf[:0], 0
+			}
+			s.rspaceCond.Broadcast()
+			return n, nil
+		}
+		if o := &s.offered; o.c != nil && o.left > 0 && !o.reading && o.err == nil && !o.c.dead && !s.closed {
+			if n := s.readOffered(p); n > 0 {
+				return n, nil
+			}
+			continue
+		}
 		if s.closed {
 			return 0, s.endErr()
 		}
+		s.readWaiting = true
 		s.readCond.Wait()
+		s.readWaiting = false
 	}
-	n := copy(p, s.rbuf[s.rstart:])
-	s.rstart += n
-	if s.rstart == len(s.rbuf) && !s.rbusy {
-		s.rbuf, s.rstart = s.rbuf[:0], 0
+}
+
+// readOffered reads what one read of the carrier's TLS gives of the
+// offered body into p, and returns how many bytes it placed. Called with
+// mu held; it lets go of it while it reads (the carrier's reader waits
+// for it meanwhile, so nothing else reads that TLS).
+func (s *sessionConn) readOffered(p []byte) int {
+	o := &s.offered
+	c := o.c
+	o.reading = true
+	s.mu.Unlock()
+	n, err := c.conn.Read(p[:min(len(p), o.left)])
+	s.mu.Lock()
+	o.reading = false
+	if n > 0 {
+		now := time.Now().UnixNano()
+		c.lastRecv.Store(now)
+		c.lastData.Store(now)
+		o.left -= n
+		c.rpos += uint64(n)
+		s.recvd += uint64(n)
+		s.delivered()
 	}
-	s.rspaceCond.Broadcast()
-	return n, nil
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		o.err = err
+	}
+	if o.left == 0 || o.err != nil {
+		s.rspaceCond.Broadcast() // the carrier's reader goes on
+	}
+	return n
 }
 
 func (s *sessionConn) endErr() error {
@@ -539,6 +611,14 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		return retire()
 	}
 	n := int(min(s.written-s.next, uint64(maxWriteChunk), uint64(max(avail, 0))))
+	if n > maxFrameBody && n < avail {
+		// Whole frames only, while more than one is queued: each is one
+		// full TLS record. Cut by smux's 32 KiB writes instead, every
+		// write ended in a record of a few bytes, a write and a decrypt
+		// more per 32 KiB (a third of the records). The rest goes next
+		// time, with what smux has queued meanwhile.
+		n -= n % maxFrameBody
+	}
 	if c.needSeek {
 		out = appendOffsetFrame(out, frameSeek, s.next)
 		c.needSeek = false
@@ -572,8 +652,9 @@ func (s *sessionConn) readLoop(c *carrier) {
 		switch {
 		case err != nil:
 		case typ == frameData:
-			// In order, the common case: straight into the receive
-			// buffer (readInto); otherwise through the frame buffer.
+			// In order, the common case: straight to smux, or into the
+			// receive buffer (readInto); otherwise through the frame
+			// buffer.
 			var done bool
 			if done, err = s.readInto(c, fr, n); done || err != nil {
 				if err == nil {
@@ -698,7 +779,7 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 	}
 	data = data[s.recvd-off:]
 	for len(data) > 0 {
-		for !c.dead && !s.closed && (s.rbusy || len(s.rbuf)-s.rstart >= recvLimit) {
+		for !c.dead && !s.closed && (s.rbusy || s.offered.c != nil || len(s.rbuf)-s.rstart >= recvLimit) {
 			s.rspaceCond.Wait()
 		}
 		if c.dead || s.closed {
@@ -716,20 +797,28 @@ func (s *sessionConn) receive(c *carrier, data []byte) {
 	s.delivered()
 }
 
-// readInto reads the body of a DATA frame of n bytes that c carries
-// straight into the receive buffer, if it is the next data in order (the
-// common case): one copy fewer per byte than through the frame buffer. It
+// readInto reads the body of a DATA frame of n bytes that c carries, if
+// it is the next data in order (the common case), without the frame
+// buffer's copy: if Read is waiting for bytes, it offers the body to
+// Read, which reads it from c's TLS straight into smux's buffer (no copy
+// of ours at all); otherwise it reads it into the receive buffer. It
 // reports whether it did; if not, the caller reads the body and calls
-// receive. While it reads, other carriers' data waits (rbusy), and Read
-// may take what was there before but not move the buffer.
+// receive. While it does, other carriers' data waits (rbusy, offered).
 func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error) {
 	s.mu.Lock()
-	for !c.dead && !s.closed && c.rpos == s.recvd && (s.rbusy || len(s.rbuf)-s.rstart+n > recvLimit) {
+	defer s.mu.Unlock()
+	for !c.dead && !s.closed && c.rpos == s.recvd &&
+		(s.rbusy || s.offered.c != nil || (!s.readWaiting && len(s.rbuf)-s.rstart+n > recvLimit)) {
 		s.rspaceCond.Wait()
 	}
 	if c.dead || s.closed || c.rpos != s.recvd || n == 0 {
-		s.mu.Unlock()
 		return false, nil
+	}
+	if s.readWaiting {
+		// (Only when Read waits: when smux does not read, because its
+		// buffers are full, the receive buffer still takes recvLimit
+		// bytes, and the frames after them, ACKs and all, are handled.)
+		return true, s.offer(c, n)
 	}
 	s.rbufRoom(n)
 	start := len(s.rbuf)
@@ -740,7 +829,6 @@ func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error)
 	err := fr.bodyInto(dst)
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.rbusy = false
 	s.rspaceCond.Broadcast()
 	if err != nil {
@@ -758,6 +846,26 @@ func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error)
 	s.recvd += uint64(n)
 	s.delivered()
 	return true, nil
+}
+
+// offer offers the DATA body of n bytes c carries to Read, and returns
+// once Read has read it all, or failed to, or c or the session ended, and
+// Read no longer reads c: then c's reader may read c again. Called with
+// mu held.
+func (s *sessionConn) offer(c *carrier, n int) error {
+	o := &s.offered
+	*o = offer{c: c, left: n}
+	s.readCond.Signal()
+	for o.reading || (o.left > 0 && o.err == nil && !c.dead && !s.closed) {
+		s.rspaceCond.Wait()
+	}
+	err := o.err
+	if err == nil && o.left > 0 {
+		err = net.ErrClosed // c or the session ended first
+	}
+	*o = offer{}
+	s.rspaceCond.Broadcast()
+	return err
 }
 
 // rbufRoom makes room for n more bytes after the end of rbuf: it moves
