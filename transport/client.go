@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -195,7 +196,9 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	}
 	tc, status, peerReceived, err := clientHandshake(ctx, cc, &s.cfg, &op)
 	if err != nil {
-		raw.Close()
+		if !errors.Is(err, errLandedOnFace) { // else it finishes its visit, then closes
+			raw.Close()
+		}
 		if ctx.Err() != nil && !errors.Is(err, ErrNotBridge) {
 			return nil, 0, 0, fmt.Errorf("transport: bridge handshake timed out: %w", err)
 		}
@@ -215,6 +218,13 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		return nil, status, 0, errSessionUnknown
 	}
 	return c, status, peerReceived, nil
+}
+
+// jitter returns a wait drawn uniformly from half to one and a half times
+// d. Retries on a fixed schedule (0.5, 1, 2, 4 s …) are a program's, not
+// a browser's, and the same on every client.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + mrand.N(d+1)
 }
 
 // manage keeps the session carried until it ends.
@@ -270,7 +280,7 @@ func (s *Session) dialDone(r dialResult) {
 		return
 	case r.err != nil:
 		s.backoff = min(max(2*s.backoff, 250*time.Millisecond), 5*time.Second)
-		s.retryAt = time.Now().Add(s.backoff)
+		s.retryAt = time.Now().Add(jitter(s.backoff))
 		s.log.Debug("carrier dial failed", "error", safelog.Error(r.err, false), "backoff", s.backoff)
 		return
 	}
@@ -542,7 +552,7 @@ func (c *Client) dial(ctx context.Context, cancel context.CancelFunc, ch chan st
 	if err != nil {
 		c.lastErr = err
 		c.backoff = min(max(2*c.backoff, minRedialBackoff), maxRedialBackoff)
-		c.retryAt = time.Now().Add(c.backoff)
+		c.retryAt = time.Now().Add(jitter(c.backoff))
 		c.cfg.logger().Debug("dial failed", "error", safelog.Error(err, false), "backoff", c.backoff)
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net"
 	"sync"
@@ -93,6 +94,21 @@ type recordTap struct {
 	buf     []byte // a partial record header
 	skip    int    // bytes of the current record's body still to pass
 	records []tapRecord
+	done    bool  // the peer's end came
+	err     error // how, if not a FIN
+}
+
+// ended reports whether the peer's end came; endErr how (nil: a FIN).
+func (t *recordTap) ended() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.done
+}
+
+func (t *recordTap) endErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
 }
 
 type tapRecord struct {
@@ -105,6 +121,12 @@ func (t *recordTap) Read(p []byte) (int, error) {
 	n, err := t.Conn.Read(p)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if err != nil && !t.done {
+		t.done, t.err = true, err
+		if err == io.EOF {
+			t.err = nil
+		}
+	}
 	b := p[:n]
 	for len(b) > 0 {
 		if t.skip > 0 {
@@ -301,24 +323,40 @@ var chromeSettings = []http2.Setting{
 
 const chromeConnWindow = 15663105
 
+// chromeRequestFields returns the header fields of Chromium 156's
+// navigation to https://authority/: first what a server reads, then,
+// last, the fields a tunnel's opening may leave out to make room.
+func chromeRequestFields(authority string) []hpack.HeaderField {
+	var out []hpack.HeaderField
+	for _, f := range [][2]string{
+		{":method", "GET"}, {":authority", authority}, {":scheme", "https"}, {":path", "/"},
+		{"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"},
+		{"accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
+		{"accept-encoding", "gzip, deflate, br, zstd"}, {"accept-language", "en-US,en;q=0.9"},
+		{"sec-ch-ua", `"Chromium";v="156", "Not-A.Brand";v="24"`},
+		{"sec-ch-ua-mobile", "?0"}, {"sec-ch-ua-platform", `"Linux"`},
+		{"sec-fetch-site", "none"}, {"sec-fetch-mode", "navigate"}, {"sec-fetch-dest", "document"},
+		{"upgrade-insecure-requests", "1"}, {"sec-fetch-user", "?1"}, {"priority", "u=0, i"},
+	} {
+		out = append(out, hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	return out
+}
+
+// hpackBlock encodes fields as a fresh connection's first header block.
+func hpackBlock(fields []hpack.HeaderField) []byte {
+	var b bytes.Buffer
+	e := hpack.NewEncoder(&b)
+	for _, f := range fields {
+		e.WriteField(f)
+	}
+	return b.Bytes()
+}
+
 // chromeRequestHeaders returns an HPACK block like Chromium 156's for a
 // navigation to https://authority/.
 func chromeRequestHeaders(authority string) []byte {
-	var b bytes.Buffer
-	e := hpack.NewEncoder(&b)
-	for _, f := range [][2]string{
-		{":method", "GET"}, {":authority", authority}, {":scheme", "https"}, {":path", "/"},
-		{"sec-ch-ua", `"Chromium";v="156", "Not-A.Brand";v="24"`},
-		{"sec-ch-ua-mobile", "?0"}, {"sec-ch-ua-platform", `"Linux"`},
-		{"upgrade-insecure-requests", "1"},
-		{"user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"},
-		{"accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
-		{"sec-fetch-site", "none"}, {"sec-fetch-mode", "navigate"}, {"sec-fetch-user", "?1"}, {"sec-fetch-dest", "document"},
-		{"accept-encoding", "gzip, deflate, br, zstd"}, {"accept-language", "en-US,en;q=0.9"}, {"priority", "u=0, i"},
-	} {
-		e.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	return b.Bytes()
+	return hpackBlock(chromeRequestFields(authority))
 }
 
 // chromeRequestLen is the plaintext length of the record that carries
@@ -412,6 +450,49 @@ func (s *Server) watchFaceShape() {
 		}
 		if err != nil {
 			wait = min(2*wait, coverProbeInterval)
+		}
+	}
+}
+
+// finishVisit ends a visit to a website the way a browser would, after a
+// carrier's opening met the face instead of the bridge (a censor raced
+// our hello to the bridge, or the link is wrong): it reads what the site
+// sends, acknowledging its SETTINGS and answering its PINGs, until the
+// response to the opening's request is complete, then closes with
+// close_notify. head is what was read of the site's bytes already. It
+// gives up after shapeLearnTimeout.
+func finishVisit(uc net.Conn, head []byte, authority string) {
+	defer uc.Close()
+	uc.SetDeadline(time.Now().Add(shapeLearnTimeout))
+	fr := http2.NewFramer(uc, io.MultiReader(bytes.NewReader(head), uc))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				if fr.WriteSettingsAck() != nil {
+					return
+				}
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				if fr.WritePing(true, f.Data) != nil {
+					return
+				}
+			}
+		case *http2.HeadersFrame:
+			if f.StreamEnded() {
+				return
+			}
+		case *http2.DataFrame:
+			if f.StreamEnded() {
+				return
+			}
+		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			return
 		}
 	}
 }

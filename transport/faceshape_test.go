@@ -1,13 +1,18 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"github.com/mirage-pt/mirage/transport/keys"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -328,4 +333,69 @@ func TestIdleCarrierClosedAsTheFace(t *testing.T) {
 	if err := roundTrip(st, payload(4096, 2)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestLandingOnTheFaceIsAVisit proves a client whose opening meets the
+// face instead of the bridge (a censor raced its hello to the bridge, or
+// its key is wrong) behaves as a browser visiting the site: its opening
+// is a valid HTTP/2 request the site answers without complaint, it
+// acknowledges the site's SETTINGS, reads the whole response and closes
+// with close_notify and a FIN. Before, it sent 70 and ~450 bytes that are
+// not HTTP/2 (the site logged a bad preface and closed), then reset the
+// connection.
+func TestLandingOnTheFaceIsAVisit(t *testing.T) {
+	var siteLog bytes.Buffer
+	var mu sync.Mutex
+	face := &SiteFace{
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{siteCertificate(t)}},
+		Handler:   siteHandler,
+		Server:    NewSiteServer(nil, nil),
+	}
+	face.Server.ErrorLog = log.New(lockedWriter{&mu, &siteLog}, "", 0)
+	b := startBridge(t, face, echoHandler, nil)
+	relay := startTapRelay(t, b.addr)
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	other, err := keys.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.PublicKey = other.Public() // not this bridge's: its hello meets the face
+	_, err = Dial(context.Background(), cfg)
+	if !errors.Is(err, ErrNotBridge) {
+		t.Fatalf("Dial with another bridge's key: %v, want ErrNotBridge", err)
+	}
+	up, down := <-relay.up, <-relay.down
+	// The visit ends with the client's close_notify, then a FIN.
+	waitUntil(t, "the client to close the visit", func() bool { return up.ended() })
+	if err := up.endErr(); err != nil {
+		t.Errorf("the client ended the visit with %v, want a FIN", err)
+	}
+	got := up.after(t, 1, 4)
+	n, _ := up.count()
+	all := plus(up.lengths(0, n), recordOverhead13)
+	if len(got) < 4 || got[0] != 87 || got[2] != 26 || all[len(all)-1] != 19 {
+		t.Errorf("client's records after Finished %v: want 87, the request, the SETTINGS ACK (26), ..., close_notify (19)", got)
+	}
+	// The site answered the request: the response's HEADERS and DATA
+	// came after its SETTINGS, WINDOW_UPDATE and ACK.
+	if d := down.after(t, handshakeRecords+1, 3); sameBytes(plus(d, -recordOverhead13), []int{39, 13, 9}) < 100 {
+		t.Errorf("the site sent %v: no response to the request", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if siteLog.Len() > 0 {
+		t.Errorf("the site logged: %s", siteLog.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

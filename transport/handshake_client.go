@@ -13,6 +13,7 @@ import (
 	"time"
 
 	utls "github.com/refraction-networking/utls"
+	"golang.org/x/net/http2"
 
 	"github.com/mirage-pt/mirage/transport/auth"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -61,35 +62,39 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	}
 	// The client's opening goes out before the proof comes in, as a
 	// browser sends its HTTP/2 preface and first request without
-	// waiting. It carries nothing of the user's: a random session id,
-	// offsets and padding, in two records the sizes of Chromium's
-	// preface and request.
-	b := op.marshal(chromeRequestLen(authority(cfg)))
-	for _, part := range [][]byte{b[:clientPrefaceLen], b[clientPrefaceLen:]} {
+	// waiting, and it is a browser's: Chromium's preface, SETTINGS and
+	// WINDOW_UPDATE in one record, then a request for / whose HEADERS
+	// frame carries the opening in its padding, in a record as long as
+	// Chromium's. A website that gets it (a censor raced our hello to
+	// the bridge, so this connection met the face) answers it as it
+	// answers a browser.
+	host := authority(cfg)
+	for _, part := range [][]byte{chromePreface(), op.marshal(host)} {
 		if _, err := uc.Write(part); err != nil {
 			return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
 		}
 	}
 	fr := &frameReader{r: uc}
-	proof, err := readServerProof(fr)
+	head, err := readServerProof(fr, key, exporter)
+	if errors.Is(err, errNotProof) {
+		// A website: finish the visit as the browser would, and say
+		// this is not the bridge.
+		go finishVisit(uc, head, host)
+		return nil, 0, 0, errLandedOnFace
+	}
 	if err != nil {
 		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 			errors.Is(err, syscall.ECONNRESET) {
-			// A website that got our opening instead of a request
-			// closes the connection (with a reset if our bytes are
-			// still unread): this is not the bridge.
+			// A website that closed the connection on us: this is not
+			// the bridge.
 			return nil, 0, 0, ErrNotBridge
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			// A website waits for the client's request: silence after
-			// the handshake is what a non-bridge looks like.
+			// Silence after the handshake: not the bridge.
 			return nil, 0, 0, fmt.Errorf("%w (no proof within the handshake timeout)", ErrNotBridge)
 		}
 		return nil, 0, 0, fmt.Errorf("transport: reading the bridge's proof: %w", err)
-	}
-	if !auth.VerifyServerProof(key, exporter, proof) {
-		return nil, 0, 0, ErrNotBridge
 	}
 	// The browser acknowledges the server's SETTINGS, which came first.
 	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
@@ -181,22 +186,31 @@ func x25519Share(hs *utls.PubClientHandshakeState) (*ecdh.PrivateKey, error) {
 
 // Openings: the first application data each way (PROTOCOL.md, "Openings").
 //
-//	client opening = session id(16) | flags(1) | carrier(4) | received(8) | budget(4) | padding length(2, BE) | padding
+//	client opening = Chromium's preface, SETTINGS, WINDOW_UPDATE (70 bytes, one record)
+//	                 then HEADERS (stream 1, PADDED) whose padding starts with
+//	                 session id(16) | flags(1) | carrier(4) | received(8) | budget(4)
 //	server opening = proof(32) | padding length(2, BE) | padding, then frames: STATUS first
 //
 // They name the session this carrier joins and say where each direction
 // resumes. Their records copy an HTTP/2 connection's first records (see
-// faceshape.go): the client's opening goes out in two writes, the first
-// clientPrefaceLen bytes long (Chromium's preface, SETTINGS and
-// WINDOW_UPDATE), the second as long as Chromium's first request; the
+// faceshape.go): the client's are Chromium's, record for record; the
 // server's proof, its STATUS frame and the PAD frames after it take the
 // sizes of the face's records.
 const (
 	exporterLen       = 32
 	maxOpeningPadding = maxFrameBody
-	clientOpeningHead = sessionIDLen + 1 + 4 + 8 + 4 // before the padding length
-	clientPrefaceLen  = 70                           // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
-	settingsAckLen    = 9                            // an empty SETTINGS frame with the ACK flag
+	clientOpeningLen  = sessionIDLen + 1 + 4 + 8 + 4
+	clientPrefaceLen  = 70 // h2 preface 24 + SETTINGS 33 + WINDOW_UPDATE 13
+	settingsAckLen    = 9  // an empty SETTINGS frame with the ACK flag
+	// HTTP/2 (RFC 9113 §6.2): HEADERS, its flags, and the bytes a
+	// padded frame with priority adds before its header block.
+	h2FrameHeaderLen = 9
+	h2Headers        = 0x1
+	h2EndStream      = 0x1
+	h2EndHeaders     = 0x4
+	h2Padded         = 0x8
+	h2Priority       = 0x20
+	h2PaddedPriority = 1 + 5
 )
 
 // Flags of the client opening.
@@ -209,7 +223,13 @@ const (
 	statusBusy           = 0x02 // the bridge holds as many sessions as it may
 )
 
-var errBadOpening = errors.New("transport: malformed opening")
+var (
+	errBadOpening = errors.New("transport: malformed opening")
+	errNotProof   = errors.New("transport: the server's first bytes are not the bridge's proof")
+	// errLandedOnFace is ErrNotBridge when a website answered the
+	// opening: the connection is finishing its visit, not to be closed.
+	errLandedOnFace = fmt.Errorf("%w (a website answered)", ErrNotBridge)
+)
 
 // clientHello is what a client opening says: which session the carrier
 // joins and where the client's receiving resumes.
@@ -221,11 +241,42 @@ type clientOpeningInfo struct {
 	Budget   int    // bytes the carrier may carry each way; 0: no budget
 }
 
-// marshal returns the opening, padded so that the bytes after the first
-// clientPrefaceLen are second long.
-func (o *clientOpeningInfo) marshal(second int) []byte {
-	n := clientPrefaceLen + max(second, 1) - clientOpeningHead - 2
-	b := make([]byte, 0, clientOpeningHead+2+n)
+// chromePreface returns Chromium's first record after its Finished: the
+// connection preface, its SETTINGS and its connection WINDOW_UPDATE.
+func chromePreface() []byte {
+	var b bytes.Buffer
+	b.WriteString(http2.ClientPreface)
+	w := http2.NewFramer(&b, nil)
+	w.WriteSettings(chromeSettings...)
+	w.WriteWindowUpdate(0, chromeConnWindow)
+	return b.Bytes()
+}
+
+// marshal returns the opening's HEADERS frame: a request for / of
+// authority, as long as Chromium's, with the opening at the start of the
+// frame's padding. To make room for it, the request leaves out headers a
+// server does not need, from the end of optionalHeaders.
+func (o *clientOpeningInfo) marshal(authority string) []byte {
+	want := chromeRequestLen(authority)
+	fields := chromeRequestFields(authority)
+	var block []byte
+	for {
+		block = hpackBlock(fields)
+		room := want - h2FrameHeaderLen - h2PaddedPriority - len(block)
+		if room >= clientOpeningLen || len(fields) <= 4 {
+			break
+		}
+		fields = fields[:len(fields)-1]
+	}
+	pad := min(max(want-h2FrameHeaderLen-h2PaddedPriority-len(block), clientOpeningLen), 255)
+	body := 1 + 5 + len(block) + pad
+	b := make([]byte, 0, h2FrameHeaderLen+body)
+	b = append(b, byte(body>>16), byte(body>>8), byte(body), h2Headers,
+		h2EndStream|h2EndHeaders|h2Padded|h2Priority, 0, 0, 0, 1)
+	// Padding length, then Chromium's priority: exclusive on stream 0,
+	// weight 256.
+	b = append(b, byte(pad), 0x80, 0, 0, 0, 255)
+	b = append(b, block...)
 	b = append(b, o.Session[:]...)
 	var flags byte
 	if o.New {
@@ -235,31 +286,51 @@ func (o *clientOpeningInfo) marshal(second int) []byte {
 	b = binary.BigEndian.AppendUint32(b, o.Carrier)
 	b = binary.BigEndian.AppendUint64(b, o.Received)
 	b = binary.BigEndian.AppendUint32(b, uint32(o.Budget))
-	b = binary.BigEndian.AppendUint16(b, uint16(n))
-	return append(b, make([]byte, n)...)
+	return append(b, make([]byte, pad-clientOpeningLen)...)
 }
 
-// readClientOpening reads the client's opening.
+// readClientOpening reads the client's opening: the preface record, then
+// the HEADERS frame whose padding holds it.
 func readClientOpening(r io.Reader) (clientOpeningInfo, error) {
 	var o clientOpeningInfo
-	buf := make([]byte, clientOpeningHead+2)
+	buf := make([]byte, clientPrefaceLen+h2FrameHeaderLen)
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return o, err
 	}
-	copy(o.Session[:], buf)
-	flags := buf[sessionIDLen]
+	if !bytes.HasPrefix(buf, []byte(http2.ClientPreface)) {
+		return o, errBadOpening
+	}
+	h := buf[clientPrefaceLen:]
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if h[3] != h2Headers || h[4]&h2Padded == 0 || n > maxFrameBody || n < 1+clientOpeningLen {
+		return o, errBadOpening
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return o, err
+	}
+	pad := int(body[0])
+	if pad < clientOpeningLen || pad >= n {
+		return o, errBadOpening
+	}
+	p := body[n-pad:]
+	copy(o.Session[:], p)
+	flags := p[sessionIDLen]
 	if flags&^openNewSession != 0 {
 		return o, errBadOpening
 	}
 	o.New = flags&openNewSession != 0
-	o.Carrier = binary.BigEndian.Uint32(buf[sessionIDLen+1:])
-	o.Received = binary.BigEndian.Uint64(buf[sessionIDLen+5:])
-	budget := binary.BigEndian.Uint32(buf[sessionIDLen+13:])
+	o.Carrier = binary.BigEndian.Uint32(p[sessionIDLen+1:])
+	o.Received = binary.BigEndian.Uint64(p[sessionIDLen+5:])
+	budget := binary.BigEndian.Uint32(p[sessionIDLen+13:])
 	if budget != 0 && (budget < link.MinBudget || budget > link.MaxBudget) {
 		return o, errBadOpening
 	}
 	o.Budget = int(budget)
-	return o, skipPadding(r, buf[clientOpeningHead:])
+	return o, nil
 }
 
 // proofOpening returns the server's opening, size bytes long (at least
@@ -272,16 +343,18 @@ func proofOpening(proof [auth.ProofLen]byte, size int) []byte {
 	return append(b, make([]byte, n)...)
 }
 
-// readServerProof reads the server's opening and returns its proof.
-func readServerProof(fr *frameReader) ([]byte, error) {
+// readServerProof reads the server's opening and checks its proof. If
+// the proof is wrong, the peer is a website (HTTP/2 frames, not a proof):
+// it returns errNotProof with the bytes read, which are the site's.
+func readServerProof(fr *frameReader, key [auth.KeyLen]byte, exporter []byte) ([]byte, error) {
 	buf := make([]byte, proofOpeningLen)
 	if _, err := io.ReadFull(fr.r, buf); err != nil {
 		return nil, err
 	}
-	if err := skipPadding(fr.r, buf[auth.ProofLen:]); err != nil {
-		return nil, err
+	if !auth.VerifyServerProof(key, exporter, buf[:auth.ProofLen]) {
+		return buf, errNotProof
 	}
-	return buf[:auth.ProofLen], nil
+	return nil, skipPadding(fr.r, buf[auth.ProofLen:])
 }
 
 // statusFrame returns a STATUS frame size bytes long (at least
