@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -398,4 +399,32 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// FuzzOpenings feeds the openings' parsers anything: an authenticated
+// client's opening (the bridge reads it) and the server's status after
+// the proof (the client reads it). Neither may panic, read past a bound
+// or accept what the writer could not have written; what they accept
+// must survive a round trip.
+func FuzzOpenings(f *testing.F) {
+	op := clientOpeningInfo{New: true, Carrier: 3, Received: 1 << 40, Budget: 14 << 10}
+	op.Session[0] = 7
+	f.Add(append(chromePreface(), op.marshal("example.test")...))
+	f.Add(append(chromePreface(), op.marshal(strings.Repeat("a", 300))...))
+	f.Add(statusFrame(statusResumed, 99, 13))
+	f.Add(append(padFrame(9), statusFrame(statusBusy, 0, 40)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if o, err := readClientOpening(bytes.NewReader(b)); err == nil {
+			again, err := readClientOpening(bytes.NewReader(append(chromePreface(), o.marshal("x")...)))
+			if err != nil || again != o {
+				t.Fatalf("opening %+v did not survive a round trip: %+v, %v", o, again, err)
+			}
+		}
+		if st, recvd, err := readStatus(&frameReader{r: bytes.NewReader(b)}); err == nil {
+			st2, recvd2, err := readStatus(&frameReader{r: bytes.NewReader(statusFrame(st, recvd, 12))})
+			if err != nil || st2 != st || recvd2 != recvd {
+				t.Fatalf("status %d/%d did not survive a round trip", st, recvd)
+			}
+		}
+	})
 }
