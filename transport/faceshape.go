@@ -220,21 +220,32 @@ const handshakeRecords = 4
 // shares the face's TLS configuration); they are not copied. The caller
 // closes raw.
 func learnShape(ctx context.Context, raw net.Conn, serverName, authority string, own int) (openingShape, error) {
-	ctx, cancel := context.WithTimeout(ctx, shapeLearnTimeout)
+	shape, _, err := visitFace(ctx, raw, serverName, authority, own, 0)
+	return shape, err
+}
+
+// visitFace is learnShape, and then, if hold > 0, keeps the connection
+// open and idle, as a browser tab left open would, for up to hold, and
+// returns how long the face let it live idle after its response (0 if
+// it outlived hold).
+func visitFace(parent context.Context, raw net.Conn, serverName, authority string, own int, hold time.Duration) (openingShape, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(parent, shapeLearnTimeout)
 	defer cancel()
+	parent, stop := context.WithCancel(parent)
+	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
 	tap := &recordTap{Conn: raw}
 	uc, err := newUConn(tap, &utls.Config{ServerName: serverName, InsecureSkipVerify: true, NextProtos: []string{"h2"}}, "chrome")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake: %w", err)
+		return nil, 0, fmt.Errorf("TLS handshake: %w", err)
 	}
 	if p := uc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		return nil, fmt.Errorf("the face does not speak HTTP/2 (ALPN %q)", p)
+		return nil, 0, fmt.Errorf("the face does not speak HTTP/2 (ALPN %q)", p)
 	}
 	// Read the face's frames from here on (the tap sees records only
 	// as they are read).
@@ -253,7 +264,7 @@ func learnShape(ctx context.Context, raw net.Conn, serverName, authority string,
 			// matters only.
 			select {
 			case frames <- f:
-			case <-ctx.Done():
+			case <-parent.Done():
 				return
 			}
 		}
@@ -269,7 +280,7 @@ func learnShape(ctx context.Context, raw net.Conn, serverName, authority string,
 	http2.NewFramer(&ack, nil).WriteSettingsAck()
 	for _, b := range [][]byte{first.Bytes(), second.Bytes()} {
 		if _, err := uc.Write(b); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	// Read until the response ends, acknowledging the server's SETTINGS
@@ -279,16 +290,16 @@ func learnShape(ctx context.Context, raw net.Conn, serverName, authority string,
 		select {
 		case f = <-frames:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("reading the face's response: %w", ctx.Err())
+			return nil, 0, fmt.Errorf("reading the face's response: %w", ctx.Err())
 		}
 		if f == nil {
-			return nil, fmt.Errorf("reading the face's response: %w", <-readErr)
+			return nil, 0, fmt.Errorf("reading the face's response: %w", <-readErr)
 		}
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
 				if _, err := uc.Write(ack.Bytes()); err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 			}
 		case *http2.DataFrame:
@@ -302,13 +313,49 @@ func learnShape(ctx context.Context, raw net.Conn, serverName, authority string,
 	n := tap.waitQuiet(ctx)
 	flight := tap.encryptedAt(handshakeRecords)
 	if flight < 0 {
-		return nil, errors.New("the face's handshake flight has fewer than four encrypted records")
+		return nil, 0, errors.New("the face's handshake flight has fewer than four encrypted records")
 	}
 	shape := openingShape(tap.lengths(flight+own, n))
 	if len(shape) == 0 {
-		return nil, errors.New("the face sent no response")
+		return nil, 0, errors.New("the face sent no response")
 	}
-	return shape, nil
+	if hold <= 0 {
+		return shape, 0, nil
+	}
+	// Idle: answer what a browser answers, until the face ends the
+	// connection (a GOAWAY, or its end) or hold passes.
+	_, idleFrom := tap.count() // the response's last record
+	raw.SetDeadline(idleFrom.Add(hold))
+	for {
+		var f http2.Frame
+		select {
+		case f = <-frames:
+		case <-parent.Done():
+			return nil, 0, parent.Err()
+		}
+		if f == nil {
+			break
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				uc.Write(ack.Bytes())
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				var pong bytes.Buffer
+				http2.NewFramer(&pong, nil).WritePing(true, f.Data)
+				uc.Write(pong.Bytes())
+			}
+		case *http2.GoAwayFrame:
+			return shape, time.Since(idleFrom), nil
+		}
+	}
+	var ne net.Error
+	if err := <-readErr; errors.As(err, &ne) && ne.Timeout() {
+		return shape, 0, nil
+	}
+	return shape, time.Since(idleFrom), nil
 }
 
 // Chromium 156's connection opening: SETTINGS HEADER_TABLE_SIZE 65536,
@@ -493,6 +540,52 @@ func finishVisit(uc net.Conn, head []byte, authority string) {
 			}
 		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
 			return
+		}
+	}
+}
+
+// maxIdleProbe is how long the bridge keeps an idle visit to its cover
+// open to learn how long the cover lets idle connections live.
+const maxIdleProbe = 10 * time.Minute
+
+// watchCoverIdle keeps s.coverIdle current until the server closes: a
+// visit to the cover left idle until the cover ends it, once per
+// coverProbeInterval. Carriers idle that long are then ended as the cover
+// would end them (closeIdle).
+func (s *Server) watchCoverIdle() {
+	defer s.wg.Done()
+	f := s.cfg.Cover
+	name := ""
+	if len(s.cfg.ServerNames) > 0 {
+		name = s.cfg.ServerNames[0]
+	} else if host, _, err := net.SplitHostPort(f.Address); err == nil && net.ParseIP(host) == nil {
+		name = host
+	}
+	dial := f.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	wait := 2 * time.Second
+	for {
+		raw, err := dial(s.ctx, "tcp", f.Address)
+		if err == nil {
+			var idle time.Duration
+			_, idle, err = visitFace(s.ctx, raw, name, cmp.Or(name, f.Address), 0, maxIdleProbe)
+			raw.Close()
+			if err == nil {
+				s.coverIdle.Store(int64(idle))
+				s.log.Debug("learned how long the cover keeps idle connections", "idle", idle)
+				wait = coverProbeInterval
+			}
+		}
+		if err != nil && s.ctx.Err() == nil {
+			s.log.Warn("cannot visit the cover to learn its idle timeout", "error", safelog.Error(err, false), "retry in", wait)
+			wait = min(2*wait, coverProbeInterval)
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }

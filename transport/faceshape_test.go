@@ -428,3 +428,43 @@ func FuzzOpenings(f *testing.F) {
 		}
 	})
 }
+
+// TestCoverIdleLearned proves a cover-mode bridge learns how long its
+// cover keeps an idle connection, and ends idle carriers as the cover
+// would: a GOAWAY-sized record, then close_notify.
+func TestCoverIdleLearned(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := siteCertificate(t)
+	cover := NewSiteServer(siteHandler, &tls.Config{Certificates: []tls.Certificate{cert}})
+	cover.IdleTimeout = 700 * time.Millisecond
+	go cover.ServeTLS(ln, "", "")
+	t.Cleanup(func() { cover.Close() })
+	b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
+	waitUntil(t, "the bridge to learn the cover's idle timeout", func() bool { return b.server.faceIdle() > 0 })
+	if d := b.server.faceIdle(); d < 600*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("learned idle %v, the cover's is 700ms", d)
+	}
+	relay := startTapRelay(t, b.addr)
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	down := <-relay.down
+	<-relay.up
+	select {
+	case <-relay.down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new carrier after the idle close")
+	}
+	n, _ := down.count()
+	all := down.lengths(0, n)
+	if len(all) < 2 || all[len(all)-2] != h2GoAwayLen || all[len(all)-1] != 2 {
+		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
+	}
+}

@@ -41,6 +41,7 @@ type Server struct {
 
 	sessionIDs atomic.Uint64
 	coverGroup atomic.Uint32                  // cover face: the group the cover picks for Chrome (0: unknown)
+	coverIdle  atomic.Int64                   // cover face: how long it keeps idle connections (ns; 0: none or unknown)
 	shape      atomic.Pointer[[]openingShape] // the face's opening records, once learned
 
 	ctx    context.Context // ends on Close
@@ -111,8 +112,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
 		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
 	} else {
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go s.watchCoverGroup()
+		go s.watchCoverIdle()
 	}
 	s.wg.Add(1)
 	go s.watchFaceShape()
@@ -464,10 +466,11 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 
 // faceIdle is how long the face lets an idle HTTP/2 connection live: a
 // site's IdleTimeout, else its ReadTimeout, as net/http's HTTP/2 server
-// takes them; 0 for none. (A cover's is not known: 0.)
+// takes them; a cover's as learned (watchCoverIdle); 0 for none or not
+// known yet.
 func (s *Server) faceIdle() time.Duration {
 	if s.site == nil {
-		return 0
+		return time.Duration(s.coverIdle.Load())
 	}
 	return cmp.Or(s.site.srv.IdleTimeout, s.site.srv.ReadTimeout)
 }
