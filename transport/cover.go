@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"syscall"
@@ -161,52 +162,10 @@ const (
 	coverProbeTimeout  = 15 * time.Second
 )
 
-// coverGroup asks the cover, with current Chrome's ClientHello (what
-// genuine clients send), which key exchange group it picks. The bridge's
-// own TLS for authenticated clients then picks the same: otherwise the
-// ServerHellos from this address would come in two sizes (an
-// X25519MLKEM768 share is 1088 bytes, an x25519 one 32), which anyone
-// watching can count.
-func (f *CoverFace) coverGroup(ctx context.Context, serverName string) (tls.CurveID, error) {
-	ctx, cancel := context.WithTimeout(ctx, coverProbeTimeout)
-	defer cancel()
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	raw, err := dial(ctx, "tcp", f.Address)
-	if err != nil {
-		return 0, err
-	}
-	defer raw.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		raw.SetDeadline(dl)
-	}
-	// Checked as Chrome checks it, and aborted as Chrome aborts when it
-	// does not verify (a cover with a name that its certificate lacks, or
-	// an interceptor): the bridge never finishes a handshake that the
-	// browser it imitates would not. The group is in the ServerHello,
-	// which utls has read by then.
-	ac := &abortConn{Conn: raw}
-	uc, err := newUConn(ac, certCheck{serverName: serverName}.config(ac), "chrome")
-	if err != nil {
-		return 0, err
-	}
-	if err := uc.HandshakeContext(ctx); err != nil {
-		if !errors.Is(err, ErrCertificate) {
-			return 0, err
-		}
-		ac.drain()
-	}
-	sh := uc.HandshakeState.ServerHello
-	if sh == nil || sh.ServerShare.Group == 0 {
-		return 0, errors.New("transport: the cover's ServerHello names no group")
-	}
-	return tls.CurveID(sh.ServerShare.Group), nil
-}
-
-// watchCoverGroup keeps s.coverGroup current until the server closes.
-func (s *Server) watchCoverGroup() {
+// watchCoverTLS keeps s.coverTLS current until the server closes: what
+// the cover answers Chrome's hello (probeTLS), asked at start and every
+// coverProbeInterval, sooner after a failure.
+func (s *Server) watchCoverTLS() {
 	defer s.wg.Done()
 	name := ""
 	if len(s.cfg.ServerNames) > 0 {
@@ -216,25 +175,36 @@ func (s *Server) watchCoverGroup() {
 	}
 	wait := 2 * time.Second // until the first answer; then coverProbeInterval
 	for {
-		g, err := s.cfg.Cover.coverGroup(s.ctx, name)
+		ct, err := s.cfg.Cover.probeTLS(s.ctx, name)
+		if err == nil && !goSupportsGroup(ct.group) {
+			s.log.Warn("the cover picks a key exchange group this bridge cannot", "group", uint16(ct.group))
+		}
+		if err == nil {
+			// Makes the key, which for RSA takes a while: here, not
+			// while a client waits.
+			err = ct.prepare()
+		}
 		switch {
-		case err == nil && goSupportsGroup(g):
-			s.coverGroup.Store(uint32(g))
-			wait = coverProbeInterval
 		case err == nil:
-			s.log.Warn("the cover picks a key exchange group this bridge cannot", "group", uint16(g))
+			s.coverTLS.Store(ct)
 			wait = coverProbeInterval
+			s.log.Debug("learned the cover's handshake", "group", uint16(ct.group), "hrr", ct.hrr,
+				"suite", ct.suite, "flight", fmt.Sprint(ct.flight), "key", ct.key.String(),
+				"chain", len(ct.chain), "padded", ct.padded)
+			if len(ct.flight) == handshakeRecords && !ct.padded {
+				s.log.Warn("tunnels' certificate records cannot be made as long as the cover's", "cover", ct.flight[1])
+			}
 		case s.ctx.Err() == nil:
-			// Until the cover answers, genuine clients' ServerHellos may
+			// Until the cover answers, genuine clients' handshakes may
 			// differ from the cover's: retry soon, and say so.
-			s.log.Warn("cannot ask the cover its key exchange group; retrying", "error", safelog.Error(err, false), "in", wait)
+			s.log.Warn("cannot ask the cover how it answers Chrome; retrying", "error", safelog.Error(err, false), "in", wait)
 		}
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-time.After(wait):
 		}
-		if s.coverGroup.Load() == 0 {
+		if s.coverTLS.Load() == nil {
 			wait = min(2*wait, coverProbeInterval)
 		}
 	}

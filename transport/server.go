@@ -40,7 +40,7 @@ type Server struct {
 	started     int64         // unix seconds: tags older than this are refused
 
 	sessionIDs atomic.Uint64
-	coverGroup atomic.Uint32                  // cover face: the group the cover picks for Chrome (0: unknown)
+	coverTLS   atomic.Pointer[coverTLS]       // cover face: how the cover answers Chrome (nil: not known yet)
 	shape      atomic.Pointer[[]openingShape] // the face's opening records, once learned
 
 	ctx    context.Context // ends on Close
@@ -112,7 +112,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
 	} else {
 		s.wg.Add(1)
-		go s.watchCoverGroup()
+		go s.watchCoverTLS()
 	}
 	s.wg.Add(1)
 	go s.watchFaceShape()
