@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,14 +18,18 @@ import (
 // website, byte for byte both ways, starting with the bytes already read,
 // ending the way the cover ends it.
 //
-// The cover is dialed the moment a connection arrives, while the bridge
-// is still reading the ClientHello, so that the cover's own timers run from
-// the same moment as they would if the stranger had reached it directly: a
-// prober that connects and stays silent is dropped by the cover when the
-// cover would drop it, not a hello-timeout later. The cover is told
-// nothing until the bridge has decided; if it speaks or hangs up first,
-// the bridge stops reading and passes that on. A genuine client's early
-// cover connection is closed unused.
+// The cover is dialed as soon as the bridge knows the connection is a
+// stranger's, or DialDelay after it arrived if the bridge does not know
+// yet (the ClientHello is not all in), while the bridge goes on reading:
+// so the cover's own timers run from nearly the moment they would if the
+// stranger had reached it directly, and a prober that connects and stays
+// silent is dropped by the cover when the cover would drop it, not a
+// hello-timeout later. The cover is told nothing until the bridge has
+// decided; if it speaks or hangs up first, the bridge stops reading and
+// passes that on. A genuine client sends its whole ClientHello at once,
+// so it is known before DialDelay and no connection to the cover is made
+// for it; one dialed already (a hello slower than DialDelay) is closed
+// unused.
 type CoverFace struct {
 	// Address is the cover's "host:port".
 	Address string
@@ -32,32 +37,67 @@ type CoverFace struct {
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// DialTimeout bounds the dial. Zero means 10 seconds.
 	DialTimeout time.Duration
+	// DialDelay is how long after a connection arrives the cover is
+	// dialed while the bridge does not yet know whose it is. Zero means
+	// defaultCoverDialDelay; negative means at once.
+	DialDelay time.Duration
 }
+
+// defaultCoverDialDelay is long enough for a ClientHello sent in one burst
+// right after the TCP handshake (as every TLS client sends it) to arrive
+// whole and be classified, and short beside any timeout a website has and
+// the jitter of the paths that would measure it.
+const defaultCoverDialDelay = 20 * time.Millisecond
+
+// errCoverNotDialed is the dial error of an early cover connection that
+// was not needed: a genuine client's.
+var errCoverNotDialed = errors.New("transport: the cover was not dialed")
 
 // earlyCover is the cover connection opened for one incoming connection
 // before the bridge knows whether it will be needed.
 type earlyCover struct {
 	stranger net.Conn // the incoming connection, whose read deadline the watcher may cut short
 
-	dialed chan struct{} // closed when the dial has ended
+	dialed chan struct{} // closed when the dial has ended (or was given up)
 	conn   net.Conn      // valid after dialed, if err == nil
 	err    error
 
-	mu      sync.Mutex
-	decided bool          // the bridge has classified the connection
-	spoke   chan struct{} // closed when the watcher's read has returned
-	first   []byte        // what that read returned
-	readErr error
+	release     chan struct{} // closed when the bridge has decided: dial now, or not at all
+	releaseOnce sync.Once
+
+	mu        sync.Mutex
+	decided   bool          // the bridge has classified the connection
+	abandoned bool          // ... as a genuine client's: no cover connection is needed
+	spoke     chan struct{} // closed when the watcher's read has returned
+	first     []byte        // what that read returned
+	readErr   error
 }
 
 // dialEarly starts dialing the cover for stranger and watching it.
 func (f *CoverFace) dialEarly(stranger net.Conn) *earlyCover {
-	e := &earlyCover{stranger: stranger, dialed: make(chan struct{}), spoke: make(chan struct{})}
+	e := &earlyCover{stranger: stranger, dialed: make(chan struct{}), spoke: make(chan struct{}), release: make(chan struct{})}
 	go e.run(f)
 	return e
 }
 
 func (e *earlyCover) run(f *CoverFace) {
+	if d := cmp.Or(f.DialDelay, defaultCoverDialDelay); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-e.release:
+			t.Stop()
+		}
+	}
+	e.mu.Lock()
+	abandoned := e.abandoned
+	e.mu.Unlock()
+	if abandoned {
+		e.err = errCoverNotDialed
+		close(e.dialed)
+		close(e.spoke)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), orDefault(f.DialTimeout, 10*time.Second))
 	dial := f.Dial
 	if dial == nil {
@@ -93,9 +133,13 @@ func (e *earlyCover) decide() {
 	e.mu.Unlock()
 }
 
-// abandon closes the cover connection of a genuine client, unused.
+// abandon gives up the cover connection of a genuine client: it is not
+// dialed, or if it is already, it is closed unused.
 func (e *earlyCover) abandon() {
-	e.decide()
+	e.mu.Lock()
+	e.decided, e.abandoned = true, true
+	e.mu.Unlock()
+	e.releaseOnce.Do(func() { close(e.release) })
 	go func() {
 		<-e.dialed
 		if e.conn != nil {
@@ -108,6 +152,7 @@ func (e *earlyCover) abandon() {
 // cover and copies both ways until both directions end.
 func (e *earlyCover) splice(c net.Conn, prefix []byte) {
 	e.decide()
+	e.releaseOnce.Do(func() { close(e.release) }) // dial now, if not yet
 	defer c.Close()
 	// Copy between the bare TCP connections, so that the kernel can
 	// splice and a reset can be passed on; c itself is still closed by

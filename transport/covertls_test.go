@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -384,5 +386,75 @@ func TestCoverHandshakeShapes(t *testing.T) {
 			t.Logf("after the handshake, server: nginx %v, tunnel %v", wantS, gotS)
 			t.Logf("after the handshake, client: nginx %v, tunnel %v", wantC, gotC)
 		})
+	}
+}
+
+// countingCover passes connections on to target and counts them: what the
+// cover sees of the bridge.
+func countingCover(t *testing.T, target string) (addr string, count func() int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				Relay(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().String(), n.Load
+}
+
+// TestGenuineClientsOpenNoCoverConnection proves that a genuine client's
+// connection to a cover-mode bridge makes the bridge open no connection
+// to the cover (which the cover would see as an empty visit, one per
+// tunnel), while a stranger's is passed to the cover as before.
+func TestGenuineClientsOpenNoCoverConnection(t *testing.T) {
+	t.Parallel()
+	cover, count := countingCover(t, startPlainSite(t))
+	// A delay no loaded test machine outlasts between a client's
+	// connect and the last byte of its hello.
+	b := startBridge(t, &CoverFace{Address: cover, DialDelay: 5 * time.Second}, echoHandler, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for b.server.coverTLS.Load() == nil || b.server.shape.Load() == nil {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the bridge never learned its cover")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	before := count() // the bridge's own visits to learn the cover
+	for range 3 {
+		sess, err := Dial(ctx, b.clientConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess.Close()
+	}
+	// A stranger's visit, whose cover connection is accepted after any
+	// the genuine clients' connections made (they came first).
+	c, err := tls.Dial("tcp", b.addr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("a stranger's visit: %v", err)
+	}
+	c.Close()
+	if got := count() - before; got != 1 {
+		t.Fatalf("the cover saw %d connections for three genuine clients and one stranger; want 1 (the stranger's)", got)
 	}
 }
