@@ -52,7 +52,8 @@ type coverTLS struct {
 	// Made from the above once per learning round, not per connection.
 	signer    crypto.Signer // a key like the cover's leaf's, for CertificateVerify
 	fillerLen int           // filler bytes in our leaf for its Certificate record to be the cover's length
-	padded    bool          // the filler makes the lengths equal (else it is the nearest shorter)
+	serialLen int           // the length of our leaf's serial number, which takes a byte or two of slack
+	padded    bool          // the lengths are equal
 }
 
 // keySpec is a certificate key's type and size.
@@ -128,21 +129,23 @@ var issuerKey = sync.OnceValues(func() (*ecdsa.PrivateKey, error) {
 var fillerOID = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59999, 1}
 
 // boundLeaf makes a tunnel's leaf for pub, padded with filler bytes of
-// extension content (none for a negative count), and binds it to key: its
-// signature field is HMAC-SHA256(key, tbsCertificate) (see
-// boundCertificate). Its length depends on filler only: the serial is
-// always 16 bytes, the dates always UTCTime.
-func boundLeaf(key [auth.KeyLen]byte, pub crypto.PublicKey, filler int) ([]byte, error) {
+// extension content (none if filler is 0), with a serial number of
+// serialLen bytes, and binds it to key: its signature field is
+// HMAC-SHA256(key, tbsCertificate) (see boundCertificate). Its length
+// depends on filler and serialLen only: the dates are always UTCTime.
+func boundLeaf(key [auth.KeyLen]byte, pub crypto.PublicKey, filler, serialLen int) ([]byte, error) {
 	issuer, err := issuerKey()
 	if err != nil {
 		return nil, err
 	}
-	// 127 random bits with the top one set: 16 bytes of DER, positive.
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	// Random bits with the top one set just below the sign bit: exactly
+	// serialLen bytes of DER, positive.
+	top := 8*serialLen - 2
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(top)))
 	if err != nil {
 		return nil, err
 	}
-	serial.SetBit(serial, 126, 1)
+	serial.SetBit(serial, top, 1)
 	now := time.Now().UTC().Truncate(time.Second)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -191,16 +194,16 @@ func go13CertificateRecord(ders []int) int {
 }
 
 // prepare makes what tunnels need from what was learned: the key, and the
-// filler that brings our Certificate record to the cover's length. Run
-// once per learning round, off the connection path.
+// filler and serial length that bring our Certificate record to the
+// cover's length. Run once per learning round, off the connection path.
 func (ct *coverTLS) prepare() error {
 	signer, err := tunnelKey(ct.key)
 	if err != nil {
 		return err
 	}
-	ct.signer = signer
+	ct.signer, ct.serialLen = signer, defaultSerialLen
 	if len(ct.flight) != handshakeRecords {
-		return nil // nothing to match: the cover coalesces its records
+		return nil // nothing to match: the cover packs its records
 	}
 	want := ct.flight[1]
 	var zero [auth.KeyLen]byte
@@ -208,32 +211,51 @@ func (ct *coverTLS) prepare() error {
 	for i, c := range ct.chain[1:] {
 		ders[i+1] = len(c)
 	}
-	// The leaf's length grows with the filler by one byte a byte, but for
-	// the steps where a DER length takes one more byte: a few rounds find
-	// it, or find that no filler fits (then the nearest shorter is kept).
-	filler, best := 0, 0
-	for range 8 {
-		leaf, err := boundLeaf(zero, signer.Public(), filler)
+	record := func(filler, serialLen int) (int, error) {
+		leaf, err := boundLeaf(zero, signer.Public(), filler, serialLen)
+		ders[0] = len(leaf)
+		return go13CertificateRecord(ders), err
+	}
+	bare, err := record(0, defaultSerialLen)
+	if err != nil || bare >= want {
+		ct.padded = bare == want
+		return err // a cover's leaf shorter than our bare one: no filler
+	}
+	// The record grows by a byte a filler byte, but for the steps where
+	// a DER length takes one more byte (the filler's at 128 and 256
+	// bytes, the extensions' and the certificate's at theirs), which skip
+	// a length: a serial number a byte shorter takes it back. So find
+	// the least filler that reaches want (the record only grows with it),
+	// then shorten the serial if it overshot.
+	lo, hi := 1, want
+	for lo < hi {
+		mid := (lo + hi) / 2
+		got, err := record(mid, defaultSerialLen)
 		if err != nil {
 			return err
 		}
-		ders[0] = len(leaf)
-		got := go13CertificateRecord(ders)
+		if got >= want {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	for _, sl := range []int{defaultSerialLen, defaultSerialLen - 1, defaultSerialLen - 2} {
+		got, err := record(lo, sl)
+		if err != nil {
+			return err
+		}
 		if got == want {
-			ct.fillerLen, ct.padded = filler, true
+			ct.fillerLen, ct.serialLen, ct.padded = lo, sl, true
 			return nil
 		}
-		if got < want {
-			best = filler
-		}
-		if filler == 0 && got > want {
-			return nil // our bare leaf is already longer than the cover's
-		}
-		filler = max(filler+want-got, 1)
 	}
-	ct.fillerLen = best
-	return nil
+	return nil // not padded: the cover's record is only a few bytes longer than our bare one
 }
+
+// defaultSerialLen is the length of a tunnel leaf's serial number, as
+// long as CAs' (RFC 5280 allows up to 20 octets; CAs use 16 to 20).
+const defaultSerialLen = 16
 
 // helloRetryRandom is the ServerHello.random of a HelloRetryRequest (RFC
 // 8446 4.1.3).
@@ -432,7 +454,7 @@ func (ct *coverTLS) certificate(key [auth.KeyLen]byte) (tls.Certificate, error) 
 	if ct == nil || ct.signer == nil {
 		return boundCertificate(key)
 	}
-	leaf, err := boundLeaf(key, ct.signer.Public(), ct.fillerLen)
+	leaf, err := boundLeaf(key, ct.signer.Public(), ct.fillerLen, ct.serialLen)
 	if err != nil {
 		return tls.Certificate{}, err
 	}

@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	utls "github.com/refraction-networking/utls"
 )
 
 // coverChain writes a chain like a CA-issued site's: an RSA-2048 leaf for
@@ -456,5 +458,55 @@ func TestGenuineClientsOpenNoCoverConnection(t *testing.T) {
 	c.Close()
 	if got := count() - before; got != 1 {
 		t.Fatalf("the cover saw %d connections for three genuine clients and one stranger; want 1 (the stranger's)", got)
+	}
+}
+
+// TestTunnelLeafPaddedToEveryLength proves that the filler brings a
+// tunnel's Certificate record to any length the cover's may have from a
+// little above our bare leaf's on, across the lengths where the filler's
+// DER lengths take another byte (128 and 256 bytes), and that the leaf
+// stays bound to the key. (Not from our bare leaf's length itself: a
+// P-256 leaf's tbsCertificate passes 255 bytes of content a few bytes
+// above it, and DER has no encoding of the length in between; a CA's
+// leaf, with names, policies and SCTs, is far longer.)
+func TestTunnelLeafPaddedToEveryLength(t *testing.T) {
+	t.Parallel()
+	inter := make([]byte, 1000)
+	var key [32]byte
+	key[0] = 7
+	pub, err := tunnelKey(keySpec{x509.ECDSA, 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf1, err := boundLeaf(key, pub.Public(), 1, defaultSerialLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minPadded := go13CertificateRecord([]int{len(leaf1), len(inter)})
+	for want := 1300; want <= 2200; want += 3 {
+		ct := &coverTLS{key: keySpec{x509.ECDSA, 256}, flight: []int{36, want, 100, 53}, chain: [][]byte{nil, inter}}
+		if err := ct.prepare(); err != nil {
+			t.Fatal(err)
+		}
+		if want < minPadded+40 {
+			continue // only a few bytes over our bare leaf: no room for a filler
+		}
+		if !ct.padded {
+			t.Fatalf("cannot pad to a %d-byte Certificate record", want)
+		}
+		cert, err := ct.certificate(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := go13CertificateRecord([]int{len(cert.Certificate[0]), len(cert.Certificate[1])}); got != want {
+			t.Fatalf("padded to a %d-byte record, want %d", got, want)
+		}
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (certCheck{key: &key}).verify(utls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}) != nil {
+			t.Fatal("the padded leaf is not bound to the key")
+		}
 	}
 }

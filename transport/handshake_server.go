@@ -200,7 +200,9 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 // certificate a censor could block. (In TLS 1.3 the certificate is
 // encrypted; the binding only matters to the client.) P-256 because browser
 // hellos do not offer Ed25519 signatures; the key still signs
-// CertificateVerify, so it must be a real key.
+// CertificateVerify, so it must be a real key. Once the bridge has learned
+// its cover, tunnels' certificates are coverTLS.certificate's instead:
+// the same binding, with a key and chain like the cover's.
 func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
 	cert, err := SelfSignedCertificate(nil, 24*time.Hour)
 	if err != nil {
