@@ -1,9 +1,11 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"syscall"
@@ -16,14 +18,18 @@ import (
 // website, byte for byte both ways, starting with the bytes already read,
 // ending the way the cover ends it.
 //
-// The cover is dialed the moment a connection arrives, while the bridge
-// is still reading the ClientHello, so that the cover's own timers run from
-// the same moment as they would if the stranger had reached it directly: a
-// prober that connects and stays silent is dropped by the cover when the
-// cover would drop it, not a hello-timeout later. The cover is told
-// nothing until the bridge has decided; if it speaks or hangs up first,
-// the bridge stops reading and passes that on. A genuine client's early
-// cover connection is closed unused.
+// The cover is dialed as soon as the bridge knows the connection is a
+// stranger's, or DialDelay after it arrived if the bridge does not know
+// yet (the ClientHello is not all in), while the bridge goes on reading:
+// so the cover's own timers run from nearly the moment they would if the
+// stranger had reached it directly, and a prober that connects and stays
+// silent is dropped by the cover when the cover would drop it, not a
+// hello-timeout later. The cover is told nothing until the bridge has
+// decided; if it speaks or hangs up first, the bridge stops reading and
+// passes that on. A genuine client sends its whole ClientHello at once,
+// so it is known before DialDelay and no connection to the cover is made
+// for it; one dialed already (a hello slower than DialDelay) is closed
+// unused.
 type CoverFace struct {
 	// Address is the cover's "host:port".
 	Address string
@@ -31,32 +37,67 @@ type CoverFace struct {
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// DialTimeout bounds the dial. Zero means 10 seconds.
 	DialTimeout time.Duration
+	// DialDelay is how long after a connection arrives the cover is
+	// dialed while the bridge does not yet know whose it is. Zero means
+	// defaultCoverDialDelay; negative means at once.
+	DialDelay time.Duration
 }
+
+// defaultCoverDialDelay is long enough for a ClientHello sent in one burst
+// right after the TCP handshake (as every TLS client sends it) to arrive
+// whole and be classified, and short beside any timeout a website has and
+// the jitter of the paths that would measure it.
+const defaultCoverDialDelay = 20 * time.Millisecond
+
+// errCoverNotDialed is the dial error of an early cover connection that
+// was not needed: a genuine client's.
+var errCoverNotDialed = errors.New("transport: the cover was not dialed")
 
 // earlyCover is the cover connection opened for one incoming connection
 // before the bridge knows whether it will be needed.
 type earlyCover struct {
 	stranger net.Conn // the incoming connection, whose read deadline the watcher may cut short
 
-	dialed chan struct{} // closed when the dial has ended
+	dialed chan struct{} // closed when the dial has ended (or was given up)
 	conn   net.Conn      // valid after dialed, if err == nil
 	err    error
 
-	mu      sync.Mutex
-	decided bool          // the bridge has classified the connection
-	spoke   chan struct{} // closed when the watcher's read has returned
-	first   []byte        // what that read returned
-	readErr error
+	release     chan struct{} // closed when the bridge has decided: dial now, or not at all
+	releaseOnce sync.Once
+
+	mu        sync.Mutex
+	decided   bool          // the bridge has classified the connection
+	abandoned bool          // ... as a genuine client's: no cover connection is needed
+	spoke     chan struct{} // closed when the watcher's read has returned
+	first     []byte        // what that read returned
+	readErr   error
 }
 
 // dialEarly starts dialing the cover for stranger and watching it.
 func (f *CoverFace) dialEarly(stranger net.Conn) *earlyCover {
-	e := &earlyCover{stranger: stranger, dialed: make(chan struct{}), spoke: make(chan struct{})}
+	e := &earlyCover{stranger: stranger, dialed: make(chan struct{}), spoke: make(chan struct{}), release: make(chan struct{})}
 	go e.run(f)
 	return e
 }
 
 func (e *earlyCover) run(f *CoverFace) {
+	if d := cmp.Or(f.DialDelay, defaultCoverDialDelay); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-e.release:
+			t.Stop()
+		}
+	}
+	e.mu.Lock()
+	abandoned := e.abandoned
+	e.mu.Unlock()
+	if abandoned {
+		e.err = errCoverNotDialed
+		close(e.dialed)
+		close(e.spoke)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), orDefault(f.DialTimeout, 10*time.Second))
 	dial := f.Dial
 	if dial == nil {
@@ -92,9 +133,13 @@ func (e *earlyCover) decide() {
 	e.mu.Unlock()
 }
 
-// abandon closes the cover connection of a genuine client, unused.
+// abandon gives up the cover connection of a genuine client: it is not
+// dialed, or if it is already, it is closed unused.
 func (e *earlyCover) abandon() {
-	e.decide()
+	e.mu.Lock()
+	e.decided, e.abandoned = true, true
+	e.mu.Unlock()
+	e.releaseOnce.Do(func() { close(e.release) })
 	go func() {
 		<-e.dialed
 		if e.conn != nil {
@@ -107,6 +152,7 @@ func (e *earlyCover) abandon() {
 // cover and copies both ways until both directions end.
 func (e *earlyCover) splice(c net.Conn, prefix []byte) {
 	e.decide()
+	e.releaseOnce.Do(func() { close(e.release) }) // dial now, if not yet
 	defer c.Close()
 	// Copy between the bare TCP connections, so that the kernel can
 	// splice and a reset can be passed on; c itself is still closed by
@@ -161,52 +207,10 @@ const (
 	coverProbeTimeout  = 15 * time.Second
 )
 
-// coverGroup asks the cover, with current Chrome's ClientHello (what
-// genuine clients send), which key exchange group it picks. The bridge's
-// own TLS for authenticated clients then picks the same: otherwise the
-// ServerHellos from this address would come in two sizes (an
-// X25519MLKEM768 share is 1088 bytes, an x25519 one 32), which anyone
-// watching can count.
-func (f *CoverFace) coverGroup(ctx context.Context, serverName string) (tls.CurveID, error) {
-	ctx, cancel := context.WithTimeout(ctx, coverProbeTimeout)
-	defer cancel()
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	raw, err := dial(ctx, "tcp", f.Address)
-	if err != nil {
-		return 0, err
-	}
-	defer raw.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		raw.SetDeadline(dl)
-	}
-	// Checked as Chrome checks it, and aborted as Chrome aborts when it
-	// does not verify (a cover with a name that its certificate lacks, or
-	// an interceptor): the bridge never finishes a handshake that the
-	// browser it imitates would not. The group is in the ServerHello,
-	// which utls has read by then.
-	ac := &abortConn{Conn: raw}
-	uc, err := newUConn(ac, certCheck{serverName: serverName}.config(ac), "chrome")
-	if err != nil {
-		return 0, err
-	}
-	if err := uc.HandshakeContext(ctx); err != nil {
-		if !errors.Is(err, ErrCertificate) {
-			return 0, err
-		}
-		ac.drain()
-	}
-	sh := uc.HandshakeState.ServerHello
-	if sh == nil || sh.ServerShare.Group == 0 {
-		return 0, errors.New("transport: the cover's ServerHello names no group")
-	}
-	return tls.CurveID(sh.ServerShare.Group), nil
-}
-
-// watchCoverGroup keeps s.coverGroup current until the server closes.
-func (s *Server) watchCoverGroup() {
+// watchCoverTLS keeps s.coverTLS current until the server closes: what
+// the cover answers Chrome's hello (probeTLS), asked at start and every
+// coverProbeInterval, sooner after a failure.
+func (s *Server) watchCoverTLS() {
 	defer s.wg.Done()
 	name := ""
 	if len(s.cfg.ServerNames) > 0 {
@@ -216,25 +220,41 @@ func (s *Server) watchCoverGroup() {
 	}
 	wait := 2 * time.Second // until the first answer; then coverProbeInterval
 	for {
-		g, err := s.cfg.Cover.coverGroup(s.ctx, name)
+		ct, err := s.cfg.Cover.probeTLS(s.ctx, name)
+		if err == nil && !goSupportsGroup(ct.group) {
+			s.log.Warn("the cover picks a key exchange group this bridge cannot", "group", uint16(ct.group))
+		}
+		if err == nil {
+			// Makes the key, which for RSA takes a while: here, not
+			// while a client waits.
+			err = ct.prepare()
+		}
 		switch {
-		case err == nil && goSupportsGroup(g):
-			s.coverGroup.Store(uint32(g))
-			wait = coverProbeInterval
 		case err == nil:
-			s.log.Warn("the cover picks a key exchange group this bridge cannot", "group", uint16(g))
+			s.coverTLS.Store(ct)
 			wait = coverProbeInterval
+			s.log.Debug("learned the cover's handshake", "group", uint16(ct.group), "hrr", ct.hrr,
+				"suite", ct.suite, "flight", fmt.Sprint(ct.flight), "key", ct.key.String(),
+				"chain", len(ct.chain), "padded", ct.padded)
+			switch {
+			case ct.flight == nil:
+				// Go writes one message a record; a cover that packs
+				// its flight into fewer records cannot be copied.
+				s.log.Warn("the cover's handshake flight is not one message a record; tunnels' flights will differ from it")
+			case !ct.padded:
+				s.log.Warn("tunnels' certificate records cannot be made as long as the cover's", "cover", ct.flight[1])
+			}
 		case s.ctx.Err() == nil:
-			// Until the cover answers, genuine clients' ServerHellos may
+			// Until the cover answers, genuine clients' handshakes may
 			// differ from the cover's: retry soon, and say so.
-			s.log.Warn("cannot ask the cover its key exchange group; retrying", "error", safelog.Error(err, false), "in", wait)
+			s.log.Warn("cannot ask the cover how it answers Chrome; retrying", "error", safelog.Error(err, false), "in", wait)
 		}
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-time.After(wait):
 		}
-		if s.coverGroup.Load() == 0 {
+		if s.coverTLS.Load() == nil {
 			wait = min(2*wait, coverProbeInterval)
 		}
 	}

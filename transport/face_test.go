@@ -430,7 +430,7 @@ func TestCoverKeyExchangeMatchesCover(t *testing.T) {
 	defer cover.Close()
 	b := startBridge(t, &CoverFace{Address: ln.Addr().String()}, echoHandler, nil)
 	deadline := time.Now().Add(10 * time.Second)
-	for b.server.coverGroup.Load() == 0 {
+	for b.server.coverTLS.Load() == nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the bridge never learned the cover's group")
 		}

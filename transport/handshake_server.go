@@ -144,33 +144,17 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 // the rest of the shape (see Server.carry). raw counts the carrier's bytes,
 // the ClientHello's included.
 func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *countingConn, op clientOpeningInfo, shape openingShape, err error) {
-	cfg := hs.srv.tunnelTLS
-	if cfg == nil { // cover face: our own TLS, certificate bound to the key
-		cert, err := boundCertificate(hs.key)
-		if err != nil {
-			return nil, nil, op, shape, err
-		}
-		cfg = &tls.Config{
-			MinVersion:   tls.VersionTLS13,
-			Certificates: []tls.Certificate{cert},
-			NextProtos:   []string{"h2", "http/1.1"},
-			// The cover's session tickets, if it sends any, are copied
-			// with the rest of its opening records (faceshape.go); Go's
-			// own, sent with its Finished, would be one more record
-			// than the cover sends, and at the wrong time.
-			SessionTicketsDisabled: true,
-		}
-		if g := tls.CurveID(hs.srv.coverGroup.Load()); g != 0 {
-			// Pick the key exchange the cover picks (see coverGroup),
-			// falling back to classic groups for hellos that lack it. No
-			// other post-quantum group: crypto/tls prefers those to
-			// anything in the list, whatever the order.
-			cfg.CurvePreferences = []tls.CurveID{g, tls.X25519, tls.CurveP256, tls.CurveP384}
-		}
-	}
 	raw = &countingConn{Conn: hs.raw}
 	raw.read.Store(int64(len(hs.consumed)))
-	pc := newPrefixConn(raw, hs.consumed, 0)
+	var pc net.Conn = newPrefixConn(raw, hs.consumed, 0)
+	cfg := hs.srv.tunnelTLS
+	if cfg == nil {
+		// Cover face: our own TLS, certificate bound to the key,
+		// answering as the cover answers Chrome (covertls.go).
+		if cfg, pc, err = hs.srv.coverTLS.Load().tunnelConfig(hs.key, pc); err != nil {
+			return nil, nil, op, shape, err
+		}
+	}
 	tc = tls.Server(pc, cfg)
 	// The face's deadline: a copy of a genuine hello that never finishes
 	// (a replay) is dropped when the website would drop it.
@@ -216,7 +200,9 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 // certificate a censor could block. (In TLS 1.3 the certificate is
 // encrypted; the binding only matters to the client.) P-256 because browser
 // hellos do not offer Ed25519 signatures; the key still signs
-// CertificateVerify, so it must be a real key.
+// CertificateVerify, so it must be a real key. Once the bridge has learned
+// its cover, tunnels' certificates are coverTLS.certificate's instead:
+// the same binding, with a key and chain like the cover's.
 func boundCertificate(key [auth.KeyLen]byte) (tls.Certificate, error) {
 	cert, err := SelfSignedCertificate(nil, 24*time.Hour)
 	if err != nil {

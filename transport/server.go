@@ -40,7 +40,7 @@ type Server struct {
 	started     int64         // unix seconds: tags older than this are refused
 
 	sessionIDs atomic.Uint64
-	coverGroup atomic.Uint32                  // cover face: the group the cover picks for Chrome (0: unknown)
+	coverTLS   atomic.Pointer[coverTLS]       // cover face: how the cover answers Chrome (nil: not known yet)
 	coverIdle  atomic.Int64                   // cover face: how long it keeps idle connections (ns; 0: none or unknown)
 	shape      atomic.Pointer[[]openingShape] // the face's opening records, once learned
 
@@ -113,7 +113,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
 	} else {
 		s.wg.Add(2)
-		go s.watchCoverGroup()
+		go s.watchCoverTLS()
 		go s.watchCoverIdle()
 	}
 	s.wg.Add(1)
