@@ -306,13 +306,7 @@ func TestIdleCarrierClosedAsTheFace(t *testing.T) {
 	face.Server.IdleTimeout = 500 * time.Millisecond
 	b := startBridge(t, face, echoHandler, nil)
 	relay := startTapRelay(t, b.addr)
-	cfg := b.clientConfig()
-	cfg.Address = relay.addr
-	sess, err := Dial(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := b.dialVia(t, relay.addr)
 	down := <-relay.down
 	<-relay.up
 	// The first carrier ends and a second one comes.
@@ -448,13 +442,7 @@ func TestCoverIdleLearned(t *testing.T) {
 		t.Fatalf("learned idle %v, the cover's is 700ms", d)
 	}
 	relay := startTapRelay(t, b.addr)
-	cfg := b.clientConfig()
-	cfg.Address = relay.addr
-	sess, err := Dial(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	b.dialVia(t, relay.addr)
 	down := <-relay.down
 	<-relay.up
 	select {

@@ -262,3 +262,17 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// dialVia dials a session to b through addr (a relay in front of it),
+// closed when the test ends.
+func (b *testBridge) dialVia(t testing.TB, addr string) *Session {
+	t.Helper()
+	cfg := b.clientConfig()
+	cfg.Address = addr
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess
+}

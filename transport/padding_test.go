@@ -143,13 +143,7 @@ func atLeast(sizes []int, min int) []int {
 func TestSmallRecordsStayPaddedAfterTheYoungPhase(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, nil)
 	relay := startRecordRelay(t, b.addr)
-	cfg := b.clientConfig()
-	cfg.Address = relay.addr
-	sess, err := Dial(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := b.dialVia(t, relay.addr)
 	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)
