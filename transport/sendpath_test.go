@@ -92,8 +92,8 @@ func waitFor(t *testing.T, s *sessionConn, what string, cond func() bool) {
 	}
 }
 
-// TestInOrderDataGoesStraightToTheReader: DATA that arrives in order while
-// smux waits in Read is read from the carrier straight into smux's
+// TestInOrderDataGoesStraightToTheReader: bulk DATA that arrives in order
+// while smux waits in Read is read from the carrier straight into smux's
 // buffer, without a copy through the session's receive buffer (which is
 // never allocated), and is acknowledged.
 func TestInOrderDataGoesStraightToTheReader(t *testing.T) {
@@ -103,16 +103,16 @@ func TestInOrderDataGoesStraightToTheReader(t *testing.T) {
 	got := make(chan []byte, 1)
 	go func() {
 		p := make([]byte, 64<<10)
-		n, err := io.ReadFull(s, p[:3000])
+		n, err := io.ReadFull(s, p[:3*maxFrameBody])
 		if err != nil {
 			t.Error(err)
 		}
 		got <- p[:n]
 	}()
-	data := bytes.Repeat([]byte("mirage"), 500)
-	for i := 0; i < len(data); i += 1000 {
+	data := bytes.Repeat([]byte{'m'}, 3*maxFrameBody)
+	for i := 0; i < len(data); i += maxFrameBody {
 		waitFor(t, s, "Read to wait", func() bool { return s.readWaiting })
-		if _, err := peer.Write(appendFrames(nil, data[i:i+1000], 0)); err != nil {
+		if _, err := peer.Write(appendFrames(nil, data[i:i+maxFrameBody], 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
