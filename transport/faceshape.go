@@ -86,6 +86,23 @@ func (s openingShape) sane() openingShape {
 	return out
 }
 
+// within returns the shape cut, after its first two records, to at most
+// a quarter of a carrier's budget (none: the whole shape): a face with a
+// large front page must not spend a budget carrier on padding. A browser
+// on such a path sees the page cut short by the freeze just the same.
+func (s openingShape) within(budget int) openingShape {
+	if budget <= 0 || len(s) <= 2 {
+		return s
+	}
+	total := s[0] + s[1]
+	for i := 2; i < len(s); i++ {
+		if total += s[i]; total > budget/4 {
+			return s[:i]
+		}
+	}
+	return s
+}
+
 // recordTap records the lengths and content types of the TLS records read
 // through it.
 type recordTap struct {

@@ -456,3 +456,19 @@ func TestCoverIdleLearned(t *testing.T) {
 		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
 	}
 }
+
+// TestShapeWithinBudget proves a large face's opening does not spend a
+// budget carrier: past the proof and status records, at most a quarter of
+// the budget goes to padding.
+func TestShapeWithinBudget(t *testing.T) {
+	big := openingShape{39, 13, 9, 86, 16000, 16000, 16000}
+	if got := big.within(0); len(got) != len(big) {
+		t.Errorf("no budget: %v, want the whole shape", got)
+	}
+	if got := big.within(14 << 10); !near(got, openingShape{39, 13, 9, 86}, nil, 0) {
+		t.Errorf("14k budget: %v, want 39 13 9 86", got)
+	}
+	if got := (openingShape{2000, 2000, 9}).within(8 << 10); !near(got, openingShape{2000, 2000}, nil, 0) {
+		t.Errorf("8k budget: %v, want the proof and status records only", got)
+	}
+}

@@ -395,7 +395,7 @@ func (s *Server) carry(hs *serverHandshake) {
 		raw.Close()
 		return
 	}
-	for _, n := range shape[2:] {
+	for _, n := range shape.within(op.Budget)[2:] {
 		if _, err := tc.Write(padFrame(n)); err != nil {
 			raw.Close()
 			return
