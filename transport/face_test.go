@@ -569,6 +569,9 @@ func TestEvictedSilentSocketMeetsTheCover(t *testing.T) {
 	oldest := dialFrom(t, 2, b.addr)
 	waitPending(t, b.server, 1) // oldest is the oldest
 	dialFrom(t, 3, b.addr)
+	// Both slots held before the third comes: else it may take the free
+	// one, and .3, accepted later, evict oldest only after the check.
+	waitPending(t, b.server, 2)
 	dialFrom(t, 4, b.addr) // takes oldest's slot
 	pendingFrom := func(last byte) int {
 		b.server.mu.Lock()
