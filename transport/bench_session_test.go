@@ -190,7 +190,7 @@ func plainSession(b *testing.B, handler func(*smux.Stream)) *smux.Session {
 		if err != nil {
 			return
 		}
-		sess, err := smux.Server(newPlainConn(tls.Server(c, scfg)), muxConfig())
+		sess, err := smux.Server(newPlainConn(tls.Server(c, scfg)), muxConfig(false))
 		if err != nil {
 			return
 		}
@@ -207,7 +207,7 @@ func plainSession(b *testing.B, handler func(*smux.Stream)) *smux.Session {
 	if err != nil {
 		b.Fatal(err)
 	}
-	sess, err := smux.Client(newPlainConn(c), muxConfig())
+	sess, err := smux.Client(newPlainConn(c), muxConfig(true))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -121,7 +121,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.budget.Store(int64(cfg.Budget))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.conn = newSessionConn(true, cfg.SessionLinger, s.log)
-	mux, err := smux.Client(s.conn, muxConfig())
+	mux, err := smux.Client(s.conn, muxConfig(true))
 	if err != nil {
 		s.conn.Close()
 		return nil, err

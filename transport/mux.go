@@ -10,26 +10,39 @@ import (
 // part of the time: 16 MiB per stream (measured, BenchmarkLongLink: 2 MiB
 // gave 0.32 of a TCP connection's rate on that path, 8 MiB 0.78, 16 MiB
 // 0.91). A window is a credit, not an allocation: it is memory only while
-// an app does not read, and the session as a whole buffers at most two
-// streams' worth.
+// an app does not read.
+//
+// smux also caps what a whole session may hold unread (MaxReceiveBuffer):
+// once it is reached, its receive loop stops reading the session, and
+// every stream stalls, new ones too. On the bridge that cap is what
+// bounds a client that pushes data towards slow destinations: two
+// streams' worth. On the client it would let an app that stops reading
+// two downloads (a browser's paused downloads) freeze every other app's
+// streams, so the client's cap is clientSessionWindow, sixteen streams'
+// worth: credit, not memory, which each stream's own window still
+// bounds (TestPausedDownloadsDoNotStallTheSession).
 const (
-	streamWindow  = 16 << 20
-	sessionWindow = 2 * streamWindow
+	streamWindow        = 16 << 20
+	sessionWindow       = 2 * streamWindow
+	clientSessionWindow = 16 * streamWindow
 	// maxFrameSize is the largest smux data frame.
 	maxFrameSize = 32 << 10
 )
 
-// muxConfig is the smux configuration both ends use. smux's keepalive is
-// off: it would end a session whose carriers are being replaced (a
-// network change takes longer than its timeout), and its fixed 15-second
-// NOPs were a rhythm an observer could see. The session layer checks
+// muxConfig is the smux configuration of a client's or a bridge's end.
+// smux's keepalive is off: it would end a session whose carriers are being
+// replaced (a network change takes longer than its timeout), and its fixed
+// 15-second NOPs were a rhythm an observer could see. The session layer checks
 // liveness instead (checkFrozen) and ends a session that has had no
 // carrier for its linger time.
-func muxConfig() *smux.Config {
+func muxConfig(client bool) *smux.Config {
 	c := smux.DefaultConfig()
 	c.Version = 2 // per-stream flow control
 	c.MaxFrameSize = maxFrameSize
 	c.MaxReceiveBuffer = sessionWindow
+	if client {
+		c.MaxReceiveBuffer = clientSessionWindow
+	}
 	c.MaxStreamBuffer = streamWindow
 	c.KeepAliveDisabled = true
 	return c

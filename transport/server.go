@@ -444,7 +444,7 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	num := s.sessionIDs.Add(1)
 	log := s.log.With("session", num)
 	conn := newSessionConn(false, s.cfg.SessionLinger, log)
-	mux, err := smux.Server(conn, muxConfig())
+	mux, err := smux.Server(conn, muxConfig(false))
 	if err != nil {
 		conn.Close()
 		return nil, statusBusy
