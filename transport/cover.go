@@ -99,11 +99,7 @@ func (e *earlyCover) run(f *CoverFace) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), orDefault(f.DialTimeout, 10*time.Second))
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	e.conn, e.err = dial(ctx, "tcp", f.Address)
+	e.conn, e.err = f.dial(ctx)
 	cancel()
 	close(e.dialed)
 	if e.err != nil {
@@ -207,17 +203,33 @@ const (
 	coverProbeTimeout  = 15 * time.Second
 )
 
+// dial opens a TCP connection to the cover.
+func (f *CoverFace) dial(ctx context.Context) (net.Conn, error) {
+	if f.Dial != nil {
+		return f.Dial(ctx, "tcp", f.Address)
+	}
+	return (&net.Dialer{}).DialContext(ctx, "tcp", f.Address)
+}
+
+// coverName is the server name the bridge's own visits to its cover send:
+// the bridge's first name, else the cover's if its address has one, else
+// none.
+func (s *Server) coverName() string {
+	if len(s.cfg.ServerNames) > 0 {
+		return s.cfg.ServerNames[0]
+	}
+	if host, _, err := net.SplitHostPort(s.cfg.Cover.Address); err == nil && net.ParseIP(host) == nil {
+		return host
+	}
+	return ""
+}
+
 // watchCoverTLS keeps s.coverTLS current until the server closes: what
 // the cover answers Chrome's hello (probeTLS), asked at start and every
 // coverProbeInterval, sooner after a failure.
 func (s *Server) watchCoverTLS() {
 	defer s.wg.Done()
-	name := ""
-	if len(s.cfg.ServerNames) > 0 {
-		name = s.cfg.ServerNames[0]
-	} else if host, _, err := net.SplitHostPort(s.cfg.Cover.Address); err == nil && net.ParseIP(host) == nil {
-		name = host
-	}
+	name := s.coverName()
 	wait := 2 * time.Second // until the first answer; then coverProbeInterval
 	for {
 		ct, err := s.cfg.Cover.probeTLS(s.ctx, name)

@@ -351,11 +351,7 @@ func isTLS13Suite(s uint16) bool {
 func (f *CoverFace) probeTLS(ctx context.Context, serverName string) (*coverTLS, error) {
 	ctx, cancel := context.WithTimeout(ctx, coverProbeTimeout)
 	defer cancel()
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	raw, err := dial(ctx, "tcp", f.Address)
+	raw, err := f.dial(ctx)
 	if err != nil {
 		return nil, err
 	}

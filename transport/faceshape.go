@@ -468,14 +468,8 @@ func (s *Server) learnFaceShape(ctx context.Context) (openingShape, error) {
 		return learnShape(ctx, client, name, cmp.Or(name, "127.0.0.1"), own)
 	}
 	f := s.cfg.Cover
-	if host, _, err := net.SplitHostPort(f.Address); name == "" && err == nil && net.ParseIP(host) == nil {
-		name = host
-	}
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	raw, err := dial(ctx, "tcp", f.Address)
+	name = s.coverName()
+	raw, err := f.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -572,19 +566,10 @@ const maxIdleProbe = 10 * time.Minute
 func (s *Server) watchCoverIdle() {
 	defer s.wg.Done()
 	f := s.cfg.Cover
-	name := ""
-	if len(s.cfg.ServerNames) > 0 {
-		name = s.cfg.ServerNames[0]
-	} else if host, _, err := net.SplitHostPort(f.Address); err == nil && net.ParseIP(host) == nil {
-		name = host
-	}
-	dial := f.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
+	name := s.coverName()
 	wait := 2 * time.Second
 	for {
-		raw, err := dial(s.ctx, "tcp", f.Address)
+		raw, err := f.dial(s.ctx)
 		if err == nil {
 			var idle time.Duration
 			_, idle, err = visitFace(s.ctx, raw, name, cmp.Or(name, f.Address), 0, maxIdleProbe)
