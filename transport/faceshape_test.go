@@ -297,6 +297,25 @@ func TestPingSizedAsHTTP2(t *testing.T) {
 	}
 }
 
+// wantIdleClose waits for the relay's first carrier to end and a second
+// to come, and checks the first ended as an idle HTTP/2 connection is
+// ended: a GOAWAY-sized record, then close_notify.
+func (r *tapRelay) wantIdleClose(t *testing.T) {
+	t.Helper()
+	down := <-r.down
+	<-r.up
+	select {
+	case <-r.down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no new carrier after the idle close")
+	}
+	n, _ := down.count()
+	all := down.lengths(0, n)
+	if len(all) < 2 || all[len(all)-2] != h2GoAwayLen || all[len(all)-1] != 2 {
+		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
+	}
+}
+
 // TestIdleCarrierClosedAsTheFace proves a carrier idle for longer than the
 // face lets an idle connection live is closed by the bridge as the face
 // would close it (a GOAWAY-sized record, then close_notify), and that the
@@ -307,19 +326,7 @@ func TestIdleCarrierClosedAsTheFace(t *testing.T) {
 	b := startBridge(t, face, echoHandler, nil)
 	relay := startTapRelay(t, b.addr)
 	sess := b.dialVia(t, relay.addr)
-	down := <-relay.down
-	<-relay.up
-	// The first carrier ends and a second one comes.
-	select {
-	case <-relay.down:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no new carrier after the idle close")
-	}
-	n, _ := down.count()
-	all := down.lengths(0, n)
-	if len(all) < 2 || all[len(all)-2] != h2GoAwayLen || all[len(all)-1] != 2 {
-		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
-	}
+	relay.wantIdleClose(t)
 	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)
@@ -443,18 +450,7 @@ func TestCoverIdleLearned(t *testing.T) {
 	}
 	relay := startTapRelay(t, b.addr)
 	b.dialVia(t, relay.addr)
-	down := <-relay.down
-	<-relay.up
-	select {
-	case <-relay.down:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no new carrier after the idle close")
-	}
-	n, _ := down.count()
-	all := down.lengths(0, n)
-	if len(all) < 2 || all[len(all)-2] != h2GoAwayLen || all[len(all)-1] != 2 {
-		t.Errorf("the idle carrier's last records are %v (plaintext), want a %d-byte GOAWAY then close_notify (2)", all, h2GoAwayLen)
-	}
+	relay.wantIdleClose(t)
 }
 
 // TestShapeWithinBudget proves a large face's opening does not spend a
