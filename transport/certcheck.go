@@ -45,6 +45,10 @@ type certCheck struct {
 	// key is this handshake's auth key; nil when the hello carries no tag
 	// (BrowserRequest), so that no certificate is taken for bound.
 	key *[auth.KeyLen]byte
+	// bound, if not nil, is set when the certificate was bound to key:
+	// the bridge took the hello for its client's (the proof will only
+	// confirm it), so the client need not wait for the proof to send.
+	bound *bool
 }
 
 // verify is utls's VerifyConnection: utls calls it once it has the
@@ -60,6 +64,9 @@ func (c certCheck) verify(cs utls.ConnectionState) error {
 	if c.key != nil {
 		sig := auth.CertSignature(*c.key, leaf.RawTBSCertificate)
 		if subtle.ConstantTimeCompare(sig[:], leaf.Signature) == 1 {
+			if c.bound != nil {
+				*c.bound = true
+			}
 			return nil
 		}
 	}

@@ -194,7 +194,7 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		Received: received,
 		Budget:   int(s.budget.Load()),
 	}
-	tc, status, peerReceived, err := clientHandshake(ctx, cc, &s.cfg, &op)
+	o, err := clientHandshake(ctx, cc, &s.cfg, &op)
 	if err != nil {
 		if !errors.Is(err, errLandedOnFace) { // else it finishes its visit, then closes
 			raw.Close()
@@ -207,17 +207,26 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	cc.SetDeadline(time.Time{})
 	c := &carrier{
 		seq:    op.Carrier,
-		conn:   tc,
+		conn:   o.conn,
 		raw:    cc,
 		budget: op.Budget,
-		// TCP, TLS and the openings take about three round trips.
+		// TCP, TLS and the openings take about three round trips (two
+		// when the client did not wait for the proof).
 		rtt: time.Since(start) / 3,
 	}
-	if status == statusUnknownSession {
-		raw.Close()
-		return nil, status, 0, errSessionUnknown
+	if o.finish != nil {
+		c.rtt = time.Since(start) / 2
+		c.finish = func() error {
+			cc.SetReadDeadline(dl)
+			defer cc.SetReadDeadline(time.Time{})
+			return o.finish()
+		}
 	}
-	return c, status, peerReceived, nil
+	if o.status == statusUnknownSession {
+		raw.Close()
+		return nil, o.status, 0, errSessionUnknown
+	}
+	return c, o.status, o.received, nil
 }
 
 // jitter returns a wait drawn uniformly from half to one and a half times

@@ -179,6 +179,10 @@ type ServerConfig struct {
 	// padYoungOnly pads only the young phase's writes (benchmarks: the
 	// baseline that shows what tail padding costs).
 	padYoungOnly bool
+	// siteUnbound: tunnels present the site's own certificate, as
+	// bridges before bound site certificates did (tests of a client's
+	// pin and chain checks against such a bridge).
+	siteUnbound bool
 }
 
 func (c *ServerConfig) check() error {

@@ -201,11 +201,20 @@ func (ct *coverTLS) prepare() error {
 	if err != nil {
 		return err
 	}
-	ct.signer, ct.serialLen = signer, defaultSerialLen
+	ct.signer = signer
 	if len(ct.flight) != handshakeRecords {
+		ct.serialLen = defaultSerialLen
 		return nil // nothing to match: the cover packs its records
 	}
-	want := ct.flight[1]
+	return ct.fit(ct.flight[1])
+}
+
+// fit finds the filler and serial length that make the record of a
+// tunnel's chain (a leaf for ct.signer's key, then ct.chain's
+// intermediates) want bytes long, and says in ct.padded whether it could.
+func (ct *coverTLS) fit(want int) error {
+	signer := ct.signer
+	ct.serialLen, ct.padded = defaultSerialLen, false
 	var zero [auth.KeyLen]byte
 	ders := make([]int, len(ct.chain))
 	for i, c := range ct.chain[1:] {

@@ -19,13 +19,30 @@ import (
 	"github.com/mirage-pt/mirage/transport/link"
 )
 
+// opened is a carrier's connection once the handshake is done and the
+// client's opening sent.
+type opened struct {
+	conn     net.Conn
+	status   byte   // the server's status
+	received uint64 // bytes of the session the server has received
+	// finish, when not nil, is what the client did not wait for: it
+	// reads and checks the server's proof and status. The carrier's
+	// reader calls it before anything else. Set for a new session's
+	// first carrier whose certificate was bound to the auth key: the
+	// bridge took the hello for its client's (only it can bind), so
+	// the first stream may leave with the opening, a round trip before
+	// the proof arrives (PROTOCOL.md §5, "Early data").
+	finish func() error
+}
+
 // clientHandshake turns raw, a fresh TCP connection to the bridge, into an
 // authenticated carrier: it sends a browser ClientHello carrying the tag,
 // completes TLS 1.3, sends its opening (op) and checks the server's proof.
-// Nothing of the user's is sent before the proof checks out. The caller
-// sets the deadline on raw. It returns the server's opening status and
-// how many bytes of the session the server has received.
-func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (net.Conn, byte, uint64, error) {
+// Nothing of the user's is sent before the proof checks out, or before a
+// certificate bound to the auth key has shown that the bridge took the
+// hello for its client's (then the proof is checked by the carrier's
+// reader: opened.finish). The caller sets the deadline on raw.
+func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (*opened, error) {
 	// The certificate must be one a browser would accept, or one only
 	// the bridge can have sent (certCheck): the proof after the handshake
 	// authenticates the bridge (it is bound to this TLS session by the
@@ -33,24 +50,25 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	// would show an interceptor a handshake no browser finishes.
 	ac := &abortConn{Conn: raw}
 	var key [auth.KeyLen]byte
-	ucfg := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key}.config(ac)
+	var bound bool
+	ucfg := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key, bound: &bound}.config(ac)
 	uc, err := newUConn(ac, ucfg, cfg.Fingerprint)
 	if err != nil {
-		return nil, 0, 0, err
+		return nil, err
 	}
 	if key, err = sealHello(uc, cfg); err != nil {
-		return nil, 0, 0, err
+		return nil, err
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
 		if errors.Is(err, ErrCertificate) {
 			ac.drain()
-			return nil, 0, 0, err
+			return nil, err
 		}
-		return nil, 0, 0, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
+		return nil, fmt.Errorf("transport: TLS handshake with bridge: %w", err)
 	}
 	state := uc.ConnectionState()
 	if state.Version != utls.VersionTLS13 {
-		return nil, 0, 0, ErrNotTLS13
+		return nil, ErrNotTLS13
 	}
 	// Browser hellos offer renegotiation, and utls refuses to export keying
 	// material while it is allowed. TLS 1.3 has no renegotiation anyway.
@@ -58,7 +76,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	state = uc.ConnectionState()
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("transport: TLS exporter: %w", err)
+		return nil, fmt.Errorf("transport: TLS exporter: %w", err)
 	}
 	// The client's opening goes out before the proof comes in, as a
 	// browser sends its HTTP/2 preface and first request without
@@ -71,40 +89,70 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	host := authority(cfg)
 	for _, part := range [][]byte{chromePreface(), op.marshal(host)} {
 		if _, err := uc.Write(part); err != nil {
-			return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
+			return nil, fmt.Errorf("transport: writing to bridge: %w", err)
 		}
 	}
 	fr := &frameReader{r: uc}
+	if bound && op.New {
+		return &opened{conn: uc, status: statusResumed, finish: func() error {
+			return finishEarlyOpening(uc, fr, key, exporter)
+		}}, nil
+	}
 	head, err := readServerProof(fr, key, exporter)
 	if errors.Is(err, errNotProof) {
 		// A website: finish the visit as the browser would, and say
 		// this is not the bridge.
 		go finishVisit(uc, head, host)
-		return nil, 0, 0, errLandedOnFace
+		return nil, errLandedOnFace
 	}
 	if err != nil {
 		if errors.Is(err, errBadOpening) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 			errors.Is(err, syscall.ECONNRESET) {
 			// A website that closed the connection on us: this is not
 			// the bridge.
-			return nil, 0, 0, ErrNotBridge
+			return nil, ErrNotBridge
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			// Silence after the handshake: not the bridge.
-			return nil, 0, 0, fmt.Errorf("%w (no proof within the handshake timeout)", ErrNotBridge)
+			return nil, fmt.Errorf("%w (no proof within the handshake timeout)", ErrNotBridge)
 		}
-		return nil, 0, 0, fmt.Errorf("transport: reading the bridge's proof: %w", err)
+		return nil, fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
 	// The browser acknowledges the server's SETTINGS, which came first.
 	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
-		return nil, 0, 0, fmt.Errorf("transport: writing to bridge: %w", err)
+		return nil, fmt.Errorf("transport: writing to bridge: %w", err)
 	}
 	status, received, err := readStatus(fr)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("transport: reading the bridge's status: %w", err)
+		return nil, fmt.Errorf("transport: reading the bridge's status: %w", err)
 	}
-	return uc, status, received, nil
+	return &opened{conn: uc, status: status, received: received}, nil
+}
+
+// finishEarlyOpening reads what a first carrier with early data did not
+// wait for: the proof (the certificate already showed that the bridge
+// took the hello for its client's, so anything else is a failure, not a
+// website), the SETTINGS acknowledgement a browser sends on reading the
+// server's first record, and the status of the new session. The caller
+// sets the read deadline.
+func finishEarlyOpening(uc net.Conn, fr *frameReader, key [auth.KeyLen]byte, exporter []byte) error {
+	if _, err := readServerProof(fr, key, exporter); err != nil {
+		return fmt.Errorf("transport: reading the bridge's proof: %w", err)
+	}
+	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
+		return fmt.Errorf("transport: writing to bridge: %w", err)
+	}
+	status, _, err := readStatus(fr)
+	switch {
+	case err != nil:
+		return fmt.Errorf("transport: reading the bridge's status: %w", err)
+	case status == statusBusy:
+		return errBridgeBusy
+	case status != statusResumed:
+		return fmt.Errorf("transport: the bridge refused the new session (status %d)", status)
+	}
+	return nil
 }
 
 // authority is what a browser would put in :authority for the bridge:

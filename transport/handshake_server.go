@@ -148,7 +148,11 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 	raw.read.Store(int64(len(hs.consumed)))
 	var pc net.Conn = newPrefixConn(raw, hs.consumed, 0)
 	cfg := hs.srv.tunnelTLS
-	if cfg == nil {
+	if st := hs.srv.siteTunnel; st != nil {
+		// Site face: the site's TLS, certificate bound to the key
+		// (sitetls.go).
+		cfg = st.config(hs.key)
+	} else if cfg == nil {
 		// Cover face: our own TLS, certificate bound to the key,
 		// answering as the cover answers Chrome (covertls.go).
 		if cfg, pc, err = hs.srv.coverTLS.Load().tunnelConfig(hs.key, pc); err != nil {

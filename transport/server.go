@@ -34,6 +34,7 @@ type Server struct {
 	serverNames map[string]struct{}
 	filter      *replay.Filter
 	tunnelTLS   *tls.Config // site face: the site's own config; cover face: nil (per-connection)
+	siteTunnel  *siteTunnel // site face: tunnels' configs, with bound certificates
 	site        *siteServer
 	log         *slog.Logger
 	helloWait   time.Duration // how long to wait for a ClientHello
@@ -110,7 +111,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Site != nil {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
-		s.site = startSiteServer(cfg.Site, s.tunnelTLS)
+		if !cfg.siteUnbound {
+			s.siteTunnel = newSiteTunnel(s.tunnelTLS)
+		}
+		// A copy: net/http adjusts the configuration it serves with, in
+		// its own goroutine, while tunnels clone theirs from tunnelTLS
+		// (siteTLSConfig already set what it would add).
+		s.site = startSiteServer(cfg.Site, s.tunnelTLS.Clone())
 	} else {
 		s.wg.Add(2)
 		go s.watchCoverTLS()

@@ -186,6 +186,10 @@ type carrier struct {
 	budget int // bytes each way, handshake included; 0: none
 	rtt    time.Duration
 	joined time.Time
+	// finish, when not nil, reads the rest of the server's opening
+	// (proof and status), which the client did not wait for before it
+	// sent (opened.finish); readLoop calls it first.
+	finish func() error
 
 	lastRecv atomic.Int64 // unix ns of the last frame received
 	lastData atomic.Int64 // unix ns of the last DATA received
@@ -651,6 +655,15 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 
 // readLoop reads c's frames until it ends.
 func (s *sessionConn) readLoop(c *carrier) {
+	if c.finish != nil {
+		if err := c.finish(); err != nil {
+			// Only a new session's first carrier sends before the
+			// proof: without it, the session is not there.
+			s.log.Debug("bridge opening failed", "error", safelog.Error(err, false))
+			s.end(err, false)
+			return
+		}
+	}
 	fr := &frameReader{r: c.conn}
 	for {
 		typ, n, err := fr.header()
