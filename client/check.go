@@ -37,6 +37,10 @@ func runCheck(ctx context.Context, l *link.Link, target string, out io.Writer) e
 		return err
 	}
 	defer sess.Close()
+	if err := sess.WaitProven(ctx); err != nil {
+		fmt.Fprintf(out, "FAILED   %v\n", err)
+		return err
+	}
 	fmt.Fprintf(out, "ok       TLS 1.3 handshake and server proof in %v\n", time.Since(start).Round(time.Millisecond))
 
 	addr, err := transport.ParseAddr(target)

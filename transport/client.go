@@ -49,6 +49,8 @@ type Session struct {
 	nextSeq atomic.Uint32
 	budget  atomic.Int64 // bytes per carrier: the link's, or learned; 0: none
 	stopped chan struct{}
+	proven  chan struct{} // closed once the first carrier's proof checked out
+	prove   sync.Once
 
 	// The manager's own state.
 	dials      chan dialResult
@@ -113,6 +115,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 		requestTimeout: cfg.requestTimeout(),
 		log:            cfg.logger(),
 		stopped:        make(chan struct{}),
+		proven:         make(chan struct{}),
 		dials:          make(chan dialResult, maxOpenCarriers),
 	}
 	if _, err := rand.Read(s.id[:]); err != nil {
@@ -147,6 +150,9 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 		c.raw.Close()
 		mux.Close()
 		return nil, ErrClosed
+	}
+	if c.finish == nil {
+		s.markProven()
 	}
 	go s.conn.readLoop(c)
 	if cfg.singleCarrier {
@@ -219,7 +225,11 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		c.finish = func() error {
 			cc.SetReadDeadline(dl)
 			defer cc.SetReadDeadline(time.Time{})
-			return o.finish()
+			err := o.finish()
+			if err == nil {
+				s.markProven()
+			}
+			return err
 		}
 	}
 	if o.status == statusUnknownSession {
@@ -227,6 +237,31 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		return nil, o.status, 0, errSessionUnknown
 	}
 	return c, o.status, o.received, nil
+}
+
+func (s *Session) markProven() { s.prove.Do(func() { close(s.proven) }) }
+
+// WaitProven waits until the bridge's proof has been checked on the
+// session's first connection, and returns nil then, the error that ended
+// the session if it ended first, or ctx's. Dial may return before the
+// proof is in: when the bridge's certificate was bound to this
+// handshake's key, the bridge has already shown that it took the hello
+// for its client's, and the first streams leave at once (early data,
+// PROTOCOL.md §5); a wrong proof then ends the session.
+func (s *Session) WaitProven(ctx context.Context) error {
+	select {
+	case <-s.proven:
+		return nil
+	case <-s.conn.Done():
+		s.conn.mu.Lock()
+		defer s.conn.mu.Unlock()
+		if s.conn.err != nil {
+			return s.conn.err
+		}
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // jitter returns a wait drawn uniformly from half to one and a half times

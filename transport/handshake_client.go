@@ -140,17 +140,21 @@ func finishEarlyOpening(uc net.Conn, fr *frameReader, key [auth.KeyLen]byte, exp
 	if _, err := readServerProof(fr, key, exporter); err != nil {
 		return fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
-	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
-		return fmt.Errorf("transport: writing to bridge: %w", err)
-	}
+	// A bridge that refuses the session closes after its status, so the
+	// write may fail while the status is already in: read it anyway.
+	_, werr := uc.Write(padFrame(settingsAckLen))
 	status, _, err := readStatus(fr)
 	switch {
+	case err != nil && werr != nil:
+		return fmt.Errorf("transport: writing to bridge: %w", werr)
 	case err != nil:
 		return fmt.Errorf("transport: reading the bridge's status: %w", err)
 	case status == statusBusy:
 		return errBridgeBusy
 	case status != statusResumed:
 		return fmt.Errorf("transport: the bridge refused the new session (status %d)", status)
+	case werr != nil:
+		return fmt.Errorf("transport: writing to bridge: %w", werr)
 	}
 	return nil
 }

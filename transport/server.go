@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -399,6 +400,9 @@ func (s *Server) carry(hs *serverHandshake) {
 	// One write per record: the status, then padding the sizes of the
 	// rest of the face's opening records.
 	if _, err := tc.Write(statusFrame(status, received, shape[1])); err != nil || sess == nil {
+		if err == nil {
+			refuse(tc, raw)
+		}
 		raw.Close()
 		return
 	}
@@ -417,6 +421,25 @@ func (s *Server) carry(hs *serverHandshake) {
 	sess.log.Debug("carrier joined", "carrier", op.Carrier, "budget", op.Budget)
 	sess.conn.readLoop(c)
 }
+
+// refuse ends a carrier after a refusing status. A client may have sent
+// streams after its opening without waiting (early data); closing with
+// them unread would reset the connection, and a reset can destroy the
+// status before the client reads it. So the bridge sends close_notify,
+// then reads and drops what comes, a little and briefly, before it
+// closes.
+func refuse(tc *tls.Conn, raw net.Conn) {
+	tc.SetWriteDeadline(time.Now().Add(time.Second))
+	tc.CloseWrite()
+	raw.SetReadDeadline(time.Now().Add(refuseDrainTime))
+	io.CopyN(io.Discard, raw, refuseDrainBytes)
+}
+
+// How much and how long refuse reads of a refused carrier.
+const (
+	refuseDrainBytes = 256 << 10
+	refuseDrainTime  = 2 * time.Second
+)
 
 // serverSession is one client's session on the bridge.
 type serverSession struct {

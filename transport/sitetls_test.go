@@ -8,9 +8,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -165,5 +167,42 @@ func TestFirstStreamLeavesWithTheOpening(t *testing.T) {
 	// The session goes on as usual once the proof has come.
 	if err := roundTrip(st, payload(64<<10, 1)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFullBridgeEndsAnEarlySession: a new session whose first stream left
+// before the proof and status learns from the status that the bridge is
+// full: the session ends with that error, which WaitProven returns, and
+// the early stream ends too instead of waiting for an answer.
+func TestFullBridgeEndsAnEarlySession(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) { c.MaxSessions = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first, err := Dial(ctx, b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := first.WaitProven(ctx); err != nil {
+		t.Fatalf("first session: WaitProven: %v", err)
+	}
+	second, err := Dial(ctx, b.clientConfig())
+	if err != nil {
+		t.Fatalf("second Dial: %v (with a bound certificate it returns before the status)", err)
+	}
+	defer second.Close()
+	st, err := second.OpenStreamFast(Request{Command: CmdDefault})
+	if err == nil {
+		defer st.Close()
+		st.Write([]byte("x"))
+	}
+	if err := second.WaitProven(ctx); !errors.Is(err, errBridgeBusy) {
+		t.Fatalf("second session: WaitProven = %v, want errBridgeBusy", err)
+	}
+	if st != nil {
+		st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := st.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("the early stream's read: %v, want the session's end", err)
+		}
 	}
 }
