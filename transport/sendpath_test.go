@@ -36,7 +36,11 @@ func TestBulkDataFillsRecords(t *testing.T) {
 			s.mu.Unlock()
 			break
 		}
-		out := s.compose(nil, c)
+		out, pinned := s.compose(nil, c)
+		out = bytes.Clone(out)
+		if pinned {
+			s.sendq.unpin()
+		}
 		s.mu.Unlock()
 		fr := &frameReader{r: bytes.NewReader(out)}
 		for {
