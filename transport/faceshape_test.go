@@ -288,11 +288,11 @@ func TestPingSizedAsHTTP2(t *testing.T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pingDue = true
-	if out, _ := s.compose(nil, c); len(out) != h2PingLen {
+	if out := s.compose(nil, c); len(out) != h2PingLen {
 		t.Errorf("a PING goes out as %d bytes, want %d", len(out), h2PingLen)
 	}
 	s.recvd, s.ackDue, s.pongDue = 100, true, true
-	if out, _ := s.compose(nil, c); len(out) != h2PingLen {
+	if out := s.compose(nil, c); len(out) != h2PingLen {
 		t.Errorf("the answer to a PING goes out as %d bytes, want %d", len(out), h2PingLen)
 	}
 }

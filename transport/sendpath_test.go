@@ -36,11 +36,7 @@ func TestBulkDataFillsRecords(t *testing.T) {
 			s.mu.Unlock()
 			break
 		}
-		out, pinned := s.compose(nil, c)
-		out = bytes.Clone(out)
-		if pinned {
-			s.sendq.unpin()
-		}
+		out := s.compose(nil, c)
 		s.mu.Unlock()
 		fr := &frameReader{r: bytes.NewReader(out)}
 		for {

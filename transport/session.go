@@ -306,40 +306,27 @@ func (s *sessionConn) unacked() int { return s.sendq.n }
 
 // ring is the send queue: a ring buffer, so that bytes queued and bytes
 // acknowledged never make it copy what it holds, except to grow. Not safe
-// for concurrent use, except that while a region is pinned (pin) its
-// bytes may be read without the owner's lock: push and drop never write
-// into it, and growth leaves the old buffer alone.
+// for concurrent use.
 type ring struct {
 	buf  []byte
 	head int // index of the first byte
 	n    int // bytes held
-
-	// The pinned region, buf[ps:pe], is what the flusher is writing to a
-	// carrier without the session's lock: a bulk record, framed in place
-	// (pinRecord). Its first len(saved) bytes are the frames before the
-	// data, written over the bytes that were there, which unpin puts back.
-	pinned bool
-	ps, pe int
-	saved  [maxPinPrefix]byte
-	nsaved int
 }
-
-// maxPinPrefix bounds the frames a record framed in place carries before
-// its DATA (the DATA header included): an ACK, a RESEND, a SEEK and a few
-// DROPs fit; more goes the copying way.
-const maxPinPrefix = 64
 
 // push appends p, growing the buffer (doubling) if it is full.
 func (r *ring) push(p []byte) {
-	if len(p) > r.free() {
-		r.grow(r.n + len(p))
+	if r.n+len(p) > len(r.buf) {
+		nb := make([]byte, max(2*len(r.buf), r.n+len(p), 64<<10))
+		a, b := r.slice(0, r.n)
+		copy(nb[copy(nb, a):], b)
+		r.buf, r.head = nb, 0
 	}
 	for len(p) > 0 {
 		// Free space runs from the tail to the end of the buffer, or,
 		// once wrapped, to the head.
 		tail := (r.head + r.n) % len(r.buf)
 		end := len(r.buf)
-		if tail < r.head || (tail == r.head && r.n > 0) {
+		if tail < r.head {
 			end = r.head
 		}
 		m := copy(r.buf[tail:end], p)
@@ -348,47 +335,11 @@ func (r *ring) push(p []byte) {
 	}
 }
 
-// free returns how many bytes push can place without growing: the space
-// from the tail to the head, or to the pinned region if that comes first.
-func (r *ring) free() int {
-	f := len(r.buf) - r.n
-	if !r.pinned || f == 0 {
-		return f
-	}
-	tail := (r.head + r.n) % len(r.buf)
-	if tail >= r.ps && tail < r.pe {
-		return 0
-	}
-	return min(f, (r.ps-tail+len(r.buf))%len(r.buf))
-}
-
-// grow moves the bytes held to a new buffer of at least size bytes. A
-// pinned region stays where it is (its writer still reads it), and the
-// bytes its frames were written over are put back in the copy.
-func (r *ring) grow(size int) {
-	nb := make([]byte, max(2*len(r.buf), size, 64<<10))
-	a, b := r.slice(0, r.n)
-	copy(nb[copy(nb, a):], b)
-	if r.pinned {
-		for i := range r.nsaved {
-			// The byte at ps+i, if the ring holds it, is the one at
-			// distance d from the head.
-			if d := (r.ps + i - r.head + len(r.buf)) % len(r.buf); d < r.n {
-				nb[d] = r.saved[i]
-			}
-		}
-		r.pinned = false // not in the new buffer: unpin has nothing to restore
-	}
-	r.buf, r.head = nb, 0
-}
-
 // drop removes the first k bytes.
 func (r *ring) drop(k int) {
 	r.head = (r.head + k) % max(len(r.buf), 1)
 	r.n -= k
-	if r.n == 0 && !r.pinned {
-		// (Not while pinned: the pin's place in the buffer must stay
-		// free of new bytes.)
+	if r.n == 0 {
 		r.head = 0
 	}
 }
@@ -396,7 +347,7 @@ func (r *ring) drop(k int) {
 // release lets go of the buffer if the ring is empty.
 func (r *ring) release() {
 	if r.n == 0 {
-		r.buf, r.head, r.pinned = nil, 0, false
+		r.buf, r.head = nil, 0
 	}
 }
 
@@ -410,36 +361,6 @@ func (r *ring) slice(off, n int) ([]byte, []byte) {
 		return r.buf[start : start+n], nil
 	}
 	return r.buf[start:], r.buf[:n-(len(r.buf)-start)]
-}
-
-// pinRecord frames the n bytes from off in place: it writes prefix (the
-// frames before the data, ending with its DATA header) over the bytes
-// just before them in the buffer, pins the result and returns it. It
-// returns nil, and changes nothing, if those bytes are not contiguous in
-// the buffer (the data wraps, or begins too close to the buffer's start).
-// The caller writes the record without the lock, then calls unpin.
-func (r *ring) pinRecord(off, n int, prefix []byte) []byte {
-	if r.pinned || len(prefix) > maxPinPrefix || n == 0 || off+n > r.n {
-		return nil
-	}
-	start := (r.head + off) % len(r.buf)
-	ps, pe := start-len(prefix), start+n
-	if ps < 0 || pe > len(r.buf) {
-		return nil
-	}
-	r.nsaved = copy(r.saved[:], r.buf[ps:start])
-	copy(r.buf[ps:start], prefix)
-	r.pinned, r.ps, r.pe = true, ps, pe
-	return r.buf[ps:pe:pe]
-}
-
-// unpin ends the pin: the bytes the frames were written over are put
-// back, unless growth or release left the pinned buffer meanwhile.
-func (r *ring) unpin() {
-	if r.pinned {
-		copy(r.buf[r.ps:], r.saved[:r.nsaved])
-		r.pinned = false
-	}
 }
 
 // Write queues p for sending. It blocks while sendLimit bytes are
@@ -594,19 +515,13 @@ func (s *sessionConn) flushLoop() {
 			s.sendCond.Wait()
 			continue
 		}
-		buf, pinned := s.compose(out[:0], c)
-		if !pinned {
-			out = buf
-		}
-		if len(buf) == 0 {
+		out = s.compose(out[:0], c)
+		if len(out) == 0 {
 			continue
 		}
 		s.mu.Unlock()
-		_, err := c.conn.Write(buf)
+		_, err := c.conn.Write(out)
 		s.mu.Lock()
-		if pinned {
-			s.sendq.unpin()
-		}
 		if err != nil {
 			s.carrierEnded(c, err)
 		} else if c.sendRetired && c.peerRetired {
@@ -631,19 +546,14 @@ func maxPlaintext(room int) int {
 // then data, within c's budget, then padding (PROTOCOL.md §6.2): a
 // write carrying a young stream's bytes gets a PAD frame of random
 // length; any other write ends on a full TLS record, or is padded so
-// its last record's length is drawn from a bucket (tailPad). In bulk it
-// returns instead one full record framed in place in the send queue
-// (pinned: the caller writes it, then unpins the queue), which saves
-// copying the data. Called with mu held.
-func (s *sessionConn) compose(out []byte, c *carrier) (_ []byte, pinned bool) {
+// its last record's length is drawn from a bucket (tailPad). Called
+// with mu held.
+func (s *sessionConn) compose(out []byte, c *carrier) []byte {
 	room := math.MaxInt
 	if c.budget > 0 {
 		room = maxPlaintext(c.budget - int(c.raw.written.Load()) - retireReserve)
 	}
-	out, fill, pinned := s.composeFrames(out, c, room)
-	if pinned {
-		return out, true
-	}
+	out, fill := s.composeFrames(out, c, room)
 	if fill < 0 && !s.pad.youngOnly {
 		// Within the budget: the last write on a nearly spent carrier
 		// may be padded less (it is followed by RETIRE).
@@ -652,21 +562,19 @@ func (s *sessionConn) compose(out []byte, c *carrier) (_ []byte, pinned bool) {
 	if fill >= frameHeaderLen {
 		out = appendPad(out, fill)
 	}
-	return out, false
+	return out
 }
 
 // composeFrames appends compose's frames to out and returns it with the
 // bytes of padding it needs: -1 for the tail padding, or what is already
 // decided (0 once padded for a young stream, or the few bytes that bring
-// a bulk write to the end of its last record). Or it returns a full
-// record framed in place in the send queue, pinned, and true. Called
-// with mu held.
-func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, int, bool) {
-	retire := func() ([]byte, int, bool) {
+// a bulk write to the end of its last record). Called with mu held.
+func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, int) {
+	retire := func() ([]byte, int) {
 		c.sendRetired = true
 		s.poke()
 		s.wakeAll()
-		return appendEmptyFrame(out, frameRetire), -1, false
+		return appendEmptyFrame(out, frameRetire), -1
 	}
 	if c.peerRetired || room < 64 {
 		return retire()
@@ -686,7 +594,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		// (a 17-byte frame either way), not as our own 3 or 11 bytes,
 		// nor bucketed as other small records are: h2 PINGs have one
 		// size.
-		return append(out, padFrame(h2PingLen-len(out))...), 0, false
+		return append(out, padFrame(h2PingLen-len(out))...), 0
 	}
 	if s.resendDue {
 		out = appendOffsetFrame(out, frameResend, s.resendFrom)
@@ -697,7 +605,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	}
 	s.drops = s.drops[:0]
 	if s.next >= s.written {
-		return out, -1, false
+		return out, -1
 	}
 	c.lastSent.Store(time.Now().UnixNano())
 	avail := room - len(out) - 11 // a SEEK may come first
@@ -721,21 +629,6 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		out = appendOffsetFrame(out, frameSeek, s.next)
 		c.needSeek = false
 	}
-	if m := maxTLSRecord - len(out) - frameHeaderLen; !s.padDue && c.budget == 0 &&
-		m > 0 && s.written-s.next >= uint64(m) {
-		// Bulk: one full record, the frames so far and a DATA frame
-		// that fills it, framed in place in the send queue (its frames
-		// written over the bytes before the data), so the data is
-		// copied only by TLS. Where the queue cannot (the data wraps
-		// around the end of its buffer, or starts too near its start),
-		// the copy below sends it, ending on a record boundary too.
-		out = append(out, frameData, byte(m>>8), byte(m))
-		if rec := s.sendq.pinRecord(int(s.next-s.acked), m, out); rec != nil {
-			s.next += uint64(m)
-			return rec, 0, true
-		}
-		out = out[:len(out)-frameHeaderLen]
-	}
 	pad, fill := 0, -1
 	switch {
 	case s.padDue:
@@ -753,7 +646,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		out = appendFrames(appendFrames(out, a, 0), b, pad)
 	}
 	s.next += uint64(n)
-	return out, fill, false
+	return out, fill
 }
 
 // readLoop reads c's frames until it ends.
