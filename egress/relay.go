@@ -107,9 +107,10 @@ func readQueued(st *transport.Stream, raw net.Conn, count func(int)) (bool, erro
 	return n == relayChunk, err
 }
 
-// relayChunk is the most one read moves: io.Copy's size, so that what
-// reaches the client is chunked as before.
-const relayChunk = 32 << 10
+// relayChunk is the most one read moves: one smux frame of the largest
+// size (transport's maxFrameSize), so that a download goes to the client
+// in as few frames as smux allows.
+const relayChunk = 64<<10 - 1
 
 // endCopy ends one direction as transport.Relay does: after a clean end of
 // src, half-close dst; after an error, close both so the other direction
