@@ -38,6 +38,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/stats"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/keys"
@@ -731,8 +732,8 @@ func (r *udpRelay) known(addr netip.AddrPort) bool {
 // source as the address.
 func (r *udpRelay) netToClient() error {
 	for {
-		// Wait with no buffer: an idle relay holds none (see waitReadable).
-		if err := waitReadable(r.pc); err != nil {
+		// Wait with no buffer: an idle relay holds none (see sockcopy.WaitReadable).
+		if err := sockcopy.WaitReadable(r.pc); err != nil {
 			return err
 		}
 		if err := r.receiveOne(); err != nil {

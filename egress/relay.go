@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport"
 )
 
@@ -52,65 +53,14 @@ func toDestination(dst net.Conn, st *transport.Stream) error {
 	return endCopy(dst, st, err)
 }
 
-// fromDestination copies src to the client's stream, taking a pooled
-// buffer only once raw has something to read. While reads fill the
-// buffer, more is likely queued: the next read is tried at once, without
-// waiting (readNow), instead of peeking first, so that a bulk download
-// costs one system call per chunk, not two. count counts what readNow
-// reads, which bypasses src (the counting wrapper).
+// fromDestination copies src to the client's stream with sockcopy: no
+// buffer while raw is idle, a whole smux frame per read while it is busy.
+// count counts what sockcopy reads from raw, which bypasses src (the
+// counting wrapper).
 func fromDestination(st *transport.Stream, src, raw net.Conn, count func(int)) error {
-	for {
-		if err := waitReadable(raw); err != nil {
-			return endCopy(st, src, err)
-		}
-		full, err := readOnce(st, src)
-		for err == nil && full {
-			full, err = readQueued(st, raw, count)
-		}
-		switch {
-		case err == io.EOF:
-			return endCopy(st, src, nil)
-		case err != nil:
-			return endCopy(st, src, err)
-		}
-	}
+	_, err := sockcopy.Copy(st, src, raw, count)
+	return endCopy(st, src, err)
 }
-
-// readOnce moves what one Read of src returns to st through a pooled
-// buffer, reports whether it filled the buffer, and returns the error of
-// the write, or else of the read.
-func readOnce(st *transport.Stream, src net.Conn) (bool, error) {
-	buf := getBuffer()
-	defer putBuffer(buf)
-	n, err := src.Read((*buf)[:relayChunk])
-	if n > 0 {
-		if _, werr := st.Write((*buf)[:n]); werr != nil {
-			return false, werr
-		}
-	}
-	return n == relayChunk, err
-}
-
-// readQueued moves what raw's socket holds now, up to a buffer, to st,
-// without waiting; it reports whether it filled the buffer (false, nil:
-// nothing was queued, or raw is not a socket).
-func readQueued(st *transport.Stream, raw net.Conn, count func(int)) (bool, error) {
-	buf := getBuffer()
-	defer putBuffer(buf)
-	n, err := readNow(raw, (*buf)[:relayChunk])
-	if n > 0 {
-		count(n)
-		if _, werr := st.Write((*buf)[:n]); werr != nil {
-			return false, werr
-		}
-	}
-	return n == relayChunk, err
-}
-
-// relayChunk is the most one read moves: one smux frame of the largest
-// size (transport's maxFrameSize), so that a download goes to the client
-// in as few frames as smux allows.
-const relayChunk = 64<<10 - 1
 
 // endCopy ends one direction as transport.Relay does: after a clean end of
 // src, half-close dst; after an error, close both so the other direction

@@ -1,6 +1,6 @@
 //go:build unix
 
-package egress
+package sockcopy
 
 import (
 	"errors"
@@ -10,14 +10,14 @@ import (
 	"syscall"
 )
 
-// waitReadable waits until c (a TCP or UDP socket) has something to read
+// WaitReadable waits until c (a TCP or UDP socket) has something to read
 // (data, a datagram, an end or an error), without reading it and without
 // a buffer: relays wait here while idle, so a thousand idle relays hold no
 // 32 or 64 KiB buffer each. It peeks a byte (MSG_PEEK leaves it queued)
 // instead of only waiting for the poller, because data already queued
 // behind what was just read brings no new wake-up. A c that is not a
 // socket returns at once, and its reader waits in Read instead.
-func waitReadable(c net.Conn) error {
+func WaitReadable(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
@@ -43,10 +43,10 @@ func waitReadable(c net.Conn) error {
 	return nil
 }
 
-// readNow reads into p what c's socket holds right now, without waiting.
+// ReadNow reads into p what c's socket holds right now, without waiting.
 // It returns 0 and nil when nothing is queued (or c is not a socket),
 // 0 and io.EOF at the end of the stream, or the read's error.
-func readNow(c net.Conn, p []byte) (int, error) {
+func ReadNow(c net.Conn, p []byte) (int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return 0, nil

@@ -1,0 +1,119 @@
+package sockcopy
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingConn counts what is read through it, as egress's statistics do.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestCopyMovesEverythingAndCountsIt sends a bulk transfer in writes of
+// random sizes, with pauses (so that Copy waits for readability between
+// bursts, and reads without waiting during them), and checks that every
+// byte arrives in order, that Copy returns nil at the end, and that the
+// bytes read through src and those read beneath it add up.
+func TestCopyMovesEverythingAndCountsIt(t *testing.T) {
+	src, w := tcpPair(t)
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(rand.Uint32())
+	}
+	go func() {
+		rest := data
+		for len(rest) > 0 {
+			k := min(len(rest), 1+rand.IntN(3*Chunk))
+			w.Write(rest[:k])
+			rest = rest[k:]
+			if rand.IntN(8) == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		w.(*net.TCPConn).CloseWrite()
+	}()
+	var seen, direct atomic.Int64
+	var got bytes.Buffer
+	n, err := Copy(&got, countingConn{src, &seen}, src, func(k int) { direct.Add(int64(k)) })
+	if err != nil {
+		t.Fatalf("Copy: %v", err)
+	}
+	if n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("Copy moved %d bytes (equal: %v), want %d", n, bytes.Equal(got.Bytes(), data), len(data))
+	}
+	if seen.Load()+direct.Load() != n {
+		t.Fatalf("read through src %d + beneath it %d != %d", seen.Load(), direct.Load(), n)
+	}
+	t.Logf("%d bytes read through src, %d without waiting beneath it", seen.Load(), direct.Load())
+}
+
+// TestCopyFromNonSocket: a src that is not a socket (a pipe) is read in
+// the ordinary way.
+func TestCopyFromNonSocket(t *testing.T) {
+	a, b := net.Pipe()
+	data := bytes.Repeat([]byte("mirage "), 50000)
+	go func() {
+		a.Write(data)
+		a.Close()
+	}()
+	var got bytes.Buffer
+	if _, err := Copy(&got, b, b, nil); err != nil && err != io.ErrClosedPipe {
+		t.Fatalf("Copy: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("got %d bytes, want %d", got.Len(), len(data))
+	}
+}
+
+// failingWriter fails every write.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, io.ErrShortWrite }
+
+// TestCopyReturnsTheWriteError: a failed write ends the copy with its
+// error, not the read's.
+func TestCopyReturnsTheWriteError(t *testing.T) {
+	src, w := tcpPair(t)
+	go w.Write(make([]byte, 1000))
+	if _, err := Copy(failingWriter{}, src, src, nil); err != io.ErrShortWrite {
+		t.Fatalf("Copy = %v, want the write's error", err)
+	}
+}
