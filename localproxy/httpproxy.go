@@ -134,7 +134,9 @@ func (p *Server) serveHTTP(c *bufferedConn, log *slog.Logger) error {
 	// buffer holds what serveConn peeked; it is drained through lim.
 	lim := &limitedReader{r: c.r}
 	br := bufio.NewReaderSize(lim, peekBufferSize)
-	app := &bufferedConn{Conn: c.Conn, r: br}
+	// Over c, not c's socket: bytes may wait in c's reader too, and
+	// app's WriteTo drains them after br's.
+	app := &bufferedConn{Conn: c, r: br}
 	timeout := p.requestTimeout
 	for {
 		app.SetReadDeadline(time.Now().Add(timeout))

@@ -2,6 +2,7 @@ package localproxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"io"
 	"net"
@@ -62,6 +63,29 @@ func TestHTTPConnect(t *testing.T) {
 		got, err := io.ReadAll(br)
 		if err != nil || string(got) != "early bytes" {
 			t.Fatalf("echo %q, %v", got, err)
+		}
+	})
+	t.Run("200 with a pipelined upload", func(t *testing.T) {
+		// More than both read buffers hold (the peek's and the request
+		// reader's) follows the request in one write: what each buffer
+		// holds, then the socket's, must reach the stream in order.
+		c := dialProxy(t, addr)
+		upload := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB
+		go func() {
+			c.Write(append([]byte("CONNECT "+echo+" HTTP/1.1\r\nHost: "+echo+"\r\n\r\n"), upload...))
+			c.CloseWrite()
+		}()
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil || line != "HTTP/1.1 200 Connection established\r\n" {
+			t.Fatalf("status line %q, %v", line, err)
+		}
+		if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+			t.Fatalf("header not empty: %q", blank)
+		}
+		got, err := io.ReadAll(br)
+		if err != nil || !bytes.Equal(got, upload) {
+			t.Fatalf("echo of %d bytes (equal: %v), %v; want %d", len(got), bytes.Equal(got, upload), err, len(upload))
 		}
 	})
 	for _, tt := range []struct {

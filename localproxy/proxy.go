@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport"
 )
 
@@ -387,6 +388,35 @@ type bufferedConn struct {
 }
 
 func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// WriteTo moves the app's bytes to w (a stream, when relaying): first
+// those r holds, then the rest from the connection beneath, through
+// sockcopy, which holds no buffer while the app is idle and moves a whole
+// smux frame per read while it sends (io.Copy would hold 32 KiB for the
+// connection's life, and cut uploads into half-size frames). The
+// connection beneath may itself be a bufferedConn (an HTTP proxy's, whose
+// reader reads through the SOCKS-or-HTTP peek): its own WriteTo then
+// drains its buffer before the socket.
+func (c *bufferedConn) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	if k := c.r.Buffered(); k > 0 {
+		b, _ := c.r.Peek(k)
+		m, err := w.Write(b)
+		c.r.Discard(m)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	var m int64
+	var err error
+	if inner, ok := c.Conn.(*bufferedConn); ok {
+		m, err = inner.WriteTo(w)
+	} else {
+		m, err = sockcopy.Copy(w, c.Conn, c.Conn, nil)
+	}
+	return n + m, err
+}
 
 // CloseWrite half-closes the app connection, so relays keep half-closes.
 func (c *bufferedConn) CloseWrite() error {
