@@ -3,6 +3,8 @@ package transport
 import (
 	"io"
 	"net"
+
+	"github.com/mirage-pt/mirage/sockcopy"
 )
 
 // Relay copies a to b and b to a until both directions have ended. When
@@ -42,7 +44,14 @@ func Relay(a, b net.Conn) error {
 }
 
 func copyThenCloseWrite(dst, src net.Conn) error {
-	_, err := io.Copy(dst, src)
+	var err error
+	if _, ok := src.(*net.TCPConn); ok {
+		// A socket (tor's connection, an app's): no buffer while it is
+		// idle, a whole smux frame per read while it sends.
+		_, err = sockcopy.Copy(dst, src, src, nil)
+	} else {
+		_, err = io.Copy(dst, src)
+	}
 	if err != nil {
 		// Unblock the other direction: it cannot finish cleanly now.
 		dst.Close()
