@@ -216,9 +216,13 @@ func steady(b *testing.B, c net.Conn, size int) float64 {
 // BenchmarkLongLinkUpload is BenchmarkLongLink the other way: one
 // stream's upload over the same 200 ms RTT, 200 Mbit/s link, a plain TCP
 // connection across the link against a Mirage stream that the bridge
-// relays to the same sink. The sink measures both, from the first byte
-// to the last, so the set-up (a stream's request, the bridge's dial) is
-// left out as it is for downloads.
+// relays to the same sink. The stream opens with fast open, as the local
+// proxy opens an app's: its bytes follow the request at once. The sink
+// measures both, from the first byte to the last, so the set-up (a
+// stream's request, the bridge's dial) is left out as it is for
+// downloads. The link's queue is bounded (5 ms of link time, as the bench
+// harness's delay line): a sender's unacknowledged bytes then include
+// those waiting in loopback's TCP buffers.
 //
 //	go test -run XXX -bench LongLinkUpload -benchtime 2x ./transport/
 func BenchmarkLongLinkUpload(b *testing.B) {
