@@ -84,6 +84,45 @@ const (
 	smuxCmdUPD    = 4
 )
 
+// appendSmuxUPD appends an smux UPD frame of protocol version ver for the
+// stream whose id (4 bytes, little-endian, as in a frame header) is sid:
+// consumed 0, and window.
+func appendSmuxUPD(b []byte, ver byte, sid []byte, window uint32) []byte {
+	b = append(b, ver, smuxCmdUPD, 8, 0)
+	b = append(b, sid[:4]...)
+	b = binary.LittleEndian.AppendUint32(b, 0) // consumed
+	return binary.LittleEndian.AppendUint32(b, window)
+}
+
+// smuxFrameTracker follows the smux frames in the bytes handed to smux,
+// to know when it is between two frames. Not safe for concurrent use.
+type smuxFrameTracker struct {
+	hdr  [smuxHeaderLen]byte
+	hn   int // header bytes seen of the current frame
+	body int // body bytes of the current frame still to come
+}
+
+// track notes that smux was handed b.
+func (t *smuxFrameTracker) track(b []byte) {
+	for len(b) > 0 {
+		if t.body > 0 {
+			k := min(len(b), t.body)
+			t.body -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(t.hdr[t.hn:], b)
+		t.hn += k
+		b = b[k:]
+		if t.hn == smuxHeaderLen {
+			t.hn, t.body = 0, int(binary.LittleEndian.Uint16(t.hdr[2:4]))
+		}
+	}
+}
+
+// between reports whether the bytes handed to smux end between frames.
+func (t *smuxFrameTracker) between() bool { return t.hn == 0 && t.body == 0 }
+
 // padPolicy decides which writes are padded. Not safe for concurrent use:
 // the session calls it under its lock.
 type padPolicy struct {

@@ -20,11 +20,12 @@ type longLink struct {
 	next  [2]time.Time // when each direction's link is free again
 }
 
-// pass returns when a chunk of n bytes leaves the link's far end.
+// pass returns when a chunk of n bytes has left the link's near end (its
+// last bit is on the wire); it reaches the far end delay later.
 func (l *longLink) pass(dir, n int) time.Time {
 	now := time.Now()
 	if l.rate == 0 {
-		return now.Add(l.delay)
+		return now
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -33,10 +34,24 @@ func (l *longLink) pass(dir, n int) time.Time {
 		start = l.next[dir]
 	}
 	l.next[dir] = start.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
-	return l.next[dir].Add(l.delay)
+	return l.next[dir]
 }
 
+// startLongLink starts a long link to target and returns its address.
+// Its queue is unbounded: a sender never waits for it, so the bytes it
+// has sent and not yet seen acknowledged are only those on the link.
 func startLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond float64) string {
+	return startQueuedLongLink(t, target, rtt, bitsPerSecond, 0)
+}
+
+// startQueuedLongLink is startLongLink with a bounded queue, as a real
+// bottleneck has and as the bench harness's delay line emulates
+// (integration/bench/delay.go): each connection's reader reads only queue
+// (of link time) ahead of the link, so a faster sender is pushed back
+// and its bytes wait in the TCP buffers of loopback, which can hold
+// megabytes. A sender that bounds its unacknowledged bytes counts those
+// too. 0: unbounded.
+func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond float64, queue time.Duration) string {
 	l := &longLink{delay: rtt / 2, rate: bitsPerSecond / 8}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -67,7 +82,11 @@ func startLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond
 			buf := make([]byte, 16<<10)
 			n, err := src.Read(buf)
 			if n > 0 {
-				q <- chunk{buf[:n], l.pass(dir, n)}
+				done := l.pass(dir, n)
+				q <- chunk{buf[:n], done.Add(l.delay)}
+				if w := time.Until(done) - queue; queue > 0 && w > 0 {
+					time.Sleep(w)
+				}
 			}
 			if err != nil {
 				close(q)
@@ -192,4 +211,119 @@ func steady(b *testing.B, c net.Conn, size int) float64 {
 		b.Fatalf("got %d bytes", n+1)
 	}
 	return float64(n) / time.Since(start).Seconds() / 1e6
+}
+
+// BenchmarkLongLinkUpload is BenchmarkLongLink the other way: one
+// stream's upload over the same 200 ms RTT, 200 Mbit/s link, a plain TCP
+// connection across the link against a Mirage stream that the bridge
+// relays to the same sink. The stream opens with fast open, as the local
+// proxy opens an app's: its bytes follow the request at once. The sink
+// measures both, from the first byte to the last, so the set-up (a
+// stream's request, the bridge's dial) is left out as it is for
+// downloads. The link's queue is bounded (5 ms of link time, as the bench
+// harness's delay line): a sender's unacknowledged bytes then include
+// those waiting in loopback's TCP buffers.
+//
+//	go test -run XXX -bench LongLinkUpload -benchtime 2x ./transport/
+func BenchmarkLongLinkUpload(b *testing.B) {
+	const size = 48 << 20
+	src := make([]byte, 256<<10)
+	// A TCP sink: each connection's rate, from its first byte to its last.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	rates := make(chan float64, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r, err := steadyRate(c, size)
+				if err != nil {
+					r = -1
+				}
+				c.Write([]byte{1}) // done: the sender may close
+				rates <- r
+			}()
+		}
+	}()
+	send := func(b *testing.B, c net.Conn) float64 {
+		for sent := 0; sent < size; sent += len(src) {
+			if _, err := c.Write(src); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r := <-rates
+		if r < 0 {
+			b.Fatal("the sink got a short upload")
+		}
+		return r
+	}
+	var tcpRate float64
+	b.Run("tcp", func(b *testing.B) {
+		addr := startQueuedLongLink(b, ln.Addr().String(), 200*time.Millisecond, 200e6, 5*time.Millisecond)
+		b.SetBytes(size)
+		for range b.N {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tcpRate = send(b, c)
+			b.ReportMetric(tcpRate, "MB/s-steady")
+			c.Close()
+		}
+	})
+	b.Run("mirage", func(b *testing.B) {
+		br := startBridge(b, newSiteFace(b), func(st *Stream) {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				st.Reply(StatusConnectionRefused)
+				return
+			}
+			st.Reply(StatusOK)
+			Relay(st, c)
+			c.Close()
+		}, func(c *ServerConfig) { c.Logger = nil })
+		cfg := br.clientConfig()
+		cfg.Address = startQueuedLongLink(b, br.addr, 200*time.Millisecond, 200e6, 5*time.Millisecond)
+		sess, err := Dial(context.Background(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sess.Close()
+		b.SetBytes(size)
+		b.ResetTimer()
+		for range b.N {
+			st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r := send(b, st)
+			b.ReportMetric(r, "MB/s-steady")
+			if tcpRate > 0 {
+				b.ReportMetric(r/tcpRate, "of-tcp")
+			}
+			st.Close()
+		}
+	})
+}
+
+// steadyRate reads size bytes from c and returns the rate from the first
+// byte to the last, in MB/s.
+func steadyRate(c net.Conn, size int) (float64, error) {
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(c, first); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	n, err := io.CopyN(io.Discard, c, int64(size-1))
+	if err != nil {
+		return 0, err
+	}
+	return float64(n) / time.Since(start).Seconds() / 1e6, nil
 }
