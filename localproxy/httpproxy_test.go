@@ -35,6 +35,21 @@ func readResponse(t *testing.T, br *bufio.Reader, method string) (*http.Response
 	return resp, string(body)
 }
 
+// readEstablished reads the proxy's answer to a CONNECT on c, which must
+// be 200 with an empty header, and returns the reader of what follows.
+func readEstablished(t *testing.T, c net.Conn) *bufio.Reader {
+	t.Helper()
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 200 Connection established\r\n" {
+		t.Fatalf("status line %q, %v", line, err)
+	}
+	if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+		t.Fatalf("header not empty: %q", blank)
+	}
+	return br
+}
+
 func TestHTTPConnect(t *testing.T) {
 	echo := startEcho(t)
 	f := &fakeOpener{refuse: map[uint16]transport.Status{
@@ -50,14 +65,7 @@ func TestHTTPConnect(t *testing.T) {
 		// The first tunnel bytes come with the request, as a browser's
 		// ClientHello may: they must not be lost.
 		io.WriteString(c, "CONNECT "+echo+" HTTP/1.1\r\nHost: "+echo+"\r\n\r\nearly ")
-		br := bufio.NewReader(c)
-		line, err := br.ReadString('\n')
-		if err != nil || line != "HTTP/1.1 200 Connection established\r\n" {
-			t.Fatalf("status line %q, %v", line, err)
-		}
-		if blank, _ := br.ReadString('\n'); blank != "\r\n" {
-			t.Fatalf("header not empty: %q", blank)
-		}
+		br := readEstablished(t, c)
 		io.WriteString(c, "bytes")
 		c.CloseWrite()
 		got, err := io.ReadAll(br)
@@ -75,14 +83,7 @@ func TestHTTPConnect(t *testing.T) {
 			c.Write(append([]byte("CONNECT "+echo+" HTTP/1.1\r\nHost: "+echo+"\r\n\r\n"), upload...))
 			c.CloseWrite()
 		}()
-		br := bufio.NewReader(c)
-		line, err := br.ReadString('\n')
-		if err != nil || line != "HTTP/1.1 200 Connection established\r\n" {
-			t.Fatalf("status line %q, %v", line, err)
-		}
-		if blank, _ := br.ReadString('\n'); blank != "\r\n" {
-			t.Fatalf("header not empty: %q", blank)
-		}
+		br := readEstablished(t, c)
 		got, err := io.ReadAll(br)
 		if err != nil || !bytes.Equal(got, upload) {
 			t.Fatalf("echo of %d bytes (equal: %v), %v; want %d", len(got), bytes.Equal(got, upload), err, len(upload))

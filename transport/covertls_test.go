@@ -355,21 +355,7 @@ func TestCoverHandshakeShapes(t *testing.T) {
 				case <-time.After(20 * time.Millisecond):
 				}
 			}
-			var tunnel *wireTap
-			cfg := b.clientConfig()
-			cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-				if err != nil {
-					return nil, err
-				}
-				tunnel = &wireTap{Conn: c}
-				return tunnel, nil
-			}
-			sess, err := Dial(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sess.Close()
+			_, tunnel := dialTapped(ctx, t, b.clientConfig())
 			// The openings follow the handshake at once; wait for as
 			// many as the visit had (they are logged, not checked).
 			gotHS, gotCH, gotS, gotC := splitHandshake(tunnel.snapshot())
@@ -389,6 +375,30 @@ func TestCoverHandshakeShapes(t *testing.T) {
 			t.Logf("after the handshake, client: nginx %v, tunnel %v", wantC, gotC)
 		})
 	}
+}
+
+// dialTapped opens a session with cfg and returns it with the record log
+// of its first carrier. The session closes with the test.
+func dialTapped(ctx context.Context, t *testing.T, cfg *ClientConfig) (*Session, *wireTap) {
+	t.Helper()
+	var tunnel *wireTap
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if tunnel == nil {
+			tunnel = &wireTap{Conn: c}
+			return tunnel, nil
+		}
+		return c, nil
+	}
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return sess, tunnel
 }
 
 // countingCover passes connections on to target and counts them: what the

@@ -94,6 +94,14 @@ func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPer
 			}
 		}
 	}
+	serveRelay(ln, target, &wg, pipe)
+	return ln.Addr().String()
+}
+
+// serveRelay accepts clients on ln until it is closed, connects each to
+// target, and copies with pipe both ways (dir 0: client to target, 1:
+// back), each pipe counted in wg (which it must mark done).
+func serveRelay(ln net.Listener, target string, wg *sync.WaitGroup, pipe func(dst, src net.Conn, dir int)) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -112,7 +120,6 @@ func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPer
 			go pipe(c, up, 1)
 		}
 	}()
-	return ln.Addr().String()
 }
 
 // BenchmarkLongLink compares one stream's download over a 200 ms RTT,

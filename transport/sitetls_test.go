@@ -84,21 +84,7 @@ func TestSiteTunnelHandshakeAsTheSite(t *testing.T) {
 			c.Close()
 			wantHS, _, _, _ := splitHandshake(visit.snapshot())
 
-			var tunnel *wireTap
-			cfg := b.clientConfig()
-			cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-				c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-				if err != nil {
-					return nil, err
-				}
-				tunnel = &wireTap{Conn: c}
-				return tunnel, nil
-			}
-			sess, err := Dial(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sess.Close()
+			sess, tunnel := dialTapped(ctx, t, b.clientConfig())
 			gotHS, _, _, _ := splitHandshake(tunnel.snapshot())
 			t.Logf("stranger: %s", handshakeFacts(wantHS))
 			t.Logf("client:   %s", handshakeFacts(gotHS))

@@ -53,24 +53,7 @@ func startGatedLink(t testing.TB, target string) (*gatedLink, string) {
 			}
 		}
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			go pipe(up, c, false)
-			go pipe(c, up, true)
-		}
-	}()
+	serveRelay(ln, target, &wg, func(dst, src net.Conn, dir int) { pipe(dst, src, dir == 1) })
 	return g, ln.Addr().String()
 }
 
