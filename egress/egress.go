@@ -366,7 +366,21 @@ func (e *Handler) Handle(st *transport.Stream) {
 		log.Debug("stream refused: too many streams for this user or in all")
 		return
 	}
+	// A UDP relay takes a slot of its own too, before anything is
+	// answered: a refusal must hold no slot when the client reads it, or
+	// a client that goes on at once finds its own refused stream still
+	// counted against it.
+	udp := e.forward == "" && st.Request.Command == transport.CmdUDP
+	if udp && !e.udpRelays.take(st.ShortID) {
+		e.streams.release(st.ShortID)
+		st.Reply(transport.StatusGeneralFailure)
+		log.Debug("UDP relay refused: too many for this user or in all")
+		return
+	}
 	defer e.streams.release(st.ShortID)
+	if udp {
+		defer e.udpRelays.release(st.ShortID)
+	}
 	var status transport.Status
 	switch cmd := st.Request.Command; {
 	case e.forward != "" && cmd == transport.CmdDefault:
@@ -518,19 +532,13 @@ func isTimeout(err error) bool {
 }
 
 // serveUDP relays the datagrams of one UDP stream through one unconnected
-// UDP socket, counting the payload bytes for u. It returns the status it
-// replied.
+// UDP socket, counting the payload bytes for u (Handle took its relay
+// slot). It returns the status it replied.
 //
 // Replies are let through only from addresses the client has sent to
 // (like a NAT with endpoint-dependent filtering), so a stranger who finds
 // the socket's port cannot push datagrams into the tunnel.
 func (e *Handler) serveUDP(st *transport.Stream, u *stats.User, log *slog.Logger) transport.Status {
-	if !e.udpRelays.take(st.ShortID) {
-		st.Reply(transport.StatusGeneralFailure)
-		log.Debug("UDP relay refused: too many for this user or in all")
-		return transport.StatusGeneralFailure
-	}
-	defer e.udpRelays.release(st.ShortID)
 	pc, err := net.ListenUDP("udp", nil)
 	if err != nil {
 		log.Warn("cannot open a UDP socket", "error", err.Error())
