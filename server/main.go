@@ -57,6 +57,7 @@ type config struct {
 	logLevel      slog.Level
 	logFile       string
 	maxConns      int
+	maxBufferMiB  int
 	userStreams   int // streams per user (short id) at once, in proxy and forward mode
 	userUDP       int // UDP relays per user at once
 	maxHandshakes int
@@ -137,6 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.IntVar(&c.maxConns, "max-conns", 4096, "maximum concurrent client connections")
+	fs.IntVar(&c.maxBufferMiB, "max-buffer", transport.DefaultMaxBuffered>>20, "MiB the bridge may hold, all clients together, of what clients send faster than destinations take it; past it, the clients holding more than their share wait")
 	fs.IntVar(&c.userStreams, "max-streams-per-user", egress.DefaultMaxStreamsPerUser, "maximum streams one user (short id, i.e. one link: everyone sharing a link shares this) may have open at once; more are refused, other users unaffected (-1: no limit)")
 	fs.IntVar(&c.userUDP, "max-udp-per-user", egress.DefaultMaxUDPRelaysPerUser, "maximum UDP relays one user (short id) may have open at once (-1: no limit)")
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
@@ -167,8 +169,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			return nil, fmt.Errorf("-forward %q: want HOST:PORT", c.forward)
 		}
 	}
-	if c.maxConns < 1 || c.maxHandshakes < 1 {
-		return nil, errors.New("-max-conns and -max-handshakes must be at least 1")
+	if c.maxConns < 1 || c.maxHandshakes < 1 || c.maxBufferMiB < 1 {
+		return nil, errors.New("-max-conns, -max-handshakes and -max-buffer must be at least 1")
 	}
 	if c.userStreams == 0 || c.userUDP == 0 {
 		return nil, errors.New("-max-streams-per-user and -max-udp-per-user must be at least 1, or -1 for no limit")
@@ -335,6 +337,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
 		SessionLinger:        c.sessionLinger,
+		MaxBuffered:          c.maxBufferMiB << 20,
 		Logger:               log,
 	})
 	if err != nil {
@@ -442,6 +445,7 @@ func managedConfig(c *config, stateDir string, options map[string][]string, log 
 		HandshakeTimeout:     c.handshakeWait,
 		IdleTimeout:          c.idleTimeout,
 		SessionLinger:        c.sessionLinger,
+		MaxBuffered:          c.maxBufferMiB << 20,
 	}, params, nil
 }
 

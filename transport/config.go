@@ -144,6 +144,12 @@ type ServerConfig struct {
 	// waits for its client to come back on a new one, holding its
 	// streams. Zero means DefaultSessionLinger.
 	SessionLinger time.Duration
+	// MaxBuffered bounds the bytes the bridge holds for its streams, all
+	// sessions together: what clients sent faster than destinations
+	// take. Past it, a session holding more than its share is not read
+	// until its destinations catch up (bridgebuf.go). Zero means
+	// DefaultMaxBuffered.
+	MaxBuffered int
 	// MaxSessions bounds the sessions the bridge holds at once; a client
 	// past it is refused (it retries). Zero means DefaultMaxSessions.
 	MaxSessions int

@@ -100,6 +100,10 @@ type smuxFrameTracker struct {
 	hdr  [smuxHeaderLen]byte
 	hn   int // header bytes seen of the current frame
 	body int // body bytes of the current frame still to come
+	// onHeader, if set, is told each frame's command, stream and body
+	// length once its header has been handed over (the bridge counts
+	// what its streams hold: bridgebuf.go).
+	onHeader func(cmd byte, sid uint32, n int)
 }
 
 // track notes that smux was handed b.
@@ -116,6 +120,9 @@ func (t *smuxFrameTracker) track(b []byte) {
 		b = b[k:]
 		if t.hn == smuxHeaderLen {
 			t.hn, t.body = 0, int(binary.LittleEndian.Uint16(t.hdr[2:4]))
+			if t.onHeader != nil {
+				t.onHeader(t.hdr[1], binary.LittleEndian.Uint32(t.hdr[4:8]), t.body)
+			}
 		}
 	}
 }

@@ -36,6 +36,7 @@ type Server struct {
 	filter      *replay.Filter
 	tunnelTLS   *tls.Config // site face: the site's own config; cover face: nil (per-connection)
 	siteTunnel  *siteTunnel // site face: tunnels' configs, with bound certificates
+	buffers     *bridgeBuffers
 	site        *siteServer
 	log         *slog.Logger
 	helloWait   time.Duration // how long to wait for a ClientHello
@@ -109,6 +110,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.maxPending = DefaultMaxPendingHandshakes
 	}
 	s.maxPendingPerSource = defaultMaxPendingPerSource
+	s.buffers = &bridgeBuffers{limit: DefaultMaxBuffered}
+	if cfg.MaxBuffered > 0 {
+		s.buffers.limit = int64(cfg.MaxBuffered)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Site != nil {
 		s.tunnelTLS = siteTLSConfig(cfg.Site.TLSConfig)
@@ -474,6 +479,8 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	num := s.sessionIDs.Add(1)
 	log := s.log.With("session", num)
 	conn := newSessionConn(false, s.cfg.SessionLinger, log)
+	conn.acct = newStreamAcct(s.buffers)
+	conn.inFrame.onHeader = conn.acct.frame
 	mux, err := smux.Server(conn, muxConfig(false))
 	if err != nil {
 		conn.Close()
@@ -565,7 +572,7 @@ func (s *Server) serveSession(ss *serverSession) {
 		select {
 		case slots <- struct{}{}:
 		default:
-			go refuseStream(st)
+			go refuseStream(st, ss.conn.acct)
 			continue
 		}
 		wg.Add(1)
@@ -575,7 +582,7 @@ func (s *Server) serveSession(ss *serverSession) {
 				<-slots
 				wg.Done()
 			}()
-			s.serveStream(st, sess.CloseChan(), id, ss.shortID, log)
+			s.serveStream(&countedStream{Stream: st, acct: ss.conn.acct}, sess.CloseChan(), id, ss.shortID, log)
 		}()
 	}
 	// The session is over: end it everywhere (which ends every stream,
@@ -587,10 +594,11 @@ func (s *Server) serveSession(ss *serverSession) {
 
 // refuseStream answers a stream the session has no room for, without
 // reading its request, and closes it.
-func refuseStream(st *smux.Stream) {
+func refuseStream(st *smux.Stream, acct *streamAcct) {
 	st.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	st.Write(marshalReply(StatusGeneralFailure))
 	st.Close()
+	acct.closed(st.ID())
 }
 
 // closeWhenIdle closes sess once it has had no open stream, and no stream
@@ -619,7 +627,7 @@ func closeWhenIdle(sess *smux.Session, lastActive *atomic.Int64, idle time.Durat
 // ServerConfig.maxStreamsPerSession.)
 const maxStreamsPerSession = 1024
 
-func (s *Server) serveStream(st *smux.Stream, sessionDone <-chan struct{}, id uint64, shortID keys.ShortID, log *slog.Logger) {
+func (s *Server) serveStream(st *countedStream, sessionDone <-chan struct{}, id uint64, shortID keys.ShortID, log *slog.Logger) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout()))
 	req, err := ReadRequest(st)

@@ -91,6 +91,9 @@ type sessionConn struct {
 	ownFrames []byte
 	ownLeft   int // bytes of the own frame smux is reading
 	inFrame   smuxFrameTracker
+	// acct counts what the bridge's streams hold (bridgebuf.go); nil
+	// on the client.
+	acct *streamAcct
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -440,10 +443,15 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 // else the body of a DATA frame on offer (readInto), read from its
 // carrier's TLS straight into p.
 func (s *sessionConn) Read(p []byte) (int, error) {
+	if s.acct != nil {
+		// The bridge holds more than its bound, and this session more
+		// than its share: smux waits, as at its own cap.
+		s.acct.wait(s.done)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, err := s.read(p)
-	if s.client && n > 0 {
+	if (s.client || s.acct != nil) && n > 0 {
 		s.inFrame.track(p[:n])
 	}
 	return n, err
@@ -1040,6 +1048,9 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 	}
 	close(s.done)
 	s.wakeAll()
+	if s.acct != nil {
+		s.acct.end()
+	}
 	onEnd := s.onEnd
 	// CLOSE is padded as any short record is (tailPad), within the
 	// reserve a budget keeps for RETIRE.
