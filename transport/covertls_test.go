@@ -335,16 +335,7 @@ func TestCoverHandshakeShapes(t *testing.T) {
 
 			// A real visit: Chrome's hello, its HTTP/2 opening, the
 			// front page.
-			c, err := net.Dial("tcp", cover)
-			if err != nil {
-				t.Fatal(err)
-			}
-			visit := &wireTap{Conn: c}
-			if _, err := learnShape(ctx, visit, testSNI, testSNI, 0); err != nil {
-				t.Fatal(err)
-			}
-			c.Close()
-			wantHS, wantCH, wantS, wantC := splitHandshake(visit.snapshot())
+			wantHS, wantCH, wantS, wantC := splitHandshake(chromeVisit(ctx, t, cover))
 
 			// Wait until the bridge has learned the cover (both
 			// probes), then open a tunnel.
@@ -375,6 +366,22 @@ func TestCoverHandshakeShapes(t *testing.T) {
 			t.Logf("after the handshake, client: nginx %v, tunnel %v", wantC, gotC)
 		})
 	}
+}
+
+// chromeVisit visits addr as Chromium does (the bridge's own visits:
+// learnShape) and returns the records the visit carried, both ways.
+func chromeVisit(ctx context.Context, t *testing.T, addr string) []wireRecord {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	visit := &wireTap{Conn: c}
+	if _, err := learnShape(ctx, visit, testSNI, testSNI, 0); err != nil {
+		t.Fatal(err)
+	}
+	return visit.snapshot()
 }
 
 // dialTapped opens a session with cfg and returns it with the record log

@@ -119,15 +119,30 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 		}
 		return nil, fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
-	// The browser acknowledges the server's SETTINGS, which came first.
-	if _, err := uc.Write(padFrame(settingsAckLen)); err != nil {
-		return nil, fmt.Errorf("transport: writing to bridge: %w", err)
-	}
-	status, received, err := readStatus(fr)
+	status, received, err := ackAndReadStatus(uc, fr)
 	if err != nil {
-		return nil, fmt.Errorf("transport: reading the bridge's status: %w", err)
+		return nil, err
 	}
 	return &opened{conn: uc, status: status, received: received}, nil
+}
+
+// ackAndReadStatus sends the SETTINGS acknowledgement a browser sends on
+// reading the server's first record (the proof's), then reads the STATUS.
+// A bridge that refuses the carrier closes after its status, so the
+// write may fail while the status is already in: it is read anyway, and
+// a refusal is returned as the status, not as the write's error.
+func ackAndReadStatus(uc net.Conn, fr *frameReader) (byte, uint64, error) {
+	_, werr := uc.Write(padFrame(settingsAckLen))
+	status, received, err := readStatus(fr)
+	switch {
+	case err != nil && werr != nil:
+		return 0, 0, fmt.Errorf("transport: writing to bridge: %w", werr)
+	case err != nil:
+		return 0, 0, fmt.Errorf("transport: reading the bridge's status: %w", err)
+	case werr != nil && status == statusResumed:
+		return 0, 0, fmt.Errorf("transport: writing to bridge: %w", werr)
+	}
+	return status, received, nil
 }
 
 // finishEarlyOpening reads what a first carrier with early data did not
@@ -140,21 +155,14 @@ func finishEarlyOpening(uc net.Conn, fr *frameReader, key [auth.KeyLen]byte, exp
 	if _, err := readServerProof(fr, key, exporter); err != nil {
 		return fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
-	// A bridge that refuses the session closes after its status, so the
-	// write may fail while the status is already in: read it anyway.
-	_, werr := uc.Write(padFrame(settingsAckLen))
-	status, _, err := readStatus(fr)
+	status, _, err := ackAndReadStatus(uc, fr)
 	switch {
-	case err != nil && werr != nil:
-		return fmt.Errorf("transport: writing to bridge: %w", werr)
 	case err != nil:
-		return fmt.Errorf("transport: reading the bridge's status: %w", err)
+		return err
 	case status == statusBusy:
 		return errBridgeBusy
 	case status != statusResumed:
 		return fmt.Errorf("transport: the bridge refused the new session (status %d)", status)
-	case werr != nil:
-		return fmt.Errorf("transport: writing to bridge: %w", werr)
 	}
 	return nil
 }

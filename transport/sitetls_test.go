@@ -11,7 +11,6 @@ import (
 	"errors"
 	"io"
 	"math/big"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -73,16 +72,7 @@ func TestSiteTunnelHandshakeAsTheSite(t *testing.T) {
 
 			// A stranger: Chrome's hello without a tag, as the bridge's
 			// own visits send it; it meets the site.
-			c, err := net.Dial("tcp", b.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			visit := &wireTap{Conn: c}
-			if _, err := learnShape(ctx, visit, testSNI, testSNI, 0); err != nil {
-				t.Fatal(err)
-			}
-			c.Close()
-			wantHS, _, _, _ := splitHandshake(visit.snapshot())
+			wantHS, _, _, _ := splitHandshake(chromeVisit(ctx, t, b.addr))
 
 			sess, tunnel := dialTapped(ctx, t, b.clientConfig())
 			gotHS, _, _, _ := splitHandshake(tunnel.snapshot())
