@@ -156,8 +156,15 @@ func startTapRelay(t *testing.T, target string) *tapRelay {
 			up, down := &recordTap{Conn: c}, &recordTap{Conn: s}
 			r.up <- up
 			r.down <- down
-			go func() { io.Copy(s, up); s.Close() }()
-			go func() { io.Copy(c, down); c.Close() }()
+			// Each way ends with a FIN of its own, as on the wire: a
+			// Close when the other way ended made the tap's read of
+			// the client's last bytes and FIN fail ("use of closed
+			// network connection") when the site closed first.
+			var both sync.WaitGroup
+			both.Add(2)
+			go func() { io.Copy(s, up); s.(*net.TCPConn).CloseWrite(); both.Done() }()
+			go func() { io.Copy(c, down); c.(*net.TCPConn).CloseWrite(); both.Done() }()
+			go func() { both.Wait(); c.Close(); s.Close() }()
 		}
 	}()
 	return r
