@@ -141,8 +141,7 @@ const (
 	// going. Each one wakes a chain of goroutines on both sides: on a
 	// 60 ms, 100 Mbit/s link, ACKs every 256 KiB or 20 ms made the
 	// bridge's CPU per GiB of a download 3.3 times a TLS relay's, and
-	// 1 MiB or 100 ms cut it by a third (issue 9). They also make a
-	// download's upstream records as rare as a browser's WINDOW_UPDATEs.
+	// 1 MiB or 100 ms cut it by a third (issue 9).
 	defaultAckEvery = sendLimit / 8
 	ackDelay        = 100 * time.Millisecond
 	// gapWait is how long DATA that starts beyond the received bytes waits
