@@ -140,7 +140,7 @@ const (
 	// (TCP does the rest), so one per eighth of sendLimit keeps a sender
 	// going. Each one wakes a chain of goroutines on both sides: on a
 	// 60 ms, 100 Mbit/s link, ACKs every 256 KiB or 20 ms made the
-	// bridge's CPU per GiB of a download 3.3 times a TLS relay's, and
+	// bridge's CPU per GiB of a download three times a TLS relay's, and
 	// 1 MiB or 100 ms cut it by a third (issue 9).
 	defaultAckEvery = sendLimit / 8
 	ackDelay        = 100 * time.Millisecond
