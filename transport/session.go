@@ -141,7 +141,7 @@ const (
 	// going. Each one wakes a chain of goroutines on both sides: on a
 	// 60 ms, 100 Mbit/s link, ACKs every 256 KiB or 20 ms made the
 	// bridge's CPU per GiB of a download three times a TLS relay's, and
-	// 1 MiB or 100 ms cut it by a third (issue 9).
+	// 1 MiB or 100 ms cut it by a quarter (issue 9).
 	defaultAckEvery = sendLimit / 8
 	ackDelay        = 100 * time.Millisecond
 	// gapWait is how long DATA that starts beyond the received bytes waits
