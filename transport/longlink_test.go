@@ -181,13 +181,7 @@ func BenchmarkLongLink(b *testing.B) {
 			st.CloseWrite()
 			io.Copy(io.Discard, st)
 		}, func(c *ServerConfig) { c.Logger = nil })
-		cfg := br.clientConfig()
-		cfg.Address = startLongLink(b, br.addr, 200*time.Millisecond, 200e6)
-		sess, err := Dial(context.Background(), cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer sess.Close()
+		sess := br.dialVia(b, startLongLink(b, br.addr, 200*time.Millisecond, 200e6))
 		b.SetBytes(size)
 		b.ResetTimer()
 		for range b.N {
@@ -208,16 +202,14 @@ func BenchmarkLongLink(b *testing.B) {
 // steady reads size bytes from c and returns the rate from the first byte
 // to the last, in MB/s.
 func steady(b *testing.B, c net.Conn, size int) float64 {
-	first := make([]byte, 1)
-	if _, err := io.ReadFull(c, first); err != nil {
+	r, err := steadyRate(c, size)
+	if err != nil {
 		b.Fatal(err)
 	}
-	start := time.Now()
-	n, _ := io.Copy(io.Discard, c)
-	if n+1 != int64(size) {
-		b.Fatalf("got %d bytes", n+1)
+	if n, _ := io.Copy(io.Discard, c); n != 0 {
+		b.Fatalf("got %d bytes", int64(size)+n)
 	}
-	return float64(n) / time.Since(start).Seconds() / 1e6
+	return r
 }
 
 // BenchmarkLongLinkUpload is BenchmarkLongLink the other way: one
@@ -296,13 +288,7 @@ func BenchmarkLongLinkUpload(b *testing.B) {
 			Relay(st, c)
 			c.Close()
 		}, func(c *ServerConfig) { c.Logger = nil })
-		cfg := br.clientConfig()
-		cfg.Address = startQueuedLongLink(b, br.addr, 200*time.Millisecond, 200e6, 5*time.Millisecond)
-		sess, err := Dial(context.Background(), cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer sess.Close()
+		sess := br.dialVia(b, startQueuedLongLink(b, br.addr, 200*time.Millisecond, 200e6, 5*time.Millisecond))
 		b.SetBytes(size)
 		b.ResetTimer()
 		for range b.N {

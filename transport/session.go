@@ -432,8 +432,9 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 		// bridge's first UPD, a round trip after the SYN; a fast-open
 		// upload waited for it (BenchmarkLongLinkUpload: 0.91 of TCP's
 		// rate). Only our smux reads it; the bridge's own UPD, later in
-		// the session stream, supersedes it.
-		s.ownFrames = appendSmuxUPD(s.ownFrames, v[0][0], v[0][4:8], streamWindow)
+		// the session stream, supersedes it. Both windows are
+		// streamWindow, so it is the same frame.
+		s.ownFrames = append(s.ownFrames, upd...)
 		if s.readWaiting {
 			s.readCond.Signal()
 		}

@@ -111,16 +111,9 @@ func TestSiteTunnelHandshakeAsTheSite(t *testing.T) {
 func TestFirstStreamLeavesWithTheOpening(t *testing.T) {
 	const rtt = 300 * time.Millisecond
 	b := startBridge(t, newSiteFace(t), echoHandler, nil)
-	cfg := b.clientConfig()
-	cfg.Address = startLongLink(t, b.addr, rtt, 0)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	addr := startLongLink(t, b.addr, rtt, 0)
 	start := time.Now()
-	sess, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := b.dialVia(t, addr)
 	st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)

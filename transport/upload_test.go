@@ -2,7 +2,6 @@ package transport
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -86,13 +85,7 @@ func TestUploadStartsWithTheBridgesWindow(t *testing.T) {
 		got <- all
 	}, nil)
 	gate, addr := startGatedLink(t, b.addr)
-	cfg := b.clientConfig()
-	cfg.Address = addr
-	sess, err := Dial(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := b.dialVia(t, addr)
 
 	gate.hold(true)
 	st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
