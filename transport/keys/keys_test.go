@@ -140,6 +140,43 @@ func TestParsePublicKeyErrors(t *testing.T) {
 	}
 }
 
+// TestGoodKeysMemory proves the memory of checked keys skips the check
+// only for keys that passed it, and stays bounded: after more good keys
+// than it holds, a low-order point is still refused and every good key
+// still accepted.
+func TestGoodKeysMemory(t *testing.T) {
+	lowOrder := fromHex(t, "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+	var good []PublicKey
+	for range 2 * maxGoodKeys {
+		k, err := GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good = append(good, k.Public())
+	}
+	for range 2 {
+		for _, k := range good {
+			if err := checkPublic(k); err != nil {
+				t.Fatalf("good key %x refused: %v", k, err)
+			}
+		}
+		if err := checkPublic(PublicKey(lowOrder)); err == nil {
+			t.Fatal("a low-order point was accepted")
+		}
+	}
+	n := 0
+	goodKeys.Range(func(k, _ any) bool {
+		if err := checkPublicAnew(k.(PublicKey)); err != nil {
+			t.Errorf("remembered key %x fails the check: %v", k, err)
+		}
+		n++
+		return true
+	})
+	if n > maxGoodKeys {
+		t.Fatalf("%d keys remembered, want at most %d", n, maxGoodKeys)
+	}
+}
+
 // TestQuoteTruncates proves a huge paste does not make a huge error, and
 // the cut never splits a UTF-8 character.
 func TestQuoteTruncates(t *testing.T) {
