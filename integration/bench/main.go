@@ -55,11 +55,13 @@ type options struct {
 }
 
 func main() {
-	var role, upstream, listen, size, rate, extra string
+	var role, upstream, listen, certFile, keyFile, size, rate, extra string
 	o := options{}
 	flag.StringVar(&role, "role", "", "internal: run as a baseline relay child (direct, tls-front, tls-server)")
 	flag.StringVar(&upstream, "upstream", "", "internal: the role's upstream address")
 	flag.StringVar(&listen, "listen", "", "internal: the role's listen address (default: a free loopback port)")
+	flag.StringVar(&certFile, "cert", "", "internal: the tls-server role's certificate (PEM; default: a P-256 one of its own)")
+	flag.StringVar(&keyFile, "key", "", "internal: the tls-server role's private key (PEM), with -cert")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; figures are medians over rounds")
 	flag.StringVar(&size, "size", "64MiB", "bytes per stream for the bulk figures (KiB, MiB, GiB suffixes)")
 	flag.IntVar(&o.streams, "streams", 8, "streams of the parallel bulk figure")
@@ -75,7 +77,7 @@ func main() {
 	flag.BoolVar(&o.handshake, "rtt-handshake", true, "the delay line delays each new connection's first client bytes by one RTT, as a TCP handshake would (false: connections open for free, as in issue 9's first measurements)")
 	flag.Parse()
 	if role != "" {
-		if err := runRole(role, upstream, listen); err != nil {
+		if err := runRole(role, upstream, listen, certFile, keyFile); err != nil {
 			fmt.Fprintln(os.Stderr, "bench role:", err)
 			os.Exit(1)
 		}

@@ -23,8 +23,9 @@ import (
 
 // runRole runs a child role until killed, listening on listen (a free
 // loopback port when empty). It prints its listen address as the first line
-// on stdout.
-func runRole(role, upstream, listen string) error {
+// on stdout. The tls-server role presents the certificate in the PEM files
+// certFile and keyFile, or a P-256 one of its own when they are empty.
+func runRole(role, upstream, listen, certFile, keyFile string) error {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
@@ -61,7 +62,7 @@ func runRole(role, upstream, listen string) error {
 			relay(c, upstream, cfg, target)
 		}
 	case "tls-server":
-		cert, err := selfSigned()
+		cert, err := roleCertificate(certFile, keyFile)
 		if err != nil {
 			return err
 		}
@@ -130,6 +131,15 @@ func closeWrite(c net.Conn) {
 	case *tls.Conn:
 		c.CloseWrite()
 	}
+}
+
+// roleCertificate loads the certificate and key in the PEM files, or makes
+// a self-signed P-256 one when no files are given.
+func roleCertificate(certFile, keyFile string) (tls.Certificate, error) {
+	if certFile == "" && keyFile == "" {
+		return selfSigned()
+	}
+	return tls.LoadX509KeyPair(certFile, keyFile)
 }
 
 func selfSigned() (tls.Certificate, error) {
