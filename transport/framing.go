@@ -180,6 +180,24 @@ func appendFrames(out, data []byte, pad int) []byte {
 	return out
 }
 
+// appendQueuedFrames is appendFrames for the n bytes q holds from offset
+// off: the frames run across the queue's chunks as they would across one
+// buffer.
+func appendQueuedFrames(out []byte, q *sendQueue, off, n, pad int) []byte {
+	for n > 0 {
+		m := min(n, maxFrameBody)
+		out = append(out, frameData, byte(m>>8), byte(m))
+		out = q.appendRange(out, off, m)
+		off += m
+		n -= m
+	}
+	if pad > 0 {
+		out = append(out, framePad, byte(pad>>8), byte(pad))
+		out = append(out, make([]byte, pad)...)
+	}
+	return out
+}
+
 // padFrame returns a PAD frame n bytes long, header included (n at least
 // frameHeaderLen): a record of its own the size of someone else's.
 func padFrame(n int) []byte {

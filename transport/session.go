@@ -56,7 +56,7 @@ type sessionConn struct {
 
 	// Sending. sendq holds the bytes [acked, written); next is the offset
 	// of the first byte not yet sent on the current carrier.
-	sendq    ring
+	sendq    sendQueue
 	acked    uint64
 	written  uint64
 	next     uint64
@@ -321,65 +321,6 @@ func (s *sessionConn) wakeAll() {
 
 // unacked returns how many bytes wait for the peer's acknowledgement.
 func (s *sessionConn) unacked() int { return s.sendq.n }
-
-// ring is the send queue: a ring buffer, so that bytes queued and bytes
-// acknowledged never make it copy what it holds, except to grow. Not safe
-// for concurrent use.
-type ring struct {
-	buf  []byte
-	head int // index of the first byte
-	n    int // bytes held
-}
-
-// push appends p, growing the buffer (doubling) if it is full.
-func (r *ring) push(p []byte) {
-	if r.n+len(p) > len(r.buf) {
-		nb := make([]byte, max(2*len(r.buf), r.n+len(p), 64<<10))
-		a, b := r.slice(0, r.n)
-		copy(nb[copy(nb, a):], b)
-		r.buf, r.head = nb, 0
-	}
-	for len(p) > 0 {
-		// Free space runs from the tail to the end of the buffer, or,
-		// once wrapped, to the head.
-		tail := (r.head + r.n) % len(r.buf)
-		end := len(r.buf)
-		if tail < r.head {
-			end = r.head
-		}
-		m := copy(r.buf[tail:end], p)
-		r.n += m
-		p = p[m:]
-	}
-}
-
-// drop removes the first k bytes.
-func (r *ring) drop(k int) {
-	r.head = (r.head + k) % max(len(r.buf), 1)
-	r.n -= k
-	if r.n == 0 {
-		r.head = 0
-	}
-}
-
-// release lets go of the buffer if the ring is empty.
-func (r *ring) release() {
-	if r.n == 0 {
-		r.buf, r.head = nil, 0
-	}
-}
-
-// slice returns the n bytes from off as one or two slices of the buffer.
-func (r *ring) slice(off, n int) ([]byte, []byte) {
-	if n == 0 {
-		return nil, nil
-	}
-	start := (r.head + off) % len(r.buf)
-	if start+n <= len(r.buf) {
-		return r.buf[start : start+n], nil
-	}
-	return r.buf[start:], r.buf[:n-(len(r.buf)-start)]
-}
 
 // Write queues p for sending. It blocks while sendLimit bytes are
 // unacknowledged.
@@ -697,12 +638,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 		// nothing waits), so bulk data goes in full records.
 		n, fill = wholeRecords(len(out), n)
 	}
-	a, b := s.sendq.slice(int(s.next-s.acked), n)
-	if len(b) == 0 {
-		out = appendFrames(out, a, pad)
-	} else {
-		out = appendFrames(appendFrames(out, a, 0), b, pad)
-	}
+	out = appendQueuedFrames(out, &s.sendq, int(s.next-s.acked), n, pad)
 	s.next += uint64(n)
 	return out, fill
 }
