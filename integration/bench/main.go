@@ -425,7 +425,7 @@ func run(o options) error {
 		// not the idle streams'.
 		idle := map[string]idleResult{}
 		if o.idle > 0 {
-			for _, s := range e.setup(delayed) {
+			for _, s := range e.setup(delayed, false) {
 				if s.client != nil || s.server != nil {
 					fmt.Fprintf(os.Stderr, "%d idle streams%s: %s ...\n", o.idle, suffix(delayed), s.name)
 					idle[s.name] = e.idleStreams(s, o.idle)
@@ -433,7 +433,7 @@ func run(o options) error {
 				e.stop(s)
 			}
 		}
-		systems := e.setup(delayed)
+		systems := e.setup(delayed, true)
 		res := make([][]result, len(systems))
 		for round := 0; round < o.rounds; round++ {
 			for i, s := range systems {

@@ -203,8 +203,10 @@ func (e *env) note(s string) {
 }
 
 // setup starts every system; with delayed set, each one's client side
-// reaches its server side through its own delay line.
-func (e *env) setup(delayed bool) []*system {
+// reaches its server side through its own delay line. timed says the
+// systems are for the timed figures (not the idle streams'), whose notes
+// say what shapes them.
+func (e *env) setup(delayed, timed bool) []*system {
 	var out []*system
 	add := func(s *system, err error) {
 		if err == nil && s.startClient != nil {
@@ -224,8 +226,8 @@ func (e *env) setup(delayed bool) []*system {
 	// kind of machine, a P-256 one 0.05: with keys of their own, the
 	// cold-start figure compared key types, not transports.
 	mirage, mirageErr := e.mirage(delayed)
-	if mirage.faceKey != "" && !delayed {
-		e.note("the Go crypto/tls relay presents the Mirage bridge's own face certificate (" + keyKind(mirage.faceCert, mirage.faceKey) + ")")
+	if mirage.faceKey != "" && timed {
+		e.note(fmt.Sprintf("the Go crypto/tls relay%s presents the Mirage bridge's own face certificate (%s), so both sign their handshakes with the same kind of key", suffix(delayed), keyKind(mirage.faceCert, mirage.faceKey)))
 	}
 	add(e.direct(delayed))
 	add(e.tlsRelay(delayed, mirage.faceCert, mirage.faceKey))
