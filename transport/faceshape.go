@@ -517,10 +517,10 @@ func (s *Server) watchFaceShape() {
 // our hello to the bridge, or the link is wrong): it reads what the site
 // sends, acknowledging its SETTINGS and answering its PINGs, until the
 // response to the opening's request is complete, then closes with
-// close_notify. head is what was read of the site's bytes already. It
-// gives up after shapeLearnTimeout.
+// close_notify (closeVisit). head is what was read of the site's bytes
+// already. It gives up after shapeLearnTimeout.
 func finishVisit(uc net.Conn, head []byte, authority string) {
-	defer uc.Close()
+	defer closeVisit(uc)
 	uc.SetDeadline(time.Now().Add(shapeLearnTimeout))
 	fr := http2.NewFramer(uc, io.MultiReader(bytes.NewReader(head), uc))
 	for {
@@ -550,6 +550,45 @@ func finishVisit(uc net.Conn, head []byte, authority string) {
 				return
 			}
 		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			return
+		}
+	}
+}
+
+// visitCloseWait bounds how long closeVisit waits for the site to close
+// its side: one long round trip, and the site's own time to close.
+const visitCloseWait = 2 * time.Second
+
+// closeVisit closes a visit as a browser's connection closes, close_notify
+// and a FIN, and then reads what the site still sends (its close_notify,
+// a GOAWAY) until it closes its side too, or for visitCloseWait. Closing
+// the socket at once would leave those bytes unread, or have them arrive
+// at a closed socket, and the kernel would answer with a reset: a visit
+// that ends in a reset, seen now and then (TestLandingOnTheFaceIsAVisit,
+// one run in a few hundred), where browsers end theirs with FINs.
+func closeVisit(uc net.Conn) {
+	defer uc.Close()
+	if cw, ok := uc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+		return
+	}
+	// The TCP connection under the TLS wrappers sends its FIN now.
+	for c := uc; ; {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		if c = u.NetConn(); c == nil {
+			break
+		}
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+			break
+		}
+	}
+	uc.SetReadDeadline(time.Now().Add(visitCloseWait))
+	var buf [512]byte
+	for {
+		if _, err := uc.Read(buf[:]); err != nil {
 			return
 		}
 	}

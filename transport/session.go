@@ -178,6 +178,9 @@ type countingConn struct {
 	read, written atomic.Int64
 }
 
+// NetConn returns the connection under c (for closeVisit's FIN).
+func (c *countingConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
