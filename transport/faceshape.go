@@ -568,22 +568,8 @@ const visitCloseWait = 2 * time.Second
 // one run in a few hundred), where browsers end theirs with FINs.
 func closeVisit(uc net.Conn) {
 	defer uc.Close()
-	if cw, ok := uc.(interface{ CloseWrite() error }); !ok || cw.CloseWrite() != nil {
+	if !closeWrite(uc) {
 		return
-	}
-	// The TCP connection under the TLS wrappers sends its FIN now.
-	for c := uc; ; {
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		if c = u.NetConn(); c == nil {
-			break
-		}
-		if cw, ok := c.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-			break
-		}
 	}
 	uc.SetReadDeadline(time.Now().Add(visitCloseWait))
 	var buf [512]byte

@@ -227,6 +227,9 @@ type carrier struct {
 	lastData atomic.Int64 // monoNow of the last DATA received
 	lastSent atomic.Int64 // monoNow of the last DATA sent
 
+	// readDone is closed when readLoop(c) returns (made by attach).
+	readDone chan struct{}
+
 	// Guarded by the session's mu.
 	dead        bool
 	sendRetired bool // we sent RETIRE
@@ -283,6 +286,7 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 		return false
 	}
 	c.needSeek = true
+	c.readDone = make(chan struct{})
 	c.joined = time.Now()
 	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
 	c.lastRecv.Store(monoAt(c.joined))
@@ -663,6 +667,9 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 
 // readLoop reads c's frames until it ends.
 func (s *sessionConn) readLoop(c *carrier) {
+	if c.readDone != nil {
+		defer close(c.readDone)
+	}
 	if c.finish != nil {
 		if err := c.finish(); err != nil {
 			// Only a new session's first carrier sends before the
@@ -710,7 +717,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			s.mu.Unlock()
 			return
 		}
-		stop := false
+		stop, drain := false, false
 		switch typ {
 		case frameData:
 			c.lastData.Store(now)
@@ -736,7 +743,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			}
 		case frameRetire:
 			c.peerRetired = true
-			stop = true
+			stop, drain = true, true
 			if c.sendRetired {
 				s.retireDone(c)
 			}
@@ -760,7 +767,28 @@ func (s *sessionConn) readLoop(c *carrier) {
 			stop = true
 		}
 		s.mu.Unlock()
+		if drain {
+			drainRetired(c)
+		}
 		if stop {
+			return
+		}
+	}
+}
+
+// drainRetiredWait bounds how long a carrier the peer retired is read
+// after its RETIRE: our own RETIRE, the peer's close, and a slow path.
+const drainRetiredWait = 10 * time.Second
+
+// drainRetired reads what follows the peer's RETIRE on c, which should be
+// nothing but its close_notify, until c ends. The socket is then closed
+// (closeRetired) with nothing unread and nothing more to come: closed with
+// the peer's close_notify on its way, the kernel answered it with a reset.
+func drainRetired(c *carrier) {
+	c.conn.SetReadDeadline(time.Now().Add(drainRetiredWait))
+	var buf [512]byte
+	for {
+		if _, err := c.conn.Read(buf[:]); err != nil {
 			return
 		}
 	}
@@ -962,14 +990,59 @@ func (s *sessionConn) retireDone(c *carrier) {
 	}
 	c.dead = true
 	s.remove(c)
-	// A browser closes a finished connection with close_notify; it may
-	// wait on a slow peer, so not under the lock.
-	go func() {
-		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		c.conn.Close()
-	}()
+	// It may wait on a slow peer, so not under the lock.
+	go closeRetired(c)
 	s.poke()
 	s.wakeAll()
+}
+
+// retireCloseWait bounds how long a retired carrier waits for the peer's
+// close_notify before it closes its socket.
+const retireCloseWait = 2 * time.Second
+
+// closeRetired closes a carrier both sides retired as a browser's finished
+// connection closes: close_notify and a FIN, and the socket closes once the
+// carrier's reader has read the peer's own close (or after
+// retireCloseWait). Both sides close at the same moment; a socket closed
+// at once received the peer's close_notify after its close, and the kernel
+// answered with a reset (TestRetiredCarriersEndWithFINs: 10 of some 900
+// carrier ends), where connections should end with FINs. The reader reads
+// on after the peer's RETIRE for this (drainRetired).
+func closeRetired(c *carrier) {
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	if closeWrite(c.conn) && c.readDone != nil {
+		select {
+		case <-c.readDone:
+		case <-time.After(retireCloseWait):
+		}
+	}
+	c.conn.Close()
+}
+
+// closeWrite ends the writing side of a TLS connection as TLS and then TCP
+// do: close_notify, and a FIN from the TCP socket under it, found through
+// the wrappers' NetConn. Only the socket itself is half-closed: a
+// wrapper's CloseWrite may close the whole connection (prefixConn's, when
+// what it wraps cannot half-close), and a socket closed with the peer's
+// close_notify on its way answers it with a reset. It reports whether
+// close_notify went out.
+func closeWrite(c net.Conn) bool {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return false
+	}
+	u := c
+	for {
+		n, ok := u.(interface{ NetConn() net.Conn })
+		if !ok || n.NetConn() == nil {
+			break
+		}
+		u = n.NetConn()
+	}
+	if tcp, ok := u.(*net.TCPConn); ok {
+		tcp.CloseWrite()
+	}
+	return true
 }
 
 func (s *sessionConn) remove(c *carrier) {

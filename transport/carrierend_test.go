@@ -1,0 +1,88 @@
+package transport
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRetiredCarriersEndWithFINs: a carrier retired at its budget ends as
+// a browser's connection does, with close_notify and a FIN each way, not
+// a reset. Both ends close at the same moment; a socket closed with the
+// peer's close_notify on its way answers it with a reset, and a reset at
+// the end of budget carriers would mark the connections to a bridge.
+func TestRetiredCarriersEndWithFINs(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), loadHandler, nil)
+	relay := startTapRelay(t, b.addr)
+	// The tap relay hands over its taps on channels of 16: collect them
+	// as carriers come, or the 17th would wait.
+	var mu sync.Mutex
+	var taps [][2]*recordTap // client's side, bridge's side
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case up := <-relay.up:
+				down := <-relay.down
+				mu.Lock()
+				taps = append(taps, [2]*recordTap{up, down})
+				mu.Unlock()
+			}
+		}
+	}()
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	cfg.Budget = 14 << 10
+	cfg.Logger = testLogger(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := transfer(ctx, sess, 'D', 128<<10, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := transfer(ctx, sess, 'U', 128<<10, 2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Every carrier but the session's last two (the one in use and the
+	// one dialled ahead) is retired, or about to be.
+	ended := func() (n, total int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tp := range taps {
+			if tp[0].ended() && tp[1].ended() {
+				n++
+			}
+		}
+		return n, len(taps)
+	}
+	waitUntil(t, "the retired carriers to end", func() bool { n, total := ended(); return n >= total-2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(taps) < 6 {
+		t.Fatalf("%d carriers: want several retired at the budget", len(taps))
+	}
+	resets, ends := 0, 0
+	for i, tp := range taps {
+		for j, tap := range tp {
+			if !tap.ended() {
+				continue
+			}
+			ends++
+			if err := tap.endErr(); err != nil {
+				resets++
+				t.Logf("carrier %d: the %s ended it with %v", i, []string{"client", "bridge"}[j], err)
+			}
+		}
+	}
+	if resets > 0 {
+		t.Errorf("%d of %d ends of retired carriers were resets, want FINs", resets, ends)
+	}
+}
