@@ -176,9 +176,6 @@ type abortConn struct {
 	secret []byte // client handshake traffic secret
 }
 
-// NetConn returns the connection under a (for closeVisit's FIN).
-func (a *abortConn) NetConn() net.Conn { return a.Conn }
-
 // Write is called by utls for its records. Once the check has failed, the
 // only records left are the ChangeCipherSpec and the alert.
 func (a *abortConn) Write(p []byte) (int, error) {

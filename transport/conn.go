@@ -59,9 +59,6 @@ func (c *prefixConn) SetWriteDeadline(t time.Time) error {
 }
 
 // CloseWrite half-closes the underlying connection when it can.
-// NetConn returns the connection under c (for closeWrite's FIN).
-func (c *prefixConn) NetConn() net.Conn { return c.Conn }
-
 func (c *prefixConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

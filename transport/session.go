@@ -178,9 +178,6 @@ type countingConn struct {
 	read, written atomic.Int64
 }
 
-// NetConn returns the connection under c (for closeVisit's FIN).
-func (c *countingConn) NetConn() net.Conn { return c.Conn }
-
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
@@ -195,7 +192,6 @@ func (c *countingConn) Write(p []byte) (int, error) {
 
 // (No NetConn method: readAvailable must not reach around the count.)
 
-// carrier is one authenticated TLS connection carrying a session.
 // monoBase anchors monoNow. The times a session keeps of its carriers'
 // traffic are read from the monotonic clock alone: time.Since reads only
 // that clock where time.Now reads the wall clock too (a frame cost three
@@ -211,6 +207,7 @@ func monoNow() int64 { return int64(time.Since(monoBase)) }
 // give) as monoNow would have at t.
 func monoAt(t time.Time) int64 { return int64(t.Sub(monoBase)) }
 
+// carrier is one authenticated TLS connection carrying a session.
 type carrier struct {
 	seq    uint32
 	conn   net.Conn // TLS, over raw
@@ -1020,29 +1017,43 @@ func closeRetired(c *carrier) {
 }
 
 // closeWrite ends the writing side of a TLS connection as TLS and then TCP
-// do: close_notify, and a FIN from the TCP socket under it, found through
-// the wrappers' NetConn. Only the socket itself is half-closed: a
-// wrapper's CloseWrite may close the whole connection (prefixConn's, when
-// what it wraps cannot half-close), and a socket closed with the peer's
-// close_notify on its way answers it with a reset. It reports whether
-// close_notify went out.
+// do: close_notify, and a FIN from the TCP socket under it (socketUnder).
+// Only the socket itself is half-closed: a wrapper's CloseWrite may close
+// the whole connection (prefixConn's, when what it wraps cannot
+// half-close), and a socket closed with the peer's close_notify on its way
+// answers it with a reset. It reports whether close_notify went out.
 func closeWrite(c net.Conn) bool {
 	cw, ok := c.(interface{ CloseWrite() error })
 	if !ok || cw.CloseWrite() != nil {
 		return false
 	}
-	u := c
-	for {
-		n, ok := u.(interface{ NetConn() net.Conn })
-		if !ok || n.NetConn() == nil {
-			break
-		}
-		u = n.NetConn()
-	}
-	if tcp, ok := u.(*net.TCPConn); ok {
+	if tcp, ok := socketUnder(c).(*net.TCPConn); ok {
 		tcp.CloseWrite()
 	}
 	return true
+}
+
+// socketUnder returns the connection under c's wrappers: ours, which have
+// no NetConn method on purpose (readAvailable, through unwrapConn, must
+// neither reach around countingConn's count nor past prefixConn's
+// prefix), and every other's NetConn (TLS, connection limits).
+func socketUnder(c net.Conn) net.Conn {
+	for {
+		switch w := c.(type) {
+		case *countingConn:
+			c = w.Conn
+		case *prefixConn:
+			c = w.Conn
+		case *abortConn:
+			c = w.Conn
+		case interface{ NetConn() net.Conn }:
+			if c = w.NetConn(); c == nil {
+				return nil
+			}
+		default:
+			return c
+		}
+	}
 }
 
 func (s *sessionConn) remove(c *carrier) {
