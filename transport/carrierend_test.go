@@ -7,9 +7,9 @@ import (
 	"time"
 )
 
-// TestRetiredCarriersEndWithFINs: a carrier retired at its budget ends as
-// a browser's connection does, with close_notify and a FIN each way, not
-// a reset. Both ends close at the same moment; a socket closed with the
+// TestRetiredCarriersEndWithFINs: a carrier retired at its budget ends
+// with a FIN each way, not a reset: the client's without close_notify, as
+// Chromium's connections end, the bridge's with it, as a web server's do. Both ends close at the same moment; a socket closed with the
 // peer's close_notify on its way answers it with a reset, and a reset at
 // the end of budget carriers would mark the connections to a bridge.
 func TestRetiredCarriersEndWithFINs(t *testing.T) {
@@ -79,6 +79,16 @@ func TestRetiredCarriersEndWithFINs(t *testing.T) {
 			if err := tap.endErr(); err != nil {
 				resets++
 				t.Logf("carrier %d: the %s ended it with %v", i, []string{"client", "bridge"}[j], err)
+			}
+			// The client closes as Chromium does, without close_notify
+			// (a 19-byte record); the bridge as a web server does, with
+			// it.
+			n, _ := tap.count()
+			all := plus(tap.lengths(0, n), recordOverhead13)
+			if last := all[len(all)-1]; j == 0 && last == 19 {
+				t.Errorf("carrier %d: the client's last record is a close_notify; Chromium sends none", i)
+			} else if j == 1 && last != 19 {
+				t.Errorf("carrier %d: the bridge's last record is %d bytes, not a close_notify (19)", i, last)
 			}
 		}
 	}

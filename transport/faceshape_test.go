@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -375,16 +376,16 @@ func TestLandingOnTheFaceIsAVisit(t *testing.T) {
 		t.Fatalf("Dial with another bridge's key: %v, want ErrNotBridge", err)
 	}
 	up, down := <-relay.up, <-relay.down
-	// The visit ends with the client's close_notify, then a FIN.
+	// The visit ends as Chromium 156 ends its connections: a FIN, and no
+	// close_notify (a capture of Chromium closing its connection to a Go
+	// site: Finished, 87, the request, the SETTINGS ACK, then the FIN).
 	waitUntil(t, "the client to close the visit", func() bool { return up.ended() })
 	if err := up.endErr(); err != nil {
 		t.Errorf("the client ended the visit with %v, want a FIN", err)
 	}
-	got := up.after(t, 1, 4)
-	n, _ := up.count()
-	all := plus(up.lengths(0, n), recordOverhead13)
-	if len(got) < 4 || got[0] != 87 || got[2] != 26 || all[len(all)-1] != 19 {
-		t.Errorf("client's records after Finished %v: want 87, the request, the SETTINGS ACK (26), ..., close_notify (19)", got)
+	got := up.after(t, 1, 3)
+	if len(got) < 3 || got[0] != 87 || got[2] != 26 || slices.Contains(got, 19) {
+		t.Errorf("client's records after Finished %v: want 87, the request, the SETTINGS ACK (26), ..., and no close_notify (19)", got)
 	}
 	// The site answered the request: the response's HEADERS and DATA
 	// came after its SETTINGS, WINDOW_UPDATE and ACK.

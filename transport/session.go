@@ -988,7 +988,7 @@ func (s *sessionConn) retireDone(c *carrier) {
 	c.dead = true
 	s.remove(c)
 	// It may wait on a slow peer, so not under the lock.
-	go closeRetired(c)
+	go closeRetired(c, s.client)
 	s.poke()
 	s.wakeAll()
 }
@@ -997,15 +997,21 @@ func (s *sessionConn) retireDone(c *carrier) {
 // close_notify before it closes its socket.
 const retireCloseWait = 2 * time.Second
 
-// closeRetired closes a carrier both sides retired as a browser's finished
-// connection closes: close_notify and a FIN, and the socket closes once the
-// carrier's reader has read the peer's own close (or after
+// closeRetired closes a carrier both sides retired as a finished
+// connection closes: the client as Chromium does, with a FIN and no
+// close_notify (closeAsChromium), the bridge as a web server does, with
+// close_notify and a FIN (closeWrite). Either way the socket closes once
+// the carrier's reader has read the peer's own close (or after
 // retireCloseWait). Both sides close at the same moment; a socket closed
-// at once received the peer's close_notify after its close, and the kernel
+// at once received the peer's close after its own, and the kernel
 // answered with a reset (TestRetiredCarriersEndWithFINs: 10 of some 900
 // carrier ends), where connections should end with FINs. The reader reads
 // on after the peer's RETIRE for this (drainRetired).
-func closeRetired(c *carrier) {
+func closeRetired(c *carrier, client bool) {
+	if client {
+		closeAsChromium(c.conn, c.readDone, retireCloseWait)
+		return
+	}
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	if closeWrite(c.conn) && c.readDone != nil {
 		select {
@@ -1014,6 +1020,40 @@ func closeRetired(c *carrier) {
 		}
 	}
 	c.conn.Close()
+}
+
+// closeAsChromium closes a client's TLS connection as Chromium 156 closes
+// its own: the TCP socket under it sends a FIN, and no close_notify goes
+// out (Chromium's SSLClientSocketImpl::Disconnect disconnects the socket
+// without SSL_shutdown; a capture of Chromium 156 closing its connections
+// to a Go site, at its exit and at the site's idle close, showed no
+// close_notify either). The socket closes once the peer has closed too
+// (peerClosed, or, when nil, once a read of c ends), or after wait, so
+// that nothing the peer sends meets a closed socket.
+func closeAsChromium(c net.Conn, peerClosed <-chan struct{}, wait time.Duration) {
+	sock := socketUnder(c)
+	if sock == nil {
+		sock = c // not ours to half-close: close what there is
+	}
+	defer sock.Close()
+	tcp, ok := sock.(*net.TCPConn)
+	if !ok || tcp.CloseWrite() != nil {
+		return
+	}
+	if peerClosed != nil {
+		select {
+		case <-peerClosed:
+		case <-time.After(wait):
+		}
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	var buf [512]byte
+	for {
+		if _, err := c.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // closeWrite ends the writing side of a TLS connection as TLS and then TCP
