@@ -516,11 +516,20 @@ func (s *Server) watchFaceShape() {
 // carrier's opening met the face instead of the bridge (a censor raced
 // our hello to the bridge, or the link is wrong): it reads what the site
 // sends, acknowledging its SETTINGS and answering its PINGs, until the
-// response to the opening's request is complete, then closes with
-// close_notify (closeVisit). head is what was read of the site's bytes
-// already. It gives up after shapeLearnTimeout.
+// response to the opening's request is complete, then closes. head is
+// what was read of the site's bytes already. It gives up after
+// shapeLearnTimeout.
+//
+// It then closes as Chromium closes a connection, with a FIN and no
+// close_notify (closeAsChromium), and reads what the site still sends (its
+// close_notify, a GOAWAY) until it closes its side too, or for
+// visitCloseWait. Closing the socket at once would leave those bytes
+// unread, or have them arrive at a closed socket, and the kernel would
+// answer with a reset: a visit that ends in a reset, seen now and then
+// (TestLandingOnTheFaceIsAVisit, 30 runs in 1,500), where browsers end
+// theirs with FINs.
 func finishVisit(uc net.Conn, head []byte, authority string) {
-	defer closeVisit(uc)
+	defer closeAsChromium(uc, nil, visitCloseWait)
 	uc.SetDeadline(time.Now().Add(shapeLearnTimeout))
 	fr := http2.NewFramer(uc, io.MultiReader(bytes.NewReader(head), uc))
 	for {
@@ -555,21 +564,9 @@ func finishVisit(uc net.Conn, head []byte, authority string) {
 	}
 }
 
-// visitCloseWait bounds how long closeVisit waits for the site to close
+// visitCloseWait bounds how long finishVisit waits for the site to close
 // its side: one long round trip, and the site's own time to close.
 const visitCloseWait = 2 * time.Second
-
-// closeVisit closes a visit as Chromium closes a connection, with a FIN
-// and no close_notify (closeAsChromium), and then reads what the site
-// still sends (its close_notify, a GOAWAY) until it closes its side too,
-// or for visitCloseWait. Closing the socket at once would leave those
-// bytes unread, or have them arrive at a closed socket, and the kernel
-// would answer with a reset: a visit that ends in a reset, seen now and
-// then (TestLandingOnTheFaceIsAVisit, 30 runs in 1,500), where browsers
-// end theirs with FINs.
-func closeVisit(uc net.Conn) {
-	closeAsChromium(uc, nil, visitCloseWait)
-}
 
 // maxIdleProbe is how long the bridge keeps an idle visit to its cover
 // open to learn how long the cover lets idle connections live.

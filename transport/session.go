@@ -214,7 +214,7 @@ type carrier struct {
 	raw    *countingConn
 	budget int // bytes each way, handshake included; 0: none
 	rtt    time.Duration
-	joined time.Time
+	joined int64 // monoNow when it joined the session
 	// finish, when not nil, reads the rest of the server's opening
 	// (proof and status), which the client did not wait for before it
 	// sent (opened.finish); readLoop calls it first.
@@ -284,9 +284,9 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 	}
 	c.needSeek = true
 	c.readDone = make(chan struct{})
-	c.joined = time.Now()
+	c.joined = monoNow()
 	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
-	c.lastRecv.Store(monoAt(c.joined))
+	c.lastRecv.Store(c.joined)
 	if err := s.ackedTo(peerRecvd); err != nil {
 		return false
 	}
@@ -781,11 +781,15 @@ const drainRetiredWait = 10 * time.Second
 // nothing but its close_notify, until c ends. The socket is then closed
 // (closeRetired) with nothing unread and nothing more to come: closed with
 // the peer's close_notify on its way, the kernel answered it with a reset.
-func drainRetired(c *carrier) {
-	c.conn.SetReadDeadline(time.Now().Add(drainRetiredWait))
+func drainRetired(c *carrier) { readToEnd(c.conn, drainRetiredWait) }
+
+// readToEnd reads and drops what c delivers until it ends (the peer's
+// close, an error) or for wait.
+func readToEnd(c net.Conn, wait time.Duration) {
+	c.SetReadDeadline(time.Now().Add(wait))
 	var buf [512]byte
 	for {
-		if _, err := c.conn.Read(buf[:]); err != nil {
+		if _, err := c.Read(buf[:]); err != nil {
 			return
 		}
 	}
@@ -1040,19 +1044,13 @@ func closeAsChromium(c net.Conn, peerClosed <-chan struct{}, wait time.Duration)
 	if !ok || tcp.CloseWrite() != nil {
 		return
 	}
-	if peerClosed != nil {
-		select {
-		case <-peerClosed:
-		case <-time.After(wait):
-		}
+	if peerClosed == nil {
+		readToEnd(c, wait)
 		return
 	}
-	c.SetReadDeadline(time.Now().Add(wait))
-	var buf [512]byte
-	for {
-		if _, err := c.Read(buf[:]); err != nil {
-			return
-		}
+	select {
+	case <-peerClosed:
+	case <-time.After(wait):
 	}
 }
 
@@ -1230,7 +1228,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// with streams open, if anything moved lately (a request went
 		// out, data came in, this carrier is new): a reply may be on
 		// its way. A long-idle stream is checked only by keepalives.
-		lastMove := max(rc.lastData.Load(), s.lastSend, monoAt(rc.joined))
+		lastMove := max(rc.lastData.Load(), s.lastSend, rc.joined)
 		owed := s.written > s.acked || (streams && time.Duration(mono-lastMove) < activeFor)
 		// Keepalives are the client's, as an HTTP/2 client's PINGs
 		// would be; the bridge only checks what it is owed.
@@ -1270,7 +1268,7 @@ func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 		return
 	}
 	for _, c := range slices.Clone(s.carriers) {
-		last := max(c.lastData.Load(), c.lastSent.Load(), monoAt(c.joined))
+		last := max(c.lastData.Load(), c.lastSent.Load(), c.joined)
 		if c.dead || time.Duration(monoAt(now)-last) < idle {
 			continue
 		}
