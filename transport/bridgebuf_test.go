@@ -17,12 +17,14 @@ import (
 // bound, all sessions together, and meanwhile another client's upload to
 // a destination that reads goes through. (With no bound, the four
 // pushers below made the bridge hold 50 MB, where it now holds 3.2 to
-// 3.7: each session's smux takes up to 32 MiB.)
+// 3.7: each session's smux takes up to 32 MiB. Since windows start
+// small, each pusher opens several streams to get there.)
 func TestBridgeBuffersBounded(t *testing.T) {
 	const (
 		limit   = 4 << 20
 		pushers = 4
-		push    = 16 << 20 // one stream's window
+		streams = 8       // per pusher
+		push    = 2 << 20 // per stream: more than its initial window
 	)
 	// The destination that never reads: a small receive buffer, so that
 	// the kernel takes little of what is pushed.
@@ -83,6 +85,8 @@ func TestBridgeBuffersBounded(t *testing.T) {
 			return
 		}
 		defer c.Close()
+		// Little in the kernel too: what the bridge holds is in smux.
+		c.(*net.TCPConn).SetWriteBuffer(4096)
 		// A write to the destination that never reads ends with the
 		// session, as egress's relays end.
 		go func() {
@@ -108,17 +112,19 @@ func TestBridgeBuffersBounded(t *testing.T) {
 		// would wait to send its FIN behind what the bridge does not
 		// read.
 		defer sess.Close()
-		st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for sent := 0; sent < push; sent += len(chunk) {
-				if _, err := st.Write(chunk); err != nil {
-					return
-				}
+		for range streams {
+			st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}()
+			go func() {
+				for sent := 0; sent < push; sent += len(chunk) {
+					if _, err := st.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
 	}
 	// Wait until what the bridge holds stops growing.
 	bb := b.server.buffers

@@ -179,7 +179,6 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	start := time.Now()
 	raw, err := dial(ctx, "tcp", s.cfg.Address)
 	if connected != nil {
 		connected.Store(time.Now().UnixNano())
@@ -188,6 +187,7 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		return nil, 0, 0, fmt.Errorf("transport: cannot reach the bridge: %w", err)
 	}
 	cc := &countingConn{Conn: raw}
+	start := time.Now() // the round trip is measured from the hello on
 	dl, _ := ctx.Deadline()
 	cc.SetDeadline(dl)
 	s.conn.mu.Lock()
@@ -216,12 +216,12 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		conn:   o.conn,
 		raw:    cc,
 		budget: op.Budget,
-		// TCP, TLS and the openings take about three round trips (two
-		// when the client did not wait for the proof).
-		rtt: time.Since(start) / 3,
+		// TLS and the openings take two round trips (one when the
+		// client did not wait for the proof).
+		rtt: time.Since(start) / 2,
 	}
 	if o.finish != nil {
-		c.rtt = time.Since(start) / 2
+		c.rtt = time.Since(start)
 		c.finish = func() error {
 			cc.SetReadDeadline(dl)
 			defer cc.SetReadDeadline(time.Time{})

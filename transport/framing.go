@@ -86,11 +86,11 @@ const (
 
 // appendSmuxUPD appends an smux UPD frame of protocol version ver for the
 // stream whose id (4 bytes, little-endian, as in a frame header) is sid:
-// consumed 0, and window.
-func appendSmuxUPD(b []byte, ver byte, sid []byte, window uint32) []byte {
+// the bytes of the stream its receiver has read, and its window.
+func appendSmuxUPD(b []byte, ver byte, sid []byte, consumed, window uint32) []byte {
 	b = append(b, ver, smuxCmdUPD, 8, 0)
 	b = append(b, sid[:4]...)
-	b = binary.LittleEndian.AppendUint32(b, 0) // consumed
+	b = binary.LittleEndian.AppendUint32(b, consumed)
 	return binary.LittleEndian.AppendUint32(b, window)
 }
 

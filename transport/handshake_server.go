@@ -42,8 +42,10 @@ type serverHandshake struct {
 	consumed []byte      // every byte read from raw so far
 	cover    *earlyCover // cover face: the cover connection opened at once
 	key      [auth.KeyLen]byte
-	shortID  keys.ShortID // the authenticated client's
-	tag      []byte       // the hello's tag, recorded when the handshake completes
+	shortID  keys.ShortID  // the authenticated client's
+	tag      []byte        // the hello's tag, recorded when the handshake completes
+	helloAt  time.Time     // when the hello was read
+	rtt      time.Duration // from the hello to the client's Finished: a round trip
 }
 
 // classify reads the peer's ClientHello without answering and checks its
@@ -169,6 +171,7 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, nil, op, shape, fmt.Errorf("TLS handshake: %w", err)
 	}
+	hs.rtt = time.Since(hs.helloAt)
 	state := tc.ConnectionState()
 	if state.Version != tls.VersionTLS13 {
 		// Only a client that sent a TLS 1.3 hello has a tag, so this

@@ -7,22 +7,27 @@ import (
 // Flow-control sizing. One stream should fill a 200 Mbit/s path with a
 // 200 ms RTT, a bandwidth-delay product of 5 MB. smux grants more window
 // only once half of it was read, so a window is in effect half its size
-// part of the time: 16 MiB per stream (measured, BenchmarkLongLink: 2 MiB
-// gave 0.32 of a TCP connection's rate on that path, 8 MiB 0.78, 16 MiB
-// 0.91). A window is a credit, not an allocation: it is memory only while
-// an app does not read.
+// part of the time: up to 16 MiB per stream (measured, BenchmarkLongLink:
+// 2 MiB gave 0.32 of a TCP connection's rate on that path, 8 MiB 0.78,
+// 16 MiB 0.91). A window is a credit, not an allocation: it is memory
+// only while an app does not read. So a stream starts with
+// initialWindow, and its window grows towards streamWindow as fast as
+// its app reads (window.go).
 //
 // smux also caps what a whole session may hold unread (MaxReceiveBuffer):
 // once it is reached, its receive loop stops reading the session, and
 // every stream stalls, new ones too. On the bridge that cap is what
 // bounds a client that pushes data towards slow destinations: two
-// streams' worth. On the client it would let an app that stops reading
-// two downloads (a browser's paused downloads) freeze every other app's
-// streams, so the client's cap is clientSessionWindow, sixteen streams'
-// worth: credit, not memory, which each stream's own window still
-// bounds (TestPausedDownloadsDoNotStallTheSession).
+// largest windows' worth, eight initial ones. On the client it would let
+// an app that stops reading two downloads (a browser's paused downloads)
+// freeze every other app's streams, so the client's cap is
+// clientSessionWindow, sixteen largest windows' worth: credit, not
+// memory, which each stream's own window still bounds
+// (TestPausedDownloadsDoNotStallTheSession). The growth of windows is
+// bounded by the same caps (window.go).
 const (
 	streamWindow        = 16 << 20
+	initialWindow       = 4 << 20
 	sessionWindow       = 2 * streamWindow
 	clientSessionWindow = 16 * streamWindow
 	// maxFrameSize is the largest smux data frame: the most its 16-bit
@@ -48,7 +53,10 @@ func muxConfig(client bool) *smux.Config {
 	if client {
 		c.MaxReceiveBuffer = clientSessionWindow
 	}
-	c.MaxStreamBuffer = streamWindow
+	// smux announces this window, and an UPD each time half of it was
+	// read: every quarter of initialWindow. The session rewrites the
+	// UPDs with each stream's tuned window (window.go).
+	c.MaxStreamBuffer = initialWindow / 2
 	c.KeepAliveDisabled = true
 	return c
 }

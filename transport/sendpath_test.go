@@ -154,8 +154,8 @@ func TestUnreadDataDoesNotBlockTheCarrier(t *testing.T) {
 }
 
 // TestNewStreamAnnouncesItsWindow: a stream the client opens announces its
-// whole receive window right after its SYN, so the bridge may send a
-// download's first streamWindow bytes at once. (smux lets a sender have
+// receive window right after its SYN, so the bridge may send a
+// download's first initialWindow bytes at once. (smux lets a sender have
 // only 256 KiB in flight until the receiver's first read of the stream is
 // announced, a round trip later: a download over a 200 ms path lost a
 // round trip, 5 MB at 200 Mbit/s, and BenchmarkLongLink showed 0.91 of a
@@ -171,7 +171,7 @@ func TestNewStreamAnnouncesItsWindow(t *testing.T) {
 	got := s.sendq.appendRange(nil, 0, s.sendq.n)
 	s.mu.Unlock()
 	want := append(append([]byte(nil), syn...), 2, smuxCmdUPD, 8, 0, 7, 0, 0, 0, 0, 0, 0, 0)
-	want = binary.LittleEndian.AppendUint32(want, streamWindow)
+	want = binary.LittleEndian.AppendUint32(want, initialWindow)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("queued % x\nwant   % x", got, want)
 	}

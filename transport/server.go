@@ -348,6 +348,7 @@ func (s *Server) handle(raw net.Conn) {
 	}
 	hs.raw = p
 	err := hs.classify()
+	hs.helloAt = time.Now()
 	hs.raw = raw // the face and the tunnel get the socket itself
 	cover := hs.cover
 	if s.releasePending(p) {
@@ -418,7 +419,9 @@ func (s *Server) carry(hs *serverHandshake) {
 		}
 	}
 	tc.SetDeadline(time.Time{})
-	c := &carrier{seq: op.Carrier, conn: tc, raw: raw, budget: op.Budget}
+	// The TLS handshake took about one round trip after the hello
+	// arrived: the client's Finished answers our flight.
+	c := &carrier{seq: op.Carrier, conn: tc, raw: raw, budget: op.Budget, rtt: hs.rtt}
 	if !sess.conn.attach(c, op.Received) {
 		raw.Close()
 		return
@@ -480,7 +483,6 @@ func (s *Server) join(op clientOpeningInfo, shortID keys.ShortID) (*serverSessio
 	log := s.log.With("session", num)
 	conn := newSessionConn(false, s.cfg.SessionLinger, log)
 	conn.acct = newStreamAcct(s.buffers)
-	conn.inFrame.onHeader = conn.acct.frame
 	mux, err := smux.Server(conn, muxConfig(false))
 	if err != nil {
 		conn.Close()

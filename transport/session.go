@@ -94,6 +94,10 @@ type sessionConn struct {
 	// acct counts what the bridge's streams hold (bridgebuf.go); nil
 	// on the client.
 	acct *streamAcct
+	// windows tunes the windows of the streams we receive (window.go);
+	// rtt is the newest carrier's round trip, in nanoseconds.
+	windows windowTuner
+	rtt     int64
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -255,6 +259,11 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		flusherDone: make(chan struct{}),
 		events:      make(chan struct{}, 1),
 	}
+	s.windows.limit = sessionWindow
+	if client {
+		s.windows.limit = clientSessionWindow
+	}
+	s.inFrame.onHeader = s.peerFrame
 	s.sendCond = sync.NewCond(&s.mu)
 	s.spaceCond = sync.NewCond(&s.mu)
 	s.readCond = sync.NewCond(&s.mu)
@@ -286,6 +295,9 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 	c.readDone = make(chan struct{})
 	c.joined = monoNow()
 	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
+	if c.rtt > 0 {
+		s.rtt = int64(c.rtt)
+	}
 	c.lastRecv.Store(c.joined)
 	if err := s.ackedTo(peerRecvd); err != nil {
 		return false
@@ -356,6 +368,17 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(v) == 2 {
+		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
+			// Our smux's UPD: announce the stream's tuned window, or
+			// hold it back (window.go).
+			win, send := s.windows.update(sid, consumed, monoNow(), s.rtt, s.mayGrowWindows())
+			if !send {
+				return total, nil
+			}
+			v = [][]byte{appendSmuxUPD(make([]byte, 0, smuxHeaderLen+8), v[0][0], v[0][4:8], consumed, win)}
+		}
+	}
 	for !s.closed && s.unacked() > 0 && s.unacked()+total > sendLimit {
 		s.spaceCond.Wait()
 	}
@@ -376,24 +399,26 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 	}
 	queued := total
 	if s.client && len(v) > 0 && len(v[0]) >= smuxHeaderLen && v[0][1] == smuxCmdSYN {
-		// Announce the new stream's whole receive window at once: smux
-		// lets the bridge have only 256 KiB of it in flight until our
-		// first read of the stream is announced, a round trip after the
+		// Announce the new stream's receive window at once: smux lets
+		// the bridge have only 256 KiB of it in flight until our first
+		// read of the stream is announced, a round trip after the
 		// reply, and a download over a long path lost that round trip
 		// (BenchmarkLongLink: 0.91 of a TCP connection's rate, 0.99
-		// with this). The window is the one smux announces anyway.
-		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], streamWindow)
+		// with this). It is the initial window; it grows from there
+		// (window.go).
+		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], 0, initialWindow)
 		s.sendq.push(upd)
 		queued += len(upd)
+		s.windows.opened(binary.LittleEndian.Uint32(v[0][4:8]), monoNow())
 		// And the other way: tell our smux the bridge's window for the
-		// stream (every bridge of this protocol version grants
-		// streamWindow, PROTOCOL.md §6.5), as if the bridge had announced
-		// it. smux lets us have only 256 KiB in flight until the
-		// bridge's first UPD, a round trip after the SYN; a fast-open
-		// upload waited for it (BenchmarkLongLinkUpload: 0.91 of TCP's
-		// rate). Only our smux reads it; the bridge's own UPD, later in
-		// the session stream, supersedes it. Both windows are
-		// streamWindow, so it is the same frame.
+		// stream (every bridge of this protocol version grants at least
+		// initialWindow at once, PROTOCOL.md §6.5), as if the bridge had
+		// announced it. smux lets us have only 256 KiB in flight until
+		// the bridge's first UPD, a round trip after the SYN; a
+		// fast-open upload waited for it (BenchmarkLongLinkUpload: 0.91
+		// of TCP's rate). Only our smux reads it; the bridge's own UPD,
+		// later in the session stream, supersedes it. Both windows are
+		// initialWindow, so it is the same frame.
 		s.ownFrames = append(s.ownFrames, upd...)
 		if s.readWaiting {
 			s.readCond.Signal()
@@ -423,6 +448,24 @@ func (s *sessionConn) Read(p []byte) (int, error) {
 		s.inFrame.track(p[:n])
 	}
 	return n, err
+}
+
+// peerFrame notes a frame of the peer's handed to smux. Called with mu
+// held.
+func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
+	if cmd == smuxCmdFIN {
+		s.windows.ended(sid)
+	}
+	if s.acct != nil {
+		s.acct.frame(cmd, sid, n)
+	}
+}
+
+// mayGrowWindows reports whether streams' windows may grow: on a bridge,
+// not while all sessions together hold more than half its bound
+// (bridgebuf.go). Called with mu held.
+func (s *sessionConn) mayGrowWindows() bool {
+	return s.acct == nil || s.acct.bb.held.Load() <= s.acct.bb.target()
 }
 
 // read is Read, but for the tracking of smux's frames. Called with mu

@@ -64,9 +64,10 @@ func (g *gatedLink) hold(held bool) {
 }
 
 // TestUploadStartsWithTheBridgesWindow proves that a new stream may send
-// a bridge's whole stream window before any answer comes back: an app
-// behind fast open (the local proxy answers it at once) uploads 1 MiB
-// while nothing from the bridge reaches the client, and the bridge then
+// a bridge's initial stream window before any answer comes back: an app
+// behind fast open (the local proxy answers it at once) uploads nearly
+// all of it (the request takes the rest) while nothing from the bridge
+// reaches the client, and the bridge then
 // gets every byte. Before, smux let the client have only 256 KiB in
 // flight until the bridge's first UPD, a round trip after the SYN: the
 // write waited for it (here, until its deadline), and an upload over a
@@ -74,7 +75,7 @@ func (g *gatedLink) hold(held bool) {
 // TCP connection's rate).
 func TestUploadStartsWithTheBridgesWindow(t *testing.T) {
 	t.Parallel()
-	data := payload(1<<20, 9)
+	data := payload(initialWindow-4<<10, 9)
 	got := make(chan []byte, 1)
 	b := startBridge(t, newSiteFace(t), func(st *Stream) {
 		if err := st.Reply(StatusOK); err != nil {
@@ -99,7 +100,7 @@ func TestUploadStartsWithTheBridgesWindow(t *testing.T) {
 	_, werr := st.Write(data)
 	gate.hold(false)
 	if werr != nil {
-		t.Fatalf("writing 1 MiB before the bridge's first answer: %v", werr)
+		t.Fatalf("writing %d bytes before the bridge's first answer: %v", len(data), werr)
 	}
 	st.SetWriteDeadline(time.Time{})
 	if err := st.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
@@ -148,7 +149,7 @@ func TestOwnFramesGoBetweenThePeersFrames(t *testing.T) {
 		t.Fatalf("the PSH body was cut by another frame: % x", got)
 	}
 	want := []byte{2, smuxCmdUPD, 8, 0, 5, 0, 0, 0, 0, 0, 0, 0}
-	want = binary.LittleEndian.AppendUint32(want, streamWindow)
+	want = binary.LittleEndian.AppendUint32(want, initialWindow)
 	if got := append(read(smuxHeaderLen), read(8)...); !bytes.Equal(got, want) {
 		t.Fatalf("after the PSH, smux read % x; want our UPD % x", got, want)
 	}

@@ -1,0 +1,157 @@
+package transport
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"testing"
+	"time"
+)
+
+const ms = int64(time.Millisecond)
+
+// readAt feeds the tuner the UPDs smux sends while its app reads n bytes
+// at rate bytes per second, from consumed on at now: one every quarter of
+// the initial window, as our smux sends them. It returns the new consumed
+// count and time, the UPDs sent and the last window announced.
+func readAt(t *windowTuner, sid, consumed uint32, now int64, n int, rate float64, rtt int64, mayGrow bool) (uint32, int64, int, uint32) {
+	const step = initialWindow / 4
+	sent, win := 0, uint32(0)
+	for left := n; left > 0; left -= step {
+		consumed += step
+		now += int64(float64(step) / rate * 1e9)
+		if w, send := t.update(sid, consumed, now, rtt, mayGrow); send {
+			sent++
+			win = w
+		}
+	}
+	return consumed, now, sent, win
+}
+
+// TestWindowGrowsOnlyWhenTheAppReadsFast: a stream whose app reads at
+// 25 MB/s on a 200 ms path (a bandwidth-delay product of 5 MB) gets a
+// window that covers it; one whose app reads at 1 MB/s on the same path
+// keeps its initial window, and so holds no more than that when its app
+// stops reading.
+func TestWindowGrowsOnlyWhenTheAppReadsFast(t *testing.T) {
+	rtt := 200 * ms
+	fast := windowTuner{limit: math.MaxInt64}
+	fast.opened(1, 0)
+	_, _, sent, win := readAt(&fast, 1, 0, 0, 64<<20, 25e6, rtt, true)
+	if win != streamWindow {
+		t.Errorf("a stream read at 25 MB/s on a 200 ms path has a window of %d, want %d", win, streamWindow)
+	}
+	// Once grown, a quarter of the window between UPDs on the wire.
+	if most := 64<<20/(streamWindow/4) + 8; sent > most {
+		t.Errorf("%d UPDs sent for 64 MiB read, want at most %d", sent, most)
+	}
+
+	slow := windowTuner{limit: math.MaxInt64}
+	slow.opened(1, 0)
+	_, _, sent, win = readAt(&slow, 1, 0, 0, 16<<20, 1e6, rtt, true)
+	if win != initialWindow {
+		t.Errorf("a stream read at 1 MB/s on a 200 ms path has a window of %d, want %d", win, initialWindow)
+	}
+	if sent != 16 {
+		t.Errorf("%d UPDs sent for 16 MiB read with a 4 MiB window, want one per quarter window, 16", sent)
+	}
+}
+
+// TestWindowGrowthIsBounded: what streams' windows grew, all streams of a
+// session together, stays within the session's bound; a stream's growth
+// is given back when its peer ends it; and windows do not grow while the
+// bridge holds too much (mayGrow false).
+func TestWindowGrowthIsBounded(t *testing.T) {
+	rtt := 100 * ms
+	tu := windowTuner{limit: streamWindow} // one stream's growth and a bit
+	var wins [3]uint32
+	var consumed [3]uint32
+	var now [3]int64
+	for sid := range uint32(3) {
+		tu.opened(sid, 0)
+		consumed[sid], now[sid], _, wins[sid] = readAt(&tu, sid, 0, 0, 32<<20, 100e6, rtt, true)
+	}
+	if tu.grown > tu.limit {
+		t.Fatalf("the windows grew by %d in all, more than the session's bound %d", tu.grown, tu.limit)
+	}
+	left := uint32(tu.limit) - (streamWindow - initialWindow) // after the first
+	if wins != [3]uint32{streamWindow, initialWindow + left, initialWindow} {
+		t.Errorf("windows %d, want the first at %d, the second grown by what was left (%d), the third at %d", wins, streamWindow, initialWindow+left, initialWindow)
+	}
+	tu.ended(0)
+	if _, _, _, w := readAt(&tu, 2, consumed[2], now[2], 32<<20, 100e6, rtt, true); w <= initialWindow {
+		t.Errorf("after the first stream ended, the third's window is %d: its growth was not given back", w)
+	}
+
+	held := windowTuner{limit: math.MaxInt64}
+	held.opened(1, 0)
+	if _, _, _, w := readAt(&held, 1, 0, 0, 32<<20, 100e6, rtt, false); w != initialWindow {
+		t.Errorf("a window grew to %d while the bridge held too much", w)
+	}
+	// An unknown round trip: no growth, rather than a guess.
+	unknown := windowTuner{limit: math.MaxInt64}
+	unknown.opened(1, 0)
+	if _, _, _, w := readAt(&unknown, 1, 0, 0, 32<<20, 100e6, 0, true); w != initialWindow {
+		t.Errorf("a window grew to %d with no round trip known", w)
+	}
+}
+
+// TestWindowCountsWrapAround: smux counts a stream's bytes in 32 bits;
+// a stream past 4 GiB goes on as before.
+func TestWindowCountsWrapAround(t *testing.T) {
+	tu := windowTuner{limit: math.MaxInt64}
+	start := uint32(math.MaxUint32 - initialWindow/8)
+	if _, send := tu.update(1, start, 0, 100*ms, true); !send {
+		t.Fatal("a stream's first UPD was held back")
+	}
+	_, _, sent, _ := readAt(&tu, 1, start, 0, 8*initialWindow, 1e6, 100*ms, true)
+	if sent != 32 {
+		t.Errorf("%d UPDs sent across the wrap, want 32 (one per quarter window)", sent)
+	}
+}
+
+// TestSessionRewritesOurUPDs: the UPDs our smux writes go out with the
+// stream's tuned window, and those that come before a quarter of it was
+// read are not sent at all.
+func TestSessionRewritesOurUPDs(t *testing.T) {
+	s := newSessionConn(false, time.Minute, testLogger(t))
+	defer s.Close()
+	upd := func(consumed uint32) [][]byte {
+		hdr := []byte{2, smuxCmdUPD, 8, 0, 9, 0, 0, 0}
+		body := binary.LittleEndian.AppendUint32(nil, consumed)
+		return [][]byte{hdr, binary.LittleEndian.AppendUint32(body, initialWindow/2)}
+	}
+	queued := func() []byte {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.sendq.appendRange(nil, 0, s.sendq.n)
+	}
+	// The first, at the first read: smux's window is rewritten.
+	if n, err := s.WriteBuffers(upd(100)); n != 16 || err != nil {
+		t.Fatalf("WriteBuffers(UPD) = %d, %v", n, err)
+	}
+	want := appendSmuxUPD(nil, 2, []byte{9, 0, 0, 0}, 100, initialWindow)
+	if got := queued(); !bytes.Equal(got, want) {
+		t.Fatalf("queued % x\nwant   % x", got, want)
+	}
+	// Less than a quarter window later: held back, yet smux is told it
+	// was written.
+	if n, err := s.WriteBuffers(upd(100 + initialWindow/8)); n != 16 || err != nil {
+		t.Fatalf("WriteBuffers(UPD) = %d, %v", n, err)
+	}
+	if got := queued(); !bytes.Equal(got, want) {
+		t.Fatalf("an UPD a quarter window had not passed since was sent: % x", got[len(want):])
+	}
+	// A quarter window read in no time, on a known round trip: grown.
+	s.mu.Lock()
+	s.rtt = 50 * ms
+	s.mu.Unlock()
+	s.WriteBuffers(upd(100 + initialWindow/4))
+	got := queued()[len(want):]
+	if len(got) != 16 || binary.LittleEndian.Uint32(got[8:12]) != 100+initialWindow/4 {
+		t.Fatalf("the UPD sent is % x", got)
+	}
+	if w := binary.LittleEndian.Uint32(got[12:]); w <= initialWindow {
+		t.Fatalf("the window announced after a fast read is %d, want more than %d", w, initialWindow)
+	}
+}
