@@ -96,3 +96,69 @@ func TestRetiredCarriersEndWithFINs(t *testing.T) {
 		t.Errorf("%d of %d ends of retired carriers were resets, want FINs", resets, ends)
 	}
 }
+
+// TestSessionEndsWithFINs: when a session ends, its carriers end with a
+// FIN each way, not a reset, whichever side ends it: the client's app
+// closing it, or the bridge (its idle timeout, its shutdown). The client
+// closes as Chromium does, without close_notify, the bridge as a web
+// server does, with it. Both used to close their sockets right after the
+// CLOSE frame, and a socket closed with the peer's bytes on their way
+// answers them with a reset: the end of every session, seen by a censor.
+func TestSessionEndsWithFINs(t *testing.T) {
+	for _, by := range []string{"client", "bridge"} {
+		t.Run("ended by the "+by, func(t *testing.T) {
+			t.Parallel()
+			b := startBridge(t, newSiteFace(t), loadHandler, func(c *ServerConfig) {
+				if by == "bridge" {
+					c.IdleTimeout = 300 * time.Millisecond
+				}
+			})
+			relay := startTapRelay(t, b.addr)
+			cfg := b.clientConfig()
+			cfg.Address = relay.addr
+			const sessions = 12
+			resets := 0
+			for i := range sessions {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				sess, err := Dial(ctx, cfg)
+				if err != nil {
+					cancel()
+					t.Fatal(err)
+				}
+				up, down := <-relay.up, <-relay.down
+				err = transfer(ctx, sess, 'D', 64<<10, uint64(i), 5*time.Second)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if by == "client" {
+					sess.Close()
+				} else {
+					select {
+					case <-sess.CloseChan():
+					case <-time.After(10 * time.Second):
+						t.Fatal("the bridge did not end the idle session")
+					}
+				}
+				waitUntil(t, "the carrier to end both ways", func() bool { return up.ended() && down.ended() })
+				for j, tap := range []*recordTap{up, down} {
+					if err := tap.endErr(); err != nil {
+						resets++
+						t.Logf("session %d: the %s ended its carrier with %v", i, []string{"client", "bridge"}[j], err)
+					}
+					n, _ := tap.count()
+					all := plus(tap.lengths(0, n), recordOverhead13)
+					if last := all[len(all)-1]; j == 0 && last == 19 {
+						t.Errorf("session %d: the client's last record is a close_notify; Chromium sends none", i)
+					} else if j == 1 && last != 19 {
+						t.Errorf("session %d: the bridge's last record is %d bytes, not a close_notify (19)", i, last)
+					}
+				}
+				sess.Close()
+			}
+			if resets > 0 {
+				t.Errorf("%d of %d carrier ends were resets, want FINs", resets, 2*sessions)
+			}
+		})
+	}
+}

@@ -754,7 +754,13 @@ func (s *sessionConn) readLoop(c *carrier) {
 		c.lastRecv.Store(now)
 		s.mu.Lock()
 		if c.dead || s.closed {
+			ended := s.closed
 			s.mu.Unlock()
+			if ended {
+				// The session ended: read on to the peer's close, as
+				// after a RETIRE (endLocked closes as closeRetired).
+				drainRetired(c)
+			}
 			return
 		}
 		stop, drain := false, false
@@ -799,7 +805,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			}
 		case frameClose:
 			s.endLocked(errPeerClosed, false)
-			stop = true
+			stop, drain = true, true
 		case frameStatus:
 			// Only ever the first frame of a carrier, read by the
 			// handshake.
@@ -1188,9 +1194,15 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 	if !s.pad.youngOnly {
 		bye = appendPad(bye, tailPad(len(bye)))
 	}
+	client := s.client
 	go func() {
 		// Tell the peer on every carrier, so it need not wait for a
-		// timeout, without waiting long on one that is stuck.
+		// timeout, without waiting long on one that is stuck. Then
+		// close as a finished connection closes, the client without
+		// close_notify, the bridge with it, once the peer closed too:
+		// closed at once, a socket that got the peer's close (or its
+		// answer to our CLOSE) after its own would answer with a reset
+		// (TestSessionEndsWithFINs).
 		var wg sync.WaitGroup
 		for _, c := range carriers {
 			wg.Add(1)
@@ -1200,7 +1212,7 @@ func (s *sessionConn) endLocked(err error, tell bool) {
 					c.conn.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
 					c.conn.Write(bye)
 				}
-				c.raw.Close()
+				closeRetired(c, client)
 			}()
 		}
 		wg.Wait()
