@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -71,25 +72,9 @@ func TestRetiredCarriersEndWithFINs(t *testing.T) {
 	}
 	resets, ends := 0, 0
 	for i, tp := range taps {
-		for j, tap := range tp {
-			if !tap.ended() {
-				continue
-			}
-			ends++
-			if err := tap.endErr(); err != nil {
-				resets++
-				t.Logf("carrier %d: the %s ended it with %v", i, []string{"client", "bridge"}[j], err)
-			}
-			// The client closes as Chromium does, without close_notify
-			// (a 19-byte record); the bridge as a web server does, with
-			// it.
-			n, _ := tap.count()
-			all := plus(tap.lengths(0, n), recordOverhead13)
-			if last := all[len(all)-1]; j == 0 && last == 19 {
-				t.Errorf("carrier %d: the client's last record is a close_notify; Chromium sends none", i)
-			} else if j == 1 && last != 19 {
-				t.Errorf("carrier %d: the bridge's last record is %d bytes, not a close_notify (19)", i, last)
-			}
+		if tp[0].ended() && tp[1].ended() {
+			ends += 2
+			resets += checkCarrierEnds(t, fmt.Sprintf("carrier %d", i), tp[0], tp[1])
 		}
 	}
 	if resets > 0 {
@@ -141,19 +126,7 @@ func TestSessionEndsWithFINs(t *testing.T) {
 					}
 				}
 				waitUntil(t, "the carrier to end both ways", func() bool { return up.ended() && down.ended() })
-				for j, tap := range []*recordTap{up, down} {
-					if err := tap.endErr(); err != nil {
-						resets++
-						t.Logf("session %d: the %s ended its carrier with %v", i, []string{"client", "bridge"}[j], err)
-					}
-					n, _ := tap.count()
-					all := plus(tap.lengths(0, n), recordOverhead13)
-					if last := all[len(all)-1]; j == 0 && last == 19 {
-						t.Errorf("session %d: the client's last record is a close_notify; Chromium sends none", i)
-					} else if j == 1 && last != 19 {
-						t.Errorf("session %d: the bridge's last record is %d bytes, not a close_notify (19)", i, last)
-					}
-				}
+				resets += checkCarrierEnds(t, fmt.Sprintf("session %d", i), up, down)
 				sess.Close()
 			}
 			if resets > 0 {
@@ -161,4 +134,27 @@ func TestSessionEndsWithFINs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkCarrierEnds checks how a carrier that ended both ways ended, as
+// the client's side (up) and the bridge's (down) of a tap relay saw it:
+// the client closes as Chromium does, without close_notify (a 19-byte
+// record), the bridge as a web server does, with it. It returns how many
+// sides ended with a reset, not a FIN.
+func checkCarrierEnds(t *testing.T, name string, up, down *recordTap) (resets int) {
+	t.Helper()
+	for j, tap := range []*recordTap{up, down} {
+		if err := tap.endErr(); err != nil {
+			resets++
+			t.Logf("%s: the %s ended it with %v", name, []string{"client", "bridge"}[j], err)
+		}
+		n, _ := tap.count()
+		all := plus(tap.lengths(0, n), recordOverhead13)
+		if last := all[len(all)-1]; j == 0 && last == 19 {
+			t.Errorf("%s: the client's last record is a close_notify; Chromium sends none", name)
+		} else if j == 1 && last != 19 {
+			t.Errorf("%s: the bridge's last record is %d bytes, not a close_notify (19)", name, last)
+		}
+	}
+	return resets
 }

@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 )
@@ -15,16 +17,35 @@ import (
 // and a new stream's reply never came.
 func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 	t.Parallel()
+	_, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+		if cmd == 'B' {
+			st.Write(make([]byte, 20<<20)) // more than a stream's window
+		}
+		return cmd == 'B'
+	})
+	const paused = 4
+	for range paused {
+		st := openStream(t, sess)
+		if _, err := st.Write([]byte{'B'}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the bridge has sent all it may.
+	waitSettled(t, "the paused downloads to fill what they may", sess.conn.received)
+	echoBeside(t, sess, fmt.Sprintf("%d paused downloads", paused))
+}
+
+// dialCommandBridge starts a bridge whose streams reply OK and read a
+// command byte, which special may take the stream for (it returns true),
+// or else is echoed; and it dials a session to it, closed when the test
+// ends.
+func dialCommandBridge(t *testing.T, special func(st *Stream, cmd byte) bool) (*testBridge, *Session) {
 	b := startBridge(t, newSiteFace(t), func(st *Stream) {
 		if err := st.Reply(StatusOK); err != nil {
 			return
 		}
 		var cmd [1]byte
-		if _, err := st.Read(cmd[:]); err != nil {
-			return
-		}
-		if cmd[0] == 'B' {
-			st.Write(make([]byte, 20<<20)) // more than a stream's window
+		if _, err := st.Read(cmd[:]); err != nil || special(st, cmd[0]) {
 			return
 		}
 		st.Write(cmd[:])
@@ -33,34 +54,45 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sess.Close()
-	const paused = 4
-	for range paused {
-		st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		if _, err := st.Write([]byte{'B'}); err != nil {
-			t.Fatal(err)
-		}
+	t.Cleanup(func() { sess.Close() })
+	return b, sess
+}
+
+// openStream opens a stream of sess, closed when the test ends.
+func openStream(t *testing.T, sess *Session) net.Conn {
+	t.Helper()
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Wait until the bridge has sent all it may: nothing more arrives
-	// for half a second.
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// waitSettled waits until count, once above 0, has not changed for half
+// a second.
+func waitSettled(t *testing.T, what string, count func() uint64) {
+	t.Helper()
 	last, still := uint64(0), 0
-	waitUntil(t, "the paused downloads to fill what they may", func() bool {
-		if n := sess.conn.received(); n != last || n == 0 {
+	waitUntil(t, what, func() bool {
+		if n := count(); n != last || n == 0 {
 			last, still = n, 0
 			return false
 		}
 		still++
 		return still >= 50 // 50 polls of 10 ms
 	})
+}
+
+// echoBeside checks that a new stream of sess opens and echoes a byte
+// within 5 s each, beside what (the streams that might stall it).
+func echoBeside(t *testing.T, sess *Session, what string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	st, err := sess.OpenStream(ctx, Request{Command: CmdDefault})
 	if err != nil {
-		t.Fatalf("a new stream beside %d paused downloads: %v", paused, err)
+		t.Fatalf("a new stream beside %s: %v", what, err)
 	}
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(5 * time.Second))
@@ -69,7 +101,7 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 	}
 	var got [1]byte
 	if _, err := st.Read(got[:]); err != nil || got[0] != 'e' {
-		t.Fatalf("echo beside %d paused downloads: %q, %v", paused, got, err)
+		t.Fatalf("echo beside %s: %q, %v", what, got, err)
 	}
 }
 
@@ -85,67 +117,28 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 func TestStuckUploadsDoNotStallTheSession(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
-	b := startBridge(t, newSiteFace(t), func(st *Stream) {
-		if err := st.Reply(StatusOK); err != nil {
-			return
-		}
-		var cmd [1]byte
-		if _, err := st.Read(cmd[:]); err != nil {
-			return
-		}
-		if cmd[0] == 'U' {
+	b, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+		if cmd == 'U' {
 			<-release // the destination stopped reading
-			return
 		}
-		st.Write(cmd[:])
-	}, nil)
+		return cmd == 'U'
+	})
 	t.Cleanup(func() { close(release) }) // before the bridge closes
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
 	const stuck = 4
 	for range stuck {
-		st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
+		st := openStream(t, sess)
 		go st.Write(append([]byte{'U'}, make([]byte, 20<<20)...)) // more than any window
 	}
-	// Wait until the client has sent all it may: nothing more queued for
-	// half a second.
-	last, still := uint64(0), 0
-	waitUntil(t, "the stuck uploads to send what they may", func() bool {
+	// Wait until the client has sent all it may.
+	waitSettled(t, "the stuck uploads to send what they may", func() uint64 {
 		sess.conn.mu.Lock()
-		n := sess.conn.written
-		sess.conn.mu.Unlock()
-		if n != last || n == 0 {
-			last, still = n, 0
-			return false
-		}
-		still++
-		return still >= 50 // 50 polls of 10 ms
+		defer sess.conn.mu.Unlock()
+		return sess.conn.written
 	})
 	held := b.server.buffers.held.Load()
 	t.Logf("the bridge holds %d KiB for %d stuck uploads", held>>10, stuck)
 	if most := int64(stuck * (initialWindow + 2*maxFrameSize)); held > most {
 		t.Errorf("the bridge holds %d bytes for %d stuck uploads, want at most %d (the windows they were granted)", held, stuck, most)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := sess.OpenStream(ctx, Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatalf("a new stream beside %d stuck uploads: %v", stuck, err)
-	}
-	defer st.Close()
-	st.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := st.Write([]byte{'e'}); err != nil {
-		t.Fatal(err)
-	}
-	var got [1]byte
-	if _, err := st.Read(got[:]); err != nil || got[0] != 'e' {
-		t.Fatalf("echo beside %d stuck uploads: %q, %v", stuck, got, err)
-	}
+	echoBeside(t, sess, fmt.Sprintf("%d stuck uploads", stuck))
 }
