@@ -454,3 +454,52 @@ func (l *lockedBuffer) String() string {
 func newTextLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// TestIdleSessionSleeps: a client session with nothing to do does not
+// wake up ten times a second: on a phone each wake-up keeps the CPU from
+// sleeping, and a proxy that runs all day behind Telegram or WhatsApp is
+// idle most of the time. It wakes for the next write or frame instead:
+// a stream opened on a carrier that froze while the session slept is
+// still carried, on a new carrier, within the freeze detector's time.
+func TestIdleSessionSleeps(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{}, func(c *ServerConfig) {
+		// The test face ends idle connections after 2 s, and the
+		// client then dials anew: not the idleness measured here.
+		c.Site.Server.IdleTimeout = time.Minute
+	})
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := transfer(ctx, sess, 'D', 64<<10, 1, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Past the second after which an idle session lets its buffers go.
+	time.Sleep(1500 * time.Millisecond)
+	before := sess.wakes.Load()
+	time.Sleep(3 * time.Second)
+	wakes := sess.wakes.Load() - before
+	t.Logf("%d wake-ups in 3 s of idle", wakes)
+	if wakes > 2 {
+		t.Errorf("the idle session's manager woke %d times in 3 s, want at most 2", wakes)
+	}
+
+	// The carrier freezes while the session sleeps; a new stream still
+	// goes through, on a new carrier.
+	r.SetOutage(true)
+	r.SetOutage(false)
+	start := time.Now()
+	if err := transfer(ctx, sess, 'D', 64<<10, 2, 10*time.Second); err != nil {
+		t.Fatalf("a stream after the carrier froze while the session slept: %v", err)
+	}
+	t.Logf("carried %v after the freeze, over %d connections", time.Since(start).Round(time.Millisecond), len(r.Stats()))
+	if n := len(r.Stats()); n != 2 {
+		t.Errorf("%d connections, want 2: the one that froze and the next", n)
+	}
+}

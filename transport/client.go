@@ -48,6 +48,9 @@ type Session struct {
 	cancel  context.CancelFunc
 	nextSeq atomic.Uint32
 	budget  atomic.Int64 // bytes per carrier: the link's, or learned; 0: none
+	// wakes counts the manager's wake-ups: each costs a phone's CPU a
+	// wake from sleep (TestIdleSessionSleeps).
+	wakes   atomic.Int64
 	stopped chan struct{}
 	proven  chan struct{} // closed once the first carrier's proof checked out
 	prove   sync.Once
@@ -274,8 +277,8 @@ func jitter(d time.Duration) time.Duration {
 // manage keeps the session carried until it ends.
 func (s *Session) manage() {
 	defer close(s.stopped)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
+	timer := time.NewTimer(managerTick)
+	defer timer.Stop()
 	for {
 		select {
 		case <-s.conn.Done():
@@ -285,15 +288,29 @@ func (s *Session) manage() {
 		case r := <-s.dials:
 			s.dialDone(r)
 		case <-s.conn.events:
-		case <-tick.C:
+		case <-timer.C:
 		}
+		s.wakes.Add(1)
+		s.conn.quiet.Store(false)
 		now := time.Now()
-		for _, f := range s.conn.checkFrozen(now, s.mux.NumStreams() > 0) {
+		streams := s.mux.NumStreams() > 0
+		for _, f := range s.conn.checkFrozen(now, streams) {
 			s.learn(f)
 		}
 		s.maybeDial(now)
+		// Tick while the session needs it, else sleep until it may
+		// (quietWait), unless a dial is in flight or waits its turn.
+		wait := managerTick
+		if len(s.dialing) == 0 && !now.Before(s.retryAt) {
+			wait = max(s.conn.quietWait(now, streams), managerTick)
+		}
+		timer.Reset(wait)
 	}
 }
+
+// managerTick is how often the client's manager looks at a busy session:
+// the freeze detector's resolution.
+const managerTick = 100 * time.Millisecond
 
 // drainDials closes the carriers of dials that end after the session.
 func (s *Session) drainDials() {

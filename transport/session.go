@@ -109,6 +109,9 @@ type sessionConn struct {
 	ended       chan struct{} // closed when the peer was told and every carrier closed
 	flusherDone chan struct{}
 	events      chan struct{} // poked on carrier changes (the client's manager listens)
+	// quiet is set while the client's manager sleeps (quietWait): the
+	// next write or frame clears it and pokes the manager.
+	quiet atomic.Bool
 }
 
 // offer is the body of a DATA frame, the next bytes in order, that Read
@@ -427,7 +430,15 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 	s.written += uint64(queued)
 	s.lastSend = monoNow()
 	s.sendCond.Signal()
+	s.wake()
 	return total, nil
+}
+
+// wake pokes the client's manager if it sleeps (quietWait).
+func (s *sessionConn) wake() {
+	if s.quiet.Load() && s.quiet.CompareAndSwap(true, false) {
+		s.poke()
+	}
 }
 
 // Read returns received bytes in order: those in the receive buffer,
@@ -752,6 +763,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 		}
 		now := monoNow()
 		c.lastRecv.Store(now)
+		s.wake()
 		s.mu.Lock()
 		if c.dead || s.closed {
 			ended := s.closed
@@ -1309,6 +1321,60 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	}
 	s.pingVia = nil
 	return frozen
+}
+
+// maxQuietWait bounds how long the client's manager sleeps on a quiet
+// session: a safety net, as every change that needs it wakes it.
+const maxQuietWait = keepAliveIdle / 6
+
+// quietWait returns how long the client's manager may sleep before the
+// session needs it again, or 0 while it must look every tick: something
+// is owed either way or a PING is out (the freeze detector), data moved
+// lately with streams open (a reply may be on its way), a keepalive may
+// be due, the buffers are not let go yet, or there is no carrier. When
+// it may sleep, the session's next write or frame wakes it (quiet): an
+// idle client wakes every few seconds, not ten times a second
+// (TestIdleSessionSleeps).
+func (s *sessionConn) quietWait(now time.Time, streams bool) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer {
+		return 0
+	}
+	var rc *carrier
+	for _, c := range s.carriers {
+		if !c.dead && !c.peerRetired {
+			rc = c
+			break
+		}
+	}
+	if rc == nil {
+		return 0
+	}
+	mono := monoAt(now)
+	wait := maxQuietWait
+	if streams {
+		lastMove := max(rc.lastData.Load(), s.lastSend, rc.joined)
+		if time.Duration(mono-lastMove) < activeFor {
+			return 0
+		}
+		// checkFrozen draws the keepalive's silence between 5/6 of
+		// keepAliveIdle and all of it: look every tick from then.
+		due := time.Duration(rc.lastRecv.Load()+int64(keepAliveIdle-keepAliveIdle/6)-mono) - time.Millisecond
+		if due <= 0 {
+			return 0
+		}
+		wait = min(wait, due)
+	}
+	if len(s.sendq.spare) > 0 || cap(s.rbuf) > 0 {
+		// releaseIdle lets them go a second after the last byte.
+		last := time.Duration(mono - max(s.lastSend, s.lastRecv))
+		if last < time.Second {
+			wait = min(wait, time.Second-last+time.Millisecond)
+		}
+	}
+	s.quiet.Store(true)
+	return wait
 }
 
 // closeIdle ends, as the face would end an idle HTTP/2 connection (a
