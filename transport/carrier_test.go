@@ -482,12 +482,21 @@ func TestIdleSessionSleeps(t *testing.T) {
 	}
 	// Past the second after which an idle session lets its buffers go.
 	time.Sleep(1500 * time.Millisecond)
-	before := sess.wakes.Load()
+	b.server.mu.Lock()
+	if len(b.server.sessions) != 1 {
+		t.Fatalf("the bridge has %d sessions, want 1", len(b.server.sessions))
+	}
+	var bridge *sessionConn
+	for _, ss := range b.server.sessions {
+		bridge = ss.conn
+	}
+	b.server.mu.Unlock()
+	client0, bridge0 := sess.conn.checks.Load(), bridge.checks.Load()
 	time.Sleep(3 * time.Second)
-	wakes := sess.wakes.Load() - before
-	t.Logf("%d wake-ups in 3 s of idle", wakes)
-	if wakes > 2 {
-		t.Errorf("the idle session's manager woke %d times in 3 s, want at most 2", wakes)
+	client, bridgeWakes := sess.conn.checks.Load()-client0, bridge.checks.Load()-bridge0
+	t.Logf("wake-ups in 3 s of idle: client %d, bridge %d", client, bridgeWakes)
+	if client > 2 || bridgeWakes > 2 {
+		t.Errorf("in 3 s of idle, the client's manager woke %d times and the bridge's check %d, want at most 2 each", client, bridgeWakes)
 	}
 
 	// The carrier freezes while the session sleeps; a new stream still

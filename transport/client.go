@@ -48,9 +48,6 @@ type Session struct {
 	cancel  context.CancelFunc
 	nextSeq atomic.Uint32
 	budget  atomic.Int64 // bytes per carrier: the link's, or learned; 0: none
-	// wakes counts the manager's wake-ups: each costs a phone's CPU a
-	// wake from sleep (TestIdleSessionSleeps).
-	wakes   atomic.Int64
 	stopped chan struct{}
 	proven  chan struct{} // closed once the first carrier's proof checked out
 	prove   sync.Once
@@ -290,7 +287,6 @@ func (s *Session) manage() {
 		case <-s.conn.events:
 		case <-timer.C:
 		}
-		s.wakes.Add(1)
 		s.conn.quiet.Store(false)
 		now := time.Now()
 		streams := s.mux.NumStreams() > 0
@@ -302,7 +298,7 @@ func (s *Session) manage() {
 		// (quietWait), unless a dial is in flight or waits its turn.
 		wait := managerTick
 		if len(s.dialing) == 0 && !now.Before(s.retryAt) {
-			wait = max(s.conn.quietWait(now, streams), managerTick)
+			wait = max(s.conn.quietWait(now, streams, 0), managerTick)
 		}
 		timer.Reset(wait)
 	}

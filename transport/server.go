@@ -545,19 +545,28 @@ func (s *Server) serveSession(ss *serverSession) {
 	// look alive.
 	stopCheck := make(chan struct{})
 	defer close(stopCheck)
+	// It looks every bridgeTick while the session needs it, and sleeps
+	// while it is quiet (quietWait), until the next write or frame: a
+	// bridge's idle sessions cost it no wake-ups.
 	go func() {
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
+		timer := time.NewTimer(bridgeTick)
+		defer timer.Stop()
 		for {
 			select {
 			case <-stopCheck:
 				return
-			case now := <-tick.C:
-				ss.conn.checkFrozen(now, sess.NumStreams() > 0)
-				if d := s.faceIdle(); d > 0 {
-					ss.conn.closeIdle(now, d)
-				}
+			case <-ss.conn.events:
+			case <-timer.C:
 			}
+			ss.conn.quiet.Store(false)
+			now := time.Now()
+			streams := sess.NumStreams() > 0
+			ss.conn.checkFrozen(now, streams)
+			idle := s.faceIdle()
+			if idle > 0 {
+				ss.conn.closeIdle(now, idle)
+			}
+			timer.Reset(max(ss.conn.quietWait(now, streams, idle), bridgeTick))
 		}
 	}()
 	// Bound what one client can make the bridge hold: past
@@ -602,6 +611,9 @@ func refuseStream(st *smux.Stream, acct *streamAcct) {
 	st.Close()
 	acct.closed(st.ID())
 }
+
+// bridgeTick is how often the bridge looks at a busy session's carriers.
+const bridgeTick = 250 * time.Millisecond
 
 // closeWhenIdle closes sess once it has had no open stream, and no stream
 // start or end, for idle.

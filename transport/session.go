@@ -112,6 +112,9 @@ type sessionConn struct {
 	// quiet is set while the client's manager sleeps (quietWait): the
 	// next write or frame clears it and pokes the manager.
 	quiet atomic.Bool
+	// checks counts checkFrozen's calls: the wake-ups of whoever looks
+	// after the session (TestIdleSessionSleeps).
+	checks atomic.Int64
 }
 
 // offer is the body of a DATA frame, the next bytes in order, that Read
@@ -1273,6 +1276,7 @@ func (s *sessionConn) carrierNeeds() (usable int, spent float64, open int) {
 // that froze), the session resends on the next, and the downstream bytes
 // at which each froze are returned for learning.
 func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
+	s.checks.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.releaseIdle(now)
@@ -1327,15 +1331,18 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 // session: a safety net, as every change that needs it wakes it.
 const maxQuietWait = keepAliveIdle / 6
 
-// quietWait returns how long the client's manager may sleep before the
-// session needs it again, or 0 while it must look every tick: something
-// is owed either way or a PING is out (the freeze detector), data moved
-// lately with streams open (a reply may be on its way), a keepalive may
-// be due, the buffers are not let go yet, or there is no carrier. When
-// it may sleep, the session's next write or frame wakes it (quiet): an
-// idle client wakes every few seconds, not ten times a second
+// quietWait returns how long the client's manager (or the bridge's check
+// of a session) may sleep before the session needs it again, or 0 while
+// it must look every tick: something is owed either way or a PING is out
+// (the freeze detector), data moved lately with streams open (a reply may
+// be on its way), a client's keepalive may be due, the buffers are not
+// let go yet, or there is no carrier. On a bridge, idleClose is when
+// closeIdle ends a carrier no DATA moved on (0: never): it wakes for
+// that too. When it may sleep, the session's next write or frame wakes
+// it (quiet): an idle session costs no wake-ups but every few seconds,
+// where it cost ten a second on the client and four on the bridge
 // (TestIdleSessionSleeps).
-func (s *sessionConn) quietWait(now time.Time, streams bool) time.Duration {
+func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer {
@@ -1353,6 +1360,14 @@ func (s *sessionConn) quietWait(now time.Time, streams bool) time.Duration {
 	}
 	mono := monoAt(now)
 	wait := maxQuietWait
+	if idleClose > 0 {
+		for _, c := range s.carriers {
+			if !c.dead {
+				last := max(c.lastData.Load(), c.lastSent.Load(), c.joined)
+				wait = min(wait, max(time.Duration(last-mono)+idleClose, 0))
+			}
+		}
+	}
 	if streams {
 		lastMove := max(rc.lastData.Load(), s.lastSend, rc.joined)
 		if time.Duration(mono-lastMove) < activeFor {
@@ -1360,11 +1375,13 @@ func (s *sessionConn) quietWait(now time.Time, streams bool) time.Duration {
 		}
 		// checkFrozen draws the keepalive's silence between 5/6 of
 		// keepAliveIdle and all of it: look every tick from then.
-		due := time.Duration(rc.lastRecv.Load()+int64(keepAliveIdle-keepAliveIdle/6)-mono) - time.Millisecond
-		if due <= 0 {
-			return 0
+		if s.client {
+			due := time.Duration(rc.lastRecv.Load()+int64(keepAliveIdle-keepAliveIdle/6)-mono) - time.Millisecond
+			if due <= 0 {
+				return 0
+			}
+			wait = min(wait, due)
 		}
-		wait = min(wait, due)
 	}
 	if len(s.sendq.spare) > 0 || cap(s.rbuf) > 0 {
 		// releaseIdle lets them go a second after the last byte.
@@ -1388,6 +1405,7 @@ func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 	if s.closed || s.written > s.acked || s.recvd > s.ackSent {
 		return
 	}
+	ended := false
 	for _, c := range slices.Clone(s.carriers) {
 		last := max(c.lastData.Load(), c.lastSent.Load(), c.joined)
 		if c.dead || time.Duration(monoAt(now)-last) < idle {
@@ -1395,14 +1413,19 @@ func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 		}
 		c.dead = true
 		s.remove(c)
+		ended = true
 		go func() {
 			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			c.conn.Write(padFrame(h2GoAwayLen))
 			c.conn.Close()
 		}()
 	}
-	s.poke()
-	s.wakeAll()
+	if ended {
+		// Not otherwise: a poke wakes the bridge's check of the session,
+		// which calls this again.
+		s.poke()
+		s.wakeAll()
+	}
 }
 
 // received returns how many bytes of the peer's stream have arrived.
