@@ -44,8 +44,10 @@ type bridgeBuffers struct {
 // target is half the bound: past it, sessions over their share wait,
 // while those within it may still grow to it. So the paused sessions
 // hold at most target between them, the others at most target too
-// (holders × share), and the whole stays within the bound (a frame per
-// session aside: smux reads a frame at once).
+// (holders × share), and the whole stays within the bound, two frames
+// per session aside: smux reads a frame at once, and each session may
+// have read one past its check as the bridge crossed target, and one
+// more as it crossed its share.
 func (b *bridgeBuffers) target() int64 { return b.limit / 2 }
 
 // share is what one session may hold while the bridge is past target.

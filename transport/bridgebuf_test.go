@@ -141,8 +141,11 @@ func TestBridgeBuffersBounded(t *testing.T) {
 			last, still = h, 0
 		}
 	}
-	// One frame past the check per session (smux reads a frame at once).
-	slack := int64(pushers+1) * maxFrameSize
+	// Two frames past the checks per session (target(): one as the
+	// bridge crossed its target, one as the session crossed its share).
+	// One frame each was allowed before windows were tuned; with eight
+	// streams a pusher, 1 run in about 80 went 6 frames over the bound.
+	slack := 2 * int64(pushers+1) * maxFrameSize
 	t.Logf("the bridge holds %d bytes for %d pushers (bound %d)", last, pushers, limit)
 	if last > limit+slack {
 		t.Errorf("the bridge holds %d bytes, more than its bound %d (+%d)", last, limit, slack)
