@@ -103,6 +103,7 @@ func TestBridgeBuffersBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	chunk := make([]byte, 256<<10)
+	var sts []net.Conn
 	for range pushers {
 		sess, err := Dial(ctx, b.clientConfig())
 		if err != nil {
@@ -117,14 +118,21 @@ func TestBridgeBuffersBounded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			go func() {
-				for sent := 0; sent < push; sent += len(chunk) {
-					if _, err := st.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
+			sts = append(sts, st)
 		}
+	}
+	// Every stream is open before any pushes: once a session's pushes
+	// fill what it may have unacknowledged, and the bridge has stopped
+	// reading it, its next request would wait for ever (the test hung
+	// so, once in some 500 runs).
+	for _, st := range sts {
+		go func() {
+			for sent := 0; sent < push; sent += len(chunk) {
+				if _, err := st.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
 	}
 	// Wait until what the bridge holds stops growing.
 	bb := b.server.buffers
