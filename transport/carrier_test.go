@@ -115,6 +115,21 @@ func (r *progressReader) Read(p []byte) (int, error) {
 	return r.c.Read(p)
 }
 
+// dialForAMinute dials a session for a test that may take up to a
+// minute: the context it returns ends then, and the session with the
+// test.
+func dialForAMinute(t *testing.T, cfg *ClientConfig) (context.Context, *Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return ctx, sess
+}
+
 // relayedBridge starts a bridge with loadHandler behind a relay.
 func relayedBridge(t *testing.T, opts transporttest.RelayOptions, configure func(*ServerConfig)) (*testBridge, *transporttest.Relay) {
 	t.Helper()
@@ -470,13 +485,7 @@ func TestIdleSessionSleeps(t *testing.T) {
 	})
 	cfg := b.clientConfig()
 	cfg.Address = r.Addr()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sess, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	ctx, sess := dialForAMinute(t, cfg)
 	if err := transfer(ctx, sess, 'D', 64<<10, 1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -39,13 +39,7 @@ func TestRetiredCarriersEndWithFINs(t *testing.T) {
 	cfg.Address = relay.addr
 	cfg.Budget = 14 << 10
 	cfg.Logger = testLogger(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sess, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	ctx, sess := dialForAMinute(t, cfg)
 	if err := transfer(ctx, sess, 'D', 128<<10, 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
