@@ -521,3 +521,66 @@ func TestIdleSessionSleeps(t *testing.T) {
 		t.Errorf("%d connections, want 2: the one that froze and the next", n)
 	}
 }
+
+// TestPushToASleepingSessionSurvivesAFreeze: data the bridge pushes on a
+// stream that has long been idle (a message for a chat app) wakes the
+// client's sleeping manager, so that when the carrier freezes during the
+// push, the freeze is found in the detector's time (a PING after 1 s of
+// silence, 1 s for its answer), not the sleep's. Before the data woke it,
+// the push waited for the manager's 5-second safety wake-up.
+func TestPushToASleepingSessionSurvivesAFreeze(t *testing.T) {
+	t.Parallel()
+	const push = 48 << 10
+	trigger := make(chan struct{})
+	b := startBridge(t, newSiteFace(t), func(st *Stream) {
+		if err := st.Reply(StatusOK); err != nil {
+			return
+		}
+		var cmd [1]byte
+		if _, err := st.Read(cmd[:]); err != nil {
+			return
+		}
+		select {
+		case <-trigger:
+		case <-st.SessionDone():
+			return
+		}
+		st.Write(payload(push, 7))
+		io.Copy(io.Discard, st)
+	}, func(c *ServerConfig) {
+		c.Site.Server.IdleTimeout = time.Minute // no idle close while the stream sleeps
+	})
+	// The first carrier freezes partway through the push.
+	r, err := transporttest.NewRelay(b.addr, transporttest.RelayOptions{FreezeDown: 40000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	_, sess := dialForAMinute(t, cfg)
+	st := openStream(t, sess)
+	if _, err := st.Write([]byte{'W'}); err != nil {
+		t.Fatal(err)
+	}
+	// Past activeFor with nothing moving: the manager sleeps.
+	time.Sleep(activeFor + 1500*time.Millisecond)
+	start := time.Now()
+	close(trigger)
+	st.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got := make([]byte, push)
+	if _, err := io.ReadFull(st, got); err != nil {
+		t.Fatalf("the push after the stream slept: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("48 KiB pushed to a sleeping session in %v, over %d connections", took.Round(time.Millisecond), len(r.Stats()))
+	if !bytes.Equal(got, payload(push, 7)) {
+		t.Fatal("the push arrived damaged")
+	}
+	if len(r.Stats()) < 2 {
+		t.Fatal("the first carrier did not freeze: the test proves nothing")
+	}
+	if took > 4*time.Second {
+		t.Errorf("the push took %v across a freeze, want under 4 s (the freeze detector's 2 s and a new carrier)", took)
+	}
+}

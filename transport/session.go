@@ -1466,6 +1466,9 @@ func (s *sessionConn) LocalAddr() net.Addr {
 // delivered schedules the acknowledgement of bytes just received (at now,
 // a monoNow) and wakes the reader. Called with mu held.
 func (s *sessionConn) delivered(now int64) {
+	// Data moved: a sleeping manager looks again (quietWait), whichever
+	// path the bytes took to smux.
+	s.wake()
 	if s.recvd-s.ackSent >= s.ackEvery {
 		s.ackDue = true
 	} else if !s.ackTimer {
