@@ -89,6 +89,9 @@ const (
 	// keepAliveIdle: with streams open and nothing heard for this long,
 	// the client checks the carrier is still there (jittered per check).
 	keepAliveIdle = 30 * time.Second
+	// keepAliveEarliest: each check draws the silence that calls for a
+	// keepalive between this and keepAliveIdle.
+	keepAliveEarliest = keepAliveIdle - keepAliveIdle/6
 	// spareAt: the share of a carrier's budget at which the next carrier
 	// is opened, so that no stall is visible when it runs out.
 	spareAt = 0.4

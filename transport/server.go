@@ -546,7 +546,7 @@ func (s *Server) serveSession(ss *serverSession) {
 	stopCheck := make(chan struct{})
 	defer close(stopCheck)
 	// It looks every bridgeTick while the session needs it, and sleeps
-	// while it is quiet (quietWait), until the next write or frame: a
+	// while it is quiet (quietWait), until the next write or DATA in: a
 	// bridge's idle sessions cost it no wake-ups.
 	go func() {
 		timer := time.NewTimer(bridgeTick)

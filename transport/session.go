@@ -110,7 +110,7 @@ type sessionConn struct {
 	flusherDone chan struct{}
 	events      chan struct{} // poked on carrier changes (the client's manager listens)
 	// quiet is set while the client's manager sleeps (quietWait): the
-	// next write or frame clears it and pokes the manager.
+	// next write or DATA in (delivered) clears it and pokes the manager.
 	quiet atomic.Bool
 	// checks counts checkFrozen's calls: the wake-ups of whoever looks
 	// after the session (TestIdleSessionSleeps).
@@ -382,7 +382,8 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 			if !send {
 				return total, nil
 			}
-			v = [][]byte{appendSmuxUPD(make([]byte, 0, smuxHeaderLen+8), v[0][0], v[0][4:8], consumed, win)}
+			var upd [smuxHeaderLen + 8]byte
+			v = [][]byte{appendSmuxUPD(upd[:0], v[0][0], v[0][4:8], consumed, win)}
 		}
 	}
 	for !s.closed && s.unacked() > 0 && s.unacked()+total > sendLimit {
@@ -766,7 +767,6 @@ func (s *sessionConn) readLoop(c *carrier) {
 		}
 		now := monoNow()
 		c.lastRecv.Store(now)
-		s.wake()
 		s.mu.Lock()
 		if c.dead || s.closed {
 			ended := s.closed
@@ -1082,12 +1082,19 @@ func closeRetired(c *carrier, client bool) {
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	if closeWrite(c.conn) && c.readDone != nil {
-		select {
-		case <-c.readDone:
-		case <-time.After(retireCloseWait):
-		}
+		waitClosed(c.readDone, retireCloseWait)
 	}
 	c.conn.Close()
+}
+
+// waitClosed returns once done is closed, or after wait.
+func waitClosed(done <-chan struct{}, wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // closeAsChromium closes a client's TLS connection as Chromium 156 closes
@@ -1112,10 +1119,7 @@ func closeAsChromium(c net.Conn, peerClosed <-chan struct{}, wait time.Duration)
 		readToEnd(c, wait)
 		return
 	}
-	select {
-	case <-peerClosed:
-	case <-time.After(wait):
-	}
+	waitClosed(peerClosed, wait)
 }
 
 // closeWrite ends the writing side of a TLS connection as TLS and then TCP
@@ -1280,13 +1284,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.releaseIdle(now)
-	var rc *carrier
-	for _, c := range s.carriers {
-		if !c.dead && !c.peerRetired {
-			rc = c
-			break
-		}
-	}
+	rc := s.watchedCarrier()
 	if rc == nil || s.closed {
 		s.pingAt = time.Time{}
 		return nil
@@ -1299,11 +1297,11 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// with streams open, if anything moved lately (a request went
 		// out, data came in, this carrier is new): a reply may be on
 		// its way. A long-idle stream is checked only by keepalives.
-		lastMove := max(rc.lastData.Load(), s.lastSend, rc.joined)
+		lastMove := s.lastMove(rc)
 		owed := s.written > s.acked || (streams && time.Duration(mono-lastMove) < activeFor)
 		// Keepalives are the client's, as an HTTP/2 client's PINGs
 		// would be; the bridge only checks what it is owed.
-		idle := s.client && streams && silence >= keepAliveIdle-time.Duration(rand.Int64N(int64(keepAliveIdle/6)))
+		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
 		if (owed && silence >= pingAfter) || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil
 			s.sendCond.Signal()
@@ -1327,6 +1325,29 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	return frozen
 }
 
+// watchedCarrier returns the carrier the freeze detector watches: the
+// oldest the peer still sends on. Called with mu held.
+func (s *sessionConn) watchedCarrier() *carrier {
+	for _, c := range s.carriers {
+		if !c.dead && !c.peerRetired {
+			return c
+		}
+	}
+	return nil
+}
+
+// lastMove returns when anything last moved that a reply may follow on
+// rc: DATA in, a write by smux, rc joining. Called with mu held.
+func (s *sessionConn) lastMove(rc *carrier) int64 {
+	return max(rc.lastData.Load(), s.lastSend, rc.joined)
+}
+
+// lastActive returns when DATA last moved on c either way, or it joined:
+// what the face's idle close counts from (closeIdle).
+func (c *carrier) lastActive() int64 {
+	return max(c.lastData.Load(), c.lastSent.Load(), c.joined)
+}
+
 // maxQuietWait bounds how long the client's manager sleeps on a quiet
 // session: a safety net, as every change that needs it wakes it.
 const maxQuietWait = keepAliveIdle / 6
@@ -1338,7 +1359,7 @@ const maxQuietWait = keepAliveIdle / 6
 // be on its way), a client's keepalive may be due, the buffers are not
 // let go yet, or there is no carrier. On a bridge, idleClose is when
 // closeIdle ends a carrier no DATA moved on (0: never): it wakes for
-// that too. When it may sleep, the session's next write or frame wakes
+// that too. When it may sleep, the session's next write or DATA in wakes
 // it (quiet): an idle session costs no wake-ups but every few seconds,
 // where it cost ten a second on the client and four on the bridge
 // (TestIdleSessionSleeps).
@@ -1348,13 +1369,7 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer {
 		return 0
 	}
-	var rc *carrier
-	for _, c := range s.carriers {
-		if !c.dead && !c.peerRetired {
-			rc = c
-			break
-		}
-	}
+	rc := s.watchedCarrier()
 	if rc == nil {
 		return 0
 	}
@@ -1363,20 +1378,18 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 	if idleClose > 0 {
 		for _, c := range s.carriers {
 			if !c.dead {
-				last := max(c.lastData.Load(), c.lastSent.Load(), c.joined)
-				wait = min(wait, max(time.Duration(last-mono)+idleClose, 0))
+				wait = min(wait, max(time.Duration(c.lastActive()-mono)+idleClose, 0))
 			}
 		}
 	}
 	if streams {
-		lastMove := max(rc.lastData.Load(), s.lastSend, rc.joined)
-		if time.Duration(mono-lastMove) < activeFor {
+		if time.Duration(mono-s.lastMove(rc)) < activeFor {
 			return 0
 		}
-		// checkFrozen draws the keepalive's silence between 5/6 of
-		// keepAliveIdle and all of it: look every tick from then.
+		// checkFrozen draws the keepalive's silence between
+		// keepAliveEarliest and keepAliveIdle: look every tick from then.
 		if s.client {
-			due := time.Duration(rc.lastRecv.Load()+int64(keepAliveIdle-keepAliveIdle/6)-mono) - time.Millisecond
+			due := time.Duration(rc.lastRecv.Load()+int64(keepAliveEarliest)-mono) - time.Millisecond
 			if due <= 0 {
 				return 0
 			}
@@ -1407,8 +1420,7 @@ func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 	}
 	ended := false
 	for _, c := range slices.Clone(s.carriers) {
-		last := max(c.lastData.Load(), c.lastSent.Load(), c.joined)
-		if c.dead || time.Duration(monoAt(now)-last) < idle {
+		if c.dead || time.Duration(monoAt(now)-c.lastActive()) < idle {
 			continue
 		}
 		c.dead = true

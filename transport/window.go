@@ -109,15 +109,9 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool)
 		// window may soon be what limits the stream: grow it to that,
 		// at least doubled (as Chromium doubles a window half of
 		// which was read within two round trips).
-		want := float64(read) / float64(elapsed) * float64(4*rtt)
-		if want > float64(w.win) {
-			grow := int64(streamWindow - w.win)
-			if want < float64(streamWindow) {
-				grow = max(int64(w.win), int64(want)-int64(w.win))
-				grow = min(grow, int64(streamWindow-w.win))
-			}
-			grow = min(grow, t.limit-t.grown)
-			if grow > 0 {
+		if want := float64(read) / float64(elapsed) * float64(4*rtt); want > float64(w.win) {
+			target := min(max(want, 2*float64(w.win)), streamWindow)
+			if grow := min(int64(target)-int64(w.win), t.limit-t.grown); grow > 0 {
 				w.win += uint32(grow)
 				t.grown += grow
 			}
