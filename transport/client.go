@@ -182,12 +182,28 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
+	// The hello is built while TCP connects: it needs no connection, and
+	// its CPU then costs no time on the way to the first byte.
+	type built struct {
+		h   *clientHello
+		err error
+	}
+	hello := make(chan built, 1)
+	go func() {
+		h, err := buildHello(&s.cfg)
+		hello <- built{h, err}
+	}()
 	raw, err := dial(ctx, "tcp", s.cfg.Address)
 	if connected != nil {
 		connected.Store(time.Now().UnixNano())
 	}
+	b := <-hello
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("transport: cannot reach the bridge: %w", err)
+	}
+	if b.err != nil {
+		raw.Close()
+		return nil, 0, 0, b.err
 	}
 	cc := &countingConn{Conn: raw}
 	start := time.Now() // the round trip is measured from the hello on
@@ -203,7 +219,7 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		Received: received,
 		Budget:   int(s.budget.Load()),
 	}
-	o, err := clientHandshake(ctx, cc, &s.cfg, &op)
+	o, err := clientHandshake(ctx, cc, b.h, &s.cfg, &op)
 	if err != nil {
 		if !errors.Is(err, errLandedOnFace) { // else it finishes its visit, then closes
 			raw.Close()

@@ -35,30 +35,50 @@ type opened struct {
 	finish func() error
 }
 
-// clientHandshake turns raw, a fresh TCP connection to the bridge, into an
-// authenticated carrier: it sends a browser ClientHello carrying the tag,
-// completes TLS 1.3, sends its opening (op) and checks the server's proof.
-// Nothing of the user's is sent before the proof checks out, or before a
-// certificate bound to the auth key has shown that the bridge took the
-// hello for its client's (then the proof is checked by the carrier's
-// reader: opened.finish). The caller sets the deadline on raw.
-func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *clientOpeningInfo) (*opened, error) {
+// clientHello is a carrier's ClientHello, built and sealed before its TCP
+// connection is up. Building it makes its key shares (Chrome's
+// X25519MLKEM768 among them) and the tag: as much CPU as a loopback
+// connect, and several milliseconds on a phone, which the connect's round
+// trip hides when the two run side by side (Session.dialCarrier).
+type clientHello struct {
+	ac    *abortConn // its Conn is set once the TCP connection is up
+	uc    *utls.UConn
+	ucfg  *utls.Config
+	key   [auth.KeyLen]byte
+	bound bool // set by the certificate check: the certificate was bound to key
+}
+
+// buildHello makes the sealed ClientHello of cfg's fingerprint, over a
+// connection still to come.
+func buildHello(cfg *ClientConfig) (*clientHello, error) {
 	// The certificate must be one a browser would accept, or one only
 	// the bridge can have sent (certCheck): the proof after the handshake
 	// authenticates the bridge (it is bound to this TLS session by the
 	// exporter), but a client that finished TLS with any certificate
 	// would show an interceptor a handshake no browser finishes.
-	ac := &abortConn{Conn: raw}
-	var key [auth.KeyLen]byte
-	var bound bool
-	ucfg := certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &key, bound: &bound}.config(ac)
-	uc, err := newUConn(ac, ucfg, cfg.Fingerprint)
+	h := &clientHello{ac: &abortConn{}}
+	h.ucfg = certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &h.key, bound: &h.bound}.config(h.ac)
+	uc, err := newUConn(h.ac, h.ucfg, cfg.Fingerprint)
 	if err != nil {
 		return nil, err
 	}
-	if key, err = sealHello(uc, cfg); err != nil {
+	if h.key, err = sealHello(uc, cfg); err != nil {
 		return nil, err
 	}
+	h.uc = uc
+	return h, nil
+}
+
+// clientHandshake turns raw, a fresh TCP connection to the bridge, into an
+// authenticated carrier: it sends h, completes TLS 1.3, sends its opening
+// (op) and checks the server's proof. Nothing of the user's is sent before
+// the proof checks out, or before a certificate bound to the auth key has
+// shown that the bridge took the hello for its client's (then the proof is
+// checked by the carrier's reader: opened.finish). The caller sets the
+// deadline on raw. h serves one connection.
+func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *ClientConfig, op *clientOpeningInfo) (*opened, error) {
+	ac, uc, key := h.ac, h.uc, h.key
+	ac.Conn = raw
 	if err := uc.HandshakeContext(ctx); err != nil {
 		if errors.Is(err, ErrCertificate) {
 			ac.drain()
@@ -72,7 +92,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 	}
 	// Browser hellos offer renegotiation, and utls refuses to export keying
 	// material while it is allowed. TLS 1.3 has no renegotiation anyway.
-	ucfg.Renegotiation = utls.RenegotiateNever
+	h.ucfg.Renegotiation = utls.RenegotiateNever
 	state = uc.ConnectionState()
 	exporter, err := state.ExportKeyingMaterial(auth.ExportLabel, nil, exporterLen)
 	if err != nil {
@@ -93,7 +113,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, cfg *ClientConfig, op *c
 		}
 	}
 	fr := &frameReader{r: uc}
-	if bound && op.New {
+	if h.bound && op.New {
 		return &opened{conn: uc, status: statusResumed, finish: func() error {
 			return finishEarlyOpening(uc, fr, key, exporter)
 		}}, nil
