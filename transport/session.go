@@ -183,10 +183,36 @@ var (
 
 // countingConn counts the bytes that cross a carrier's TCP connection,
 // TLS handshake and record overhead included: a budget is in these bytes.
+//
+// Between batch and flush (flushLoop's write), it keeps full TLS records
+// and sends them with the next write that is not one, or at flush: one
+// write for what crypto/tls writes record by record. A path pays per
+// write (a system call, a segment, an acknowledgement, on loopback or a
+// LAN) what it need not pay per record: a 64 KiB write in four took 11%
+// more CPU per byte, client and bridge together, than in one. Only
+// flushLoop writes full records; anything else (a close_notify, a CLOSE,
+// the tail of flushLoop's own write) is small, and sends what is kept
+// ahead of itself, so nothing overtakes a kept record and nothing waits
+// for a flush that its writer does not make.
 type countingConn struct {
 	net.Conn
 	read, written atomic.Int64
+
+	mu       sync.Mutex // held while writing
+	batching bool
+	pending  *[]byte // full records kept, from batchPool
 }
+
+// fullRecord is the wire size from which a record is full: a TLS 1.3
+// record of 16 KiB of plaintext is 16,406 bytes.
+const fullRecord = 1 << 14
+
+// batchPool holds the buffers of kept records: a carrier holds one only
+// while it writes.
+var batchPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxWriteChunk+maxWriteChunk/maxFrameBody*tlsRecordOverhead+1024)
+	return &b
+}}
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -195,9 +221,73 @@ func (c *countingConn) Read(p []byte) (int, error) {
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.batching && len(p) >= fullRecord {
+		if c.pending == nil {
+			c.pending = batchPool.Get().(*[]byte)
+		}
+		*c.pending = append(*c.pending, p...)
+		c.written.Add(int64(len(p)))
+		return len(p), nil
+	}
+	if c.pending != nil {
+		*c.pending = append(*c.pending, p...)
+		c.written.Add(int64(len(p)))
+		if err := c.writePendingLocked(); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
+}
+
+// batch starts keeping full records.
+func (c *countingConn) batch() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+// flush stops keeping records and sends those kept.
+func (c *countingConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching = false
+	return c.writePendingLocked()
+}
+
+func (c *countingConn) writePendingLocked() error {
+	if c.pending == nil {
+		return nil
+	}
+	p := c.pending
+	c.pending = nil
+	_, err := c.Conn.Write(*p)
+	if cap(*p) <= 2*maxWriteChunk {
+		*p = (*p)[:0]
+		batchPool.Put(p)
+	}
+	return err
+}
+
+// closeWrite sends the records kept, then the FIN. It waits for a write
+// in progress: the caller sets a write deadline first if the peer may
+// have stopped reading.
+func (c *countingConn) closeWrite() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching = false
+	if err := c.writePendingLocked(); err != nil {
+		return err
+	}
+	tcp, ok := socketUnder(c.Conn).(*net.TCPConn)
+	if !ok {
+		return errors.New("transport: not a TCP connection")
+	}
+	return tcp.CloseWrite()
 }
 
 // (No NetConn method: readAvailable must not reach around the count.)
@@ -596,7 +686,11 @@ func (s *sessionConn) flushLoop() {
 			continue
 		}
 		s.mu.Unlock()
+		c.raw.batch()
 		_, err := c.conn.Write(out)
+		if ferr := c.raw.flush(); err == nil {
+			err = ferr
+		}
 		s.mu.Lock()
 		if err != nil {
 			s.carrierEnded(c, err)
@@ -1111,8 +1205,10 @@ func closeAsChromium(c net.Conn, peerClosed <-chan struct{}, wait time.Duration)
 		sock = c // not ours to half-close: close what there is
 	}
 	defer sock.Close()
-	tcp, ok := sock.(*net.TCPConn)
-	if !ok || tcp.CloseWrite() != nil {
+	// A write of ours in progress may wait on a peer that stopped
+	// reading; the FIN goes after it (halfClose), or not at all.
+	c.SetWriteDeadline(time.Now().Add(wait))
+	if !halfClose(c) {
 		return
 	}
 	if peerClosed == nil {
@@ -1133,10 +1229,30 @@ func closeWrite(c net.Conn) bool {
 	if !ok || cw.CloseWrite() != nil {
 		return false
 	}
-	if tcp, ok := socketUnder(c).(*net.TCPConn); ok {
-		tcp.CloseWrite()
-	}
+	halfClose(c)
 	return true
+}
+
+// halfClose sends the FIN of the TCP connection under c: through its
+// countingConn, which sends what a batch holds first, if it has one.
+func halfClose(c net.Conn) bool {
+	for {
+		switch w := c.(type) {
+		case *countingConn:
+			return w.closeWrite() == nil
+		case *prefixConn:
+			c = w.Conn
+		case *abortConn:
+			c = w.Conn
+		case interface{ NetConn() net.Conn }:
+			if c = w.NetConn(); c == nil {
+				return false
+			}
+		default:
+			tcp, ok := c.(*net.TCPConn)
+			return ok && tcp.CloseWrite() == nil
+		}
+	}
 }
 
 // socketUnder returns the connection under c's wrappers: ours, which have
