@@ -278,6 +278,8 @@ func TestCarriersCutAtRandom(t *testing.T) {
 	b, r := relayedBridge(t, transporttest.RelayOptions{CutMin: 500 * time.Millisecond, CutMax: 3 * time.Second}, nil)
 	cfg := b.clientConfig()
 	cfg.Address = r.Addr()
+	var logs lockedBuffer
+	cfg.Logger = newTextLogger(&logs)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	sess, err := Dial(ctx, cfg)
@@ -307,7 +309,7 @@ func TestCarriersCutAtRandom(t *testing.T) {
 		close(errs)
 		for err := range errs {
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%v; client log:\n%s", err, logs.String())
 			}
 		}
 	}
@@ -582,5 +584,60 @@ func TestPushToASleepingSessionSurvivesAFreeze(t *testing.T) {
 	}
 	if took > 4*time.Second {
 		t.Errorf("the push took %v across a freeze, want under 4 s (the freeze detector's 2 s and a new carrier)", took)
+	}
+}
+
+// TestFreezesBeforeDataTeachNoBudget: carriers that go silent before any
+// DATA came down them (a path that cuts connections at random moments
+// caught them just after their handshakes) do not teach the client a
+// budget. Before, two such freezes, both at about a handshake's bytes,
+// taught the smallest budget there is (8 KiB), for the rest of the
+// session: every carrier then carried a few KiB before the next had to
+// be opened, and TestCarriersCutAtRandom once stalled on it.
+func TestFreezesBeforeDataTeachNoBudget(t *testing.T) {
+	t.Parallel()
+	// The bridge takes the stream and never answers it: nothing but
+	// acknowledgements and pongs comes down.
+	b := startBridge(t, newSiteFace(t), func(st *Stream) { io.Copy(io.Discard, st) }, nil)
+	r, err := transporttest.NewRelay(b.addr, transporttest.RelayOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	var logs lockedBuffer
+	cfg.Logger = newTextLogger(&logs)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("client log:\n%s", logs.String())
+		}
+	})
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := sess.WaitProven(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The stream's request leaves on a carrier that the path has just
+	// silenced: the first freeze.
+	r.SetOutage(true)
+	st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	waitUntil(t, "the first carrier frozen", func() bool { return strings.Contains(logs.String(), "carrier ended") })
+	// The path comes back; the next carrier carries the request, and
+	// the path silences it in turn: the second freeze.
+	r.SetOutage(false)
+	waitUntil(t, "a second carrier", func() bool { return strings.Contains(logs.String(), "carrier joined") })
+	time.Sleep(200 * time.Millisecond) // the request and its acknowledgement
+	r.SetOutage(true)
+	waitUntil(t, "the second carrier frozen", func() bool { return strings.Count(logs.String(), "carrier ended") >= 2 })
+	if got := sess.Budget(); got != 0 {
+		t.Fatalf("learned a budget of %d bytes from carriers that froze before any DATA", got)
 	}
 }

@@ -1432,7 +1432,15 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		return nil
 	}
 	s.pingAt = time.Time{}
-	frozen := []int64{rc.raw.read.Load()}
+	// A carrier that froze before any DATA came down it says nothing of
+	// a byte count: a path that cuts at random moments silenced it after
+	// its handshake, and two such at similar sizes would teach a budget
+	// too small to carry anything (a budget only ever shrinks). A censor
+	// that counts bytes lets the first of them through.
+	var frozen []int64
+	if rc.lastData.Load() != 0 {
+		frozen = []int64{rc.raw.read.Load()}
+	}
 	s.carrierEnded(rc, errCarrierFrozen)
 	if v := s.pingVia; v != nil && v != rc && !v.dead {
 		s.carrierEnded(v, errCarrierFrozen)
