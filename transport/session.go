@@ -1236,46 +1236,50 @@ func closeWrite(c net.Conn) bool {
 // halfClose sends the FIN of the TCP connection under c: through its
 // countingConn, which sends what a batch holds first, if it has one.
 func halfClose(c net.Conn) bool {
-	for {
-		switch w := c.(type) {
-		case *countingConn:
-			return w.closeWrite() == nil
-		case *prefixConn:
-			c = w.Conn
-		case *abortConn:
-			c = w.Conn
-		case interface{ NetConn() net.Conn }:
-			if c = w.NetConn(); c == nil {
-				return false
-			}
-		default:
+	for c != nil {
+		if cc, ok := c.(*countingConn); ok {
+			return cc.closeWrite() == nil
+		}
+		next, wrapped := unwrapOnce(c)
+		if !wrapped {
 			tcp, ok := c.(*net.TCPConn)
 			return ok && tcp.CloseWrite() == nil
 		}
+		c = next
 	}
+	return false
 }
 
-// socketUnder returns the connection under c's wrappers: ours, which have
-// no NetConn method on purpose (readAvailable, through unwrapConn, must
-// neither reach around countingConn's count nor past prefixConn's
-// prefix), and every other's NetConn (TLS, connection limits).
+// socketUnder returns the connection under c's wrappers (unwrapOnce), or
+// nil if a wrapper has none.
 func socketUnder(c net.Conn) net.Conn {
-	for {
-		switch w := c.(type) {
-		case *countingConn:
-			c = w.Conn
-		case *prefixConn:
-			c = w.Conn
-		case *abortConn:
-			c = w.Conn
-		case interface{ NetConn() net.Conn }:
-			if c = w.NetConn(); c == nil {
-				return nil
-			}
-		default:
+	for c != nil {
+		next, wrapped := unwrapOnce(c)
+		if !wrapped {
 			return c
 		}
+		c = next
 	}
+	return nil
+}
+
+// unwrapOnce returns the connection c wraps, if c is a wrapper: one of
+// ours, which have no NetConn method on purpose (readAvailable, through
+// unwrapConn, must neither reach around countingConn's count nor past
+// prefixConn's prefix), or any other with a NetConn (TLS, connection
+// limits).
+func unwrapOnce(c net.Conn) (net.Conn, bool) {
+	switch w := c.(type) {
+	case *countingConn:
+		return w.Conn, true
+	case *prefixConn:
+		return w.Conn, true
+	case *abortConn:
+		return w.Conn, true
+	case interface{ NetConn() net.Conn }:
+		return w.NetConn(), true
+	}
+	return c, false
 }
 
 func (s *sessionConn) remove(c *carrier) {
