@@ -51,9 +51,10 @@ const (
 	padSessionBytes = 32 << 10
 	maxPad          = 1024
 	// maxTLSRecord is the most plaintext a TLS record holds (RFC 8446
-	// §5.1). Go's TLS and utls fill records to it once past a
-	// connection's first 14 or so records (dynamic record sizing), so
-	// bulk writes go out in records of this size.
+	// §5.1). The client's utls fills records to it from the start, as
+	// Chromium does; the bridge's crypto/tls, as the Go site it fronts,
+	// once past a connection's first 14 or so records (dynamic record
+	// sizing). So bulk writes go out in records of this size.
 	maxTLSRecord = 1 << 14
 	// minBucket is the smallest bucket edge of tail padding.
 	minBucket = 32
