@@ -96,6 +96,7 @@ type torClient struct {
 
 var (
 	orListenerRE    = regexp.MustCompile(`Opened OR listener connection \(ready\) on 127\.0\.0\.1:(\d+)`)
+	dirListenerRE   = regexp.MustCompile(`Opened Directory listener connection \(ready\) on 127\.0\.0\.1:(\d+)`)
 	extORListenerRE = regexp.MustCompile(`Opened Extended OR listener connection \(ready\) on 127\.0\.0\.1:(\d+)`)
 	socksListenerRE = regexp.MustCompile(`Opened Socks listener connection \(ready\) on (127\.0\.0\.1:\d+)`)
 	bootstrappedRE  = regexp.MustCompile(`Bootstrapped 100%`)
@@ -226,6 +227,14 @@ func startTorNet(t *testing.T, opts torNetOptions) *torNet {
 			"ExitRelay 0",
 			"ExitPolicy reject *:*",
 		)))
+	}
+	// The authorities' ports were free a moment ago (freePorts), and are
+	// no longer held: a relay that binds 127.0.0.1:auto before an
+	// authority has bound its own could be given one of them by the
+	// kernel. It happened once in CI: an exit took auth0's ORPort, and
+	// auth0 exited ("Address already in use").
+	for _, a := range n.authorities {
+		a.waitLog(t, dirListenerRE, n.timeout)
 	}
 	var exits, all []string
 	for range opts.Exits {
