@@ -146,8 +146,8 @@ func TestKeptRecordsGoFirst(t *testing.T) {
 	}
 	c.batch()
 	c.Write(rec('d'))
-	if err := c.closeWrite(); err != nil {
-		t.Fatal(err)
+	if !c.closeWrite() {
+		t.Fatal("closeWrite did not send the kept records and the FIN")
 	}
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 	got, err := io.ReadAll(peer)

@@ -273,21 +273,14 @@ func (c *countingConn) writePendingLocked() error {
 	return err
 }
 
-// closeWrite sends the records kept, then the FIN. It waits for a write
-// in progress: the caller sets a write deadline first if the peer may
-// have stopped reading.
-func (c *countingConn) closeWrite() error {
+// closeWrite sends the records kept, then the FIN, and reports whether
+// both went. It waits for a write in progress: the caller sets a write
+// deadline first if the peer may have stopped reading.
+func (c *countingConn) closeWrite() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.batching = false
-	if err := c.writePendingLocked(); err != nil {
-		return err
-	}
-	tcp, ok := socketUnder(c.Conn).(*net.TCPConn)
-	if !ok {
-		return errors.New("transport: not a TCP connection")
-	}
-	return tcp.CloseWrite()
+	return c.writePendingLocked() == nil && halfClose(c.Conn)
 }
 
 // (No NetConn method: readAvailable must not reach around the count.)
@@ -1238,7 +1231,7 @@ func closeWrite(c net.Conn) bool {
 func halfClose(c net.Conn) bool {
 	for c != nil {
 		if cc, ok := c.(*countingConn); ok {
-			return cc.closeWrite() == nil
+			return cc.closeWrite()
 		}
 		next, wrapped := unwrapOnce(c)
 		if !wrapped {
