@@ -451,12 +451,20 @@ func (s *sessionConn) Write(p []byte) (int, error) {
 // WriteBuffers queues one smux frame given as header and data (smux uses
 // it when the conn has it, which saves it a copy).
 func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queueLocked(v, nil)
+}
+
+// queueLocked is WriteBuffers with mu held. While the send queue is full
+// it waits on spaceCond; if abort is not nil, it is asked after each
+// wake-up, and a non-nil answer ends the wait with that error and
+// nothing queued.
+func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	total := 0
 	for _, b := range v {
 		total += len(b)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(v) == 2 {
 		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
 			// Our smux's UPD: announce the stream's tuned window, or
@@ -470,6 +478,11 @@ func (s *sessionConn) WriteBuffers(v [][]byte) (int, error) {
 		}
 	}
 	for !s.closed && s.unacked() > 0 && s.unacked()+total > sendLimit {
+		if abort != nil {
+			if err := abort(); err != nil {
+				return 0, err
+			}
+		}
 		s.spaceCond.Wait()
 	}
 	if s.closed {
