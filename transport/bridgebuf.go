@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/xtaci/smux"
 )
 
 // What a bridge holds for its clients' streams, all sessions together,
@@ -159,7 +157,7 @@ func (a *streamAcct) wait(done <-chan struct{}) {
 // countedStream is a bridge's smux stream whose reads are counted
 // (streamAcct.took), and whose close lets go of what it held.
 type countedStream struct {
-	*smux.Stream
+	*directStream
 	acct *streamAcct
 }
 
@@ -175,7 +173,7 @@ func (c *countedStream) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (c *countedStream) Close() error {
-	err := c.Stream.Close()
+	err := c.directStream.Close()
 	c.acct.closed(c.Stream.ID())
 	return err
 }

@@ -497,13 +497,13 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		return nil, ctx.Err()
 	}
 	st.SetDeadline(time.Time{})
-	return &clientStream{Stream: st, session: s.mux}, nil
+	return &clientStream{directStream: newDirectStream(st, s.conn), session: s.mux}, nil
 }
 
 // clientStream is a stream a Session opened: a smux stream (net.Conn,
 // CloseWrite, WriteTo) that also knows when its session ends.
 type clientStream struct {
-	*smux.Stream
+	*directStream
 	session *smux.Session
 }
 

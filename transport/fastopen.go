@@ -35,7 +35,7 @@ func (s *Session) OpenStreamFast(req Request) (net.Conn, error) {
 		st.Close()
 		return nil, fmt.Errorf("transport: sending request: %w", err)
 	}
-	return &earlyStream{clientStream: clientStream{Stream: st, session: s.mux}}, nil
+	return &earlyStream{clientStream: clientStream{directStream: newDirectStream(st, s.conn), session: s.mux}}, nil
 }
 
 // OpenStreamFast opens a fast stream on the shared session (see
@@ -60,7 +60,7 @@ type earlyStream struct {
 func (e *earlyStream) reply() error {
 	e.once.Do(func() {
 		if e.err = readReply(e.Stream); e.err != nil {
-			e.Stream.Close()
+			e.directStream.Close()
 		}
 	})
 	return e.err

@@ -105,6 +105,12 @@ type smuxFrameTracker struct {
 	// length once its header has been handed over (the bridge counts
 	// what its streams hold: bridgebuf.go).
 	onHeader func(cmd byte, sid uint32, n int)
+	// onUpdate, if set, is told each UPD frame's stream, consumed count
+	// and window once its body has been handed over (the direct send
+	// path's windows: streamsend.go).
+	onUpdate func(sid, consumed, window uint32)
+	upd      [8]byte
+	un       int // body bytes of the current frame kept in upd; -1: not a UPD
 }
 
 // track notes that smux was handed b.
@@ -112,8 +118,15 @@ func (t *smuxFrameTracker) track(b []byte) {
 	for len(b) > 0 {
 		if t.body > 0 {
 			k := min(len(b), t.body)
+			if t.un >= 0 {
+				t.un += copy(t.upd[t.un:], b[:k])
+			}
 			t.body -= k
 			b = b[k:]
+			if t.body == 0 && t.un == len(t.upd) && t.onUpdate != nil {
+				t.onUpdate(binary.LittleEndian.Uint32(t.hdr[4:8]),
+					binary.LittleEndian.Uint32(t.upd[:4]), binary.LittleEndian.Uint32(t.upd[4:]))
+			}
 			continue
 		}
 		k := copy(t.hdr[t.hn:], b)
@@ -121,6 +134,10 @@ func (t *smuxFrameTracker) track(b []byte) {
 		b = b[k:]
 		if t.hn == smuxHeaderLen {
 			t.hn, t.body = 0, int(binary.LittleEndian.Uint16(t.hdr[2:4]))
+			t.un = -1
+			if t.hdr[1] == smuxCmdUPD && t.body == len(t.upd) {
+				t.un = 0
+			}
 			if t.onHeader != nil {
 				t.onHeader(t.hdr[1], binary.LittleEndian.Uint32(t.hdr[4:8]), t.body)
 			}

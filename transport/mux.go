@@ -37,6 +37,9 @@ const (
 	// Peers take frames of any length whatever their own setting, so
 	// older ones get them too (TestLargeMuxFramesReachOlderPeers).
 	maxFrameSize = 64<<10 - 1
+	// smuxVersion is smux's protocol version: 2 has per-stream flow
+	// control.
+	smuxVersion = 2
 )
 
 // muxConfig is the smux configuration of a client's or a bridge's end.
@@ -47,7 +50,7 @@ const (
 // carrier for its linger time.
 func muxConfig(client bool) *smux.Config {
 	c := smux.DefaultConfig()
-	c.Version = 2 // per-stream flow control
+	c.Version = smuxVersion
 	c.MaxFrameSize = maxFrameSize
 	c.MaxReceiveBuffer = sessionWindow
 	if client {

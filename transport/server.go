@@ -593,7 +593,7 @@ func (s *Server) serveSession(ss *serverSession) {
 				<-slots
 				wg.Done()
 			}()
-			s.serveStream(&countedStream{Stream: st, acct: ss.conn.acct}, sess.CloseChan(), id, ss.shortID, log)
+			s.serveStream(&countedStream{directStream: newDirectStream(st, ss.conn), acct: ss.conn.acct}, sess.CloseChan(), id, ss.shortID, log)
 		}()
 	}
 	// The session is over: end it everywhere (which ends every stream,

@@ -98,6 +98,9 @@ type sessionConn struct {
 	// rtt is the newest carrier's round trip, in nanoseconds.
 	windows windowTuner
 	rtt     int64
+	// sendWins are the peer's windows for the streams we send on, for
+	// the direct send path (streamsend.go).
+	sendWins map[uint32]*sendWindow
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -353,6 +356,7 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		s.windows.limit = clientSessionWindow
 	}
 	s.inFrame.onHeader = s.peerFrame
+	s.inFrame.onUpdate = s.peerUpdate
 	s.sendCond = sync.NewCond(&s.mu)
 	s.spaceCond = sync.NewCond(&s.mu)
 	s.readCond = sync.NewCond(&s.mu)
@@ -500,6 +504,9 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	for _, b := range v {
 		s.sendq.push(b)
 	}
+	if len(v) > 0 {
+		s.queuedFrame(v[0], total-smuxHeaderLen)
+	}
 	queued := total
 	if s.client && len(v) > 0 && len(v[0]) >= smuxHeaderLen && v[0][1] == smuxCmdSYN {
 		// Announce the new stream's receive window at once: smux lets
@@ -564,8 +571,14 @@ func (s *sessionConn) Read(p []byte) (int, error) {
 // peerFrame notes a frame of the peer's handed to smux. Called with mu
 // held.
 func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
-	if cmd == smuxCmdFIN {
+	switch cmd {
+	case smuxCmdFIN:
 		s.windows.ended(sid)
+	case smuxCmdSYN:
+		if !s.client {
+			// The client's stream: smux's window until its UPD.
+			s.sendWin(sid, smuxInitialPeerWindow)
+		}
 	}
 	if s.acct != nil {
 		s.acct.frame(cmd, sid, n)
