@@ -56,14 +56,19 @@ type sessionConn struct {
 
 	// Sending. sendq holds the bytes [acked, written); next is the offset
 	// of the first byte not yet sent on the current carrier.
-	sendq    sendQueue
-	acked    uint64
-	written  uint64
-	next     uint64
-	padDue   bool  // a young stream's bytes are queued: pad the next flush
-	lastSend int64 // monoNow when smux last wrote
-	lastRecv int64 // monoNow when DATA last arrived
-	pad      padPolicy
+	sendq sendQueue
+	// maxUnsent bounds the bytes of streams' data queued and not yet
+	// handed to a carrier, and unsentWaiters counts the writers waiting
+	// for them to shrink (backlog.go).
+	maxUnsent     int
+	unsentWaiters int
+	acked         uint64
+	written       uint64
+	next          uint64
+	padDue        bool  // a young stream's bytes are queued: pad the next flush
+	lastSend      int64 // monoNow when smux last wrote
+	lastRecv      int64 // monoNow when DATA last arrived
+	pad           padPolicy
 
 	// Receiving. rbuf[rstart:] are received bytes smux has not read;
 	// recvd is the offset of the end of them.
@@ -329,7 +334,8 @@ type carrier struct {
 	peerRetired bool // the peer sent RETIRE
 	needSeek    bool // the next DATA we send on it needs a SEEK first
 	rpos        uint64
-	skipGap     bool // a gap timed out: drop DATA beyond it until a SEEK
+	skipGap     bool     // a gap timed out: drop DATA beyond it until a SEEK
+	rate        sendRate // how fast it sends (backlog.go)
 }
 
 // spent returns the larger share of the budget used by either direction.
@@ -346,6 +352,7 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		log:         log,
 		linger:      orDefault(linger, DefaultSessionLinger),
 		ackEvery:    defaultAckEvery,
+		maxUnsent:   minUnsent,
 		done:        make(chan struct{}),
 		ended:       make(chan struct{}),
 		flusherDone: make(chan struct{}),
@@ -385,6 +392,10 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 		return false
 	}
 	c.needSeek = true
+	// Until its send rate is known, a carrier's socket holds little
+	// unsent (backlog.go).
+	c.rate.lowat = minLowat
+	limitUnsent(c.raw, minLowat)
 	c.readDone = make(chan struct{})
 	c.joined = monoNow()
 	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
@@ -701,6 +712,11 @@ func (s *sessionConn) flushLoop() {
 			continue
 		}
 		out = s.compose(out[:0], c)
+		if s.unsentWaiters > 0 {
+			// compose took bytes from the queue: writers waiting for
+			// it to shrink may go on, while this write goes out.
+			s.spaceCond.Broadcast()
+		}
 		if len(out) == 0 {
 			continue
 		}
@@ -715,6 +731,8 @@ func (s *sessionConn) flushLoop() {
 			s.carrierEnded(c, err)
 		} else if c.sendRetired && c.peerRetired {
 			s.retireDone(c)
+		} else {
+			s.noteSent(c)
 		}
 		if cap(out) > 4*maxWriteChunk {
 			out = nil

@@ -154,6 +154,19 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 			continue
 		}
 		n := min(len(p), room, maxFrameSize)
+		if u := int(s.written - s.next); u > 0 && u+n > s.maxUnsent && w.sent+uint32(n) > freeStart {
+			// Enough waits to be sent (backlog.go): this stream's
+			// bytes wait here, not in the queue ahead of everyone
+			// else's. (A stream's start does not wait: a reply, a
+			// request, a page's first bytes.)
+			if err := beforeWait(); err != nil {
+				return sent, err
+			}
+			s.unsentWaiters++
+			s.spaceCond.Wait()
+			s.unsentWaiters--
+			continue
+		}
 		binary.LittleEndian.PutUint16(hdr[2:], uint16(n))
 		if _, err := s.queueLocked([][]byte{hdr[:], p[:n]}, beforeWait); err != nil {
 			if err == io.EOF {

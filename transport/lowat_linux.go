@@ -1,0 +1,4 @@
+package transport
+
+// tcpNotsentLowat is TCP_NOTSENT_LOWAT (Linux, Android).
+const tcpNotsentLowat = 25
