@@ -218,6 +218,7 @@ func targetServer() (string, error) {
 type result struct {
 	down1, down8, up1, up8 float64 // MiB/s
 	ttfb50, ttfb99         float64 // ms
+	loaded50               float64 // ms: TTFB p50 while a download runs
 	cpuCli, cpuSrv         float64 // s/GiB, -1 when unknown
 	rssCli, rssSrv         float64 // MiB, -1 when unknown
 	cold, coldReady        float64 // ms, -1 when not measured
@@ -318,6 +319,32 @@ func ttfb(s *system, target string, samples int) (float64, float64, error) {
 	return pct(d, 0.5), pct(d, 0.99), nil
 }
 
+// ttfbLoaded is ttfb's p50 while one endless download runs through the
+// same system (another stream of its session, or a connection of its
+// own, as the system does it): what a user waits for when they open
+// something while a download fills the link. The download runs for
+// settle first, to fill whatever queues it can.
+func ttfbLoaded(s *system, target string, samples int, settle time.Duration) (float64, error) {
+	c, err := s.dial(target, time.Now().Add(30*time.Second))
+	if err != nil {
+		return 0, err
+	}
+	if _, err := c.Write(binary.BigEndian.AppendUint64([]byte{'D'}, 1<<62)); err != nil {
+		c.Close()
+		return 0, err
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, c)
+		close(done)
+	}()
+	time.Sleep(settle)
+	p50, _, err := ttfb(s, target, samples)
+	c.Close()
+	<-done
+	return p50, err
+}
+
 func (e *env) measure(s *system) result {
 	var r result
 	limit := 10 * time.Minute
@@ -351,6 +378,9 @@ func (e *env) measure(s *system) result {
 	r.rssCli, r.rssSrv = procMiB(s.client, "VmHWM"), procMiB(s.server, "VmHWM")
 	if r.ttfb50, r.ttfb99, err = ttfb(s, e.target, e.o.samples); err != nil {
 		return result{err: fmt.Errorf("TTFB: %w", err)}
+	}
+	if r.loaded50, err = ttfbLoaded(s, e.target, max(e.o.samples/5, 5), 2*time.Second); err != nil {
+		return result{err: fmt.Errorf("TTFB under load: %w", err)}
 	}
 	r.cold, r.coldReady = -1, -1
 	if s.startClient != nil {
@@ -466,6 +496,7 @@ func run(o options) error {
 	fmt.Println()
 	fmt.Println("Notes:")
 	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; peak RSS after bulk is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (the bench binary re-executed), so their figures exclude the load generator; direct TCP has no server side.")
+	fmt.Println("- TTFB under load: TTFB's p50 (a fifth of its samples) while one download runs through the same system, started 2 s before (for Mirage, another stream of the same session; for the others, a connection of its own).")
 	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session (for systems with a connection per stream, a new connection and its handshake each time, as in use).")
 	fmt.Printf("- Cold start: the client process is started afresh (the server side keeps running), a stream is opened as soon as its SOCKS port accepts (connect retried every 0.2 ms), and the time is from just before the process starts to the first byte of the answer to a 1-byte request: process start, TCP connection, handshakes (TLS; obfs4's; Mirage's session, which mirage-client begins as soon as it starts), and the stream's own round trip. \"client ready\" is the part until the SOCKS port accepted. Median of %d per round, then over rounds. Extra proxies have no cold start here: the harness cannot restart them.\n", o.cold)
 	if o.idle > 0 {
