@@ -18,9 +18,11 @@ import "time"
 // it are bounded here.
 //
 // Fixed bounds small enough for a slow link cost a fast one: 64 KiB and
-// 16 KiB made an 8-stream download on loopback 25% slower and 30% dearer
-// in CPU (wake-ups of the flusher). So the bounds follow the carrier's
-// send rate, measured over rateInterval, from the floors up.
+// 16 KiB made an 8-stream download on loopback a fifth slower and a third
+// dearer in CPU (wake-ups of the flusher), and even 512 KiB and 256 KiB
+// cost it 8%. So the bounds follow the carrier's send rate, measured
+// over rateInterval, from the floors up; on loopback they cap at 4 MiB
+// and none, and a new stream there waits about 5 ms behind a download.
 const (
 	// unsentTime and lowatTime: how long the bytes waiting in the
 	// session's queue, and in the carrier's socket, take to send.
@@ -37,39 +39,43 @@ const (
 	// (a fast path: loopback, a LAN).
 	maxLowat     = 1 << 20
 	rateInterval = 100 * time.Millisecond
-	// freeStart is how much of a stream is queued without waiting for
-	// the bound: what a user waits for when they open something (a
-	// reply, a request, a page's first bytes) goes ahead of the
-	// download's bytes that wait in its writer. Each waited for room
-	// in the queue once a bulk writer kept it full: two small writes
-	// of a new stream took 50 ms more at 20 Mbit/s.
-	freeStart = 64 << 10
 )
 
-// sendRate measures how fast a carrier sends, for the bounds above.
-// Guarded by the session's mu.
+// sendRate measures how fast a carrier sends while something waits to be
+// sent: the rate at which it drains a backlog, which is the path's (or
+// the machine's). Time when nothing waited does not count: a carrier
+// that idled between two downloads would otherwise measure a trickle,
+// and the next download would start at the floors (the bench harness's
+// 64 MiB downloads on loopback did: a fifth slower). Guarded by the
+// session's mu.
 type sendRate struct {
-	since int64 // monoNow of the interval's start; 0: none yet
-	base  int64 // the carrier's bytes written then
-	lowat int   // the socket's bound now; 0: not set
+	last      int64 // monoNow at the end of the previous write; 0: none yet
+	lastBytes int64 // the carrier's bytes written then
+	backlog   bool  // something waited to be sent then
+	busy      int64 // time counted since the bounds were last set
+	busyBytes int64 // bytes written in that time
+	lowat     int   // the socket's bound now; 0: not set
 }
 
-// noteSent updates the bounds from c's send rate, once an interval has
-// passed since the last update. The flusher calls it after each write,
-// with mu held.
+// noteSent updates the bounds from c's send rate, once rateInterval of
+// busy time has passed since the last update. The flusher calls it after
+// each write, with mu held.
 func (s *sessionConn) noteSent(c *carrier) {
 	now, written := monoNow(), c.raw.written.Load()
 	r := &c.rate
-	if r.since == 0 {
-		r.since, r.base = now, written
+	if r.last != 0 && r.backlog {
+		// The flusher went on at once after the previous write: this
+		// write's time and bytes are the carrier draining a backlog.
+		r.busy += now - r.last
+		r.busyBytes += written - r.lastBytes
+	}
+	r.last, r.lastBytes = now, written
+	r.backlog = s.next < s.written || s.unsentWaiters > 0
+	if r.busy < int64(rateInterval) {
 		return
 	}
-	elapsed := now - r.since
-	if elapsed < int64(rateInterval) {
-		return
-	}
-	bps := float64(written-r.base) / (float64(elapsed) / float64(time.Second))
-	r.since, r.base = now, written
+	bps := float64(r.busyBytes) / (float64(r.busy) / float64(time.Second))
+	r.busy, r.busyBytes = 0, 0
 	s.maxUnsent = min(max(int(bps*unsentTime.Seconds()), minUnsent), maxUnsentBound)
 	lowat := max(int(bps*lowatTime.Seconds()), minLowat)
 	if lowat > maxLowat {

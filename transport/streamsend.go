@@ -154,11 +154,10 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 			continue
 		}
 		n := min(len(p), room, maxFrameSize)
-		if u := int(s.written - s.next); u > 0 && u+n > s.maxUnsent && w.sent+uint32(n) > freeStart {
+		if u := int(s.written - s.next); u > 0 && u+n > s.maxUnsent {
 			// Enough waits to be sent (backlog.go): this stream's
 			// bytes wait here, not in the queue ahead of everyone
-			// else's. (A stream's start does not wait: a reply, a
-			// request, a page's first bytes.)
+			// else's.
 			if err := beforeWait(); err != nil {
 				return sent, err
 			}
