@@ -54,7 +54,7 @@ type sendRate struct {
 	backlog   bool  // something waited to be sent then
 	busy      int64 // time counted since the bounds were last set
 	busyBytes int64 // bytes written in that time
-	lowat     int   // the socket's bound now; 0: not set
+	lowat     int   // the socket's bound now; 0: none
 }
 
 // noteSent updates the bounds from c's send rate, once rateInterval of
@@ -81,6 +81,7 @@ func (s *sessionConn) noteSent(c *carrier) {
 	if lowat > maxLowat {
 		lowat = 0 // no bound
 	}
+	s.lowat = lowat
 	if lowat != r.lowat && (lowat == 0 || r.lowat == 0 || lowat > r.lowat*5/4 || lowat < r.lowat*4/5) {
 		r.lowat = lowat
 		limitUnsent(c.raw, lowat)

@@ -62,6 +62,7 @@ type sessionConn struct {
 	// for them to shrink (backlog.go).
 	maxUnsent     int
 	unsentWaiters int
+	lowat         int // the bound of carriers' sockets; 0: none
 	acked         uint64
 	written       uint64
 	next          uint64
@@ -353,6 +354,7 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		linger:      orDefault(linger, DefaultSessionLinger),
 		ackEvery:    defaultAckEvery,
 		maxUnsent:   minUnsent,
+		lowat:       minLowat,
 		done:        make(chan struct{}),
 		ended:       make(chan struct{}),
 		flusherDone: make(chan struct{}),
@@ -392,10 +394,11 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 		return false
 	}
 	c.needSeek = true
-	// Until its send rate is known, a carrier's socket holds little
-	// unsent (backlog.go).
-	c.rate.lowat = minLowat
-	limitUnsent(c.raw, minLowat)
+	// A carrier's socket starts with the bound the session's last
+	// carrier ended with, or, the session's first, with the floor,
+	// until its rate is known (backlog.go).
+	c.rate.lowat = s.lowat
+	limitUnsent(c.raw, s.lowat)
 	c.readDone = make(chan struct{})
 	c.joined = monoNow()
 	s.remote, s.local = c.raw.RemoteAddr(), c.raw.LocalAddr()
