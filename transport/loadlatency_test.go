@@ -51,6 +51,19 @@ func startBulkOrEcho(t testing.TB) string {
 	return ln.Addr().String()
 }
 
+// relayTo is a bridge handler that relays each stream to target.
+func relayTo(target string) func(*Stream) {
+	return func(st *Stream) {
+		st.Reply(StatusOK)
+		c, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		Relay(st, c)
+	}
+}
+
 // probeUnderLoad starts a download on open(), reads it for settle, then
 // times probes: each opens a new connection with open(), sends one byte
 // to echo and reads it back. It returns the probes' times, sorted.
@@ -120,15 +133,7 @@ func BenchmarkLatencyUnderLoad(b *testing.B) {
 		}
 	})
 	b.Run("mirage", func(b *testing.B) {
-		br := startBridge(b, newSiteFace(b), func(st *Stream) {
-			st.Reply(StatusOK)
-			c, err := net.Dial("tcp", target)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			Relay(st, c)
-		}, func(c *ServerConfig) { c.Logger = nil })
+		br := startBridge(b, newSiteFace(b), relayTo(target), func(c *ServerConfig) { c.Logger = nil })
 		sess := br.dialVia(b, startQueuedLongLink(b, br.addr, rtt, rate, queue))
 		for range b.N {
 			p50 := report(b, probeUnderLoad(b, func() net.Conn {
@@ -149,15 +154,7 @@ func BenchmarkLatencyUnderLoad(b *testing.B) {
 // through a 20 ms, 16 Mbit/s link whose bottleneck queues 20 ms.
 func loadedSession(t *testing.T) *Session {
 	target := startBulkOrEcho(t)
-	br := startBridge(t, newSiteFace(t), func(st *Stream) {
-		st.Reply(StatusOK)
-		c, err := net.Dial("tcp", target)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		Relay(st, c)
-	}, nil)
+	br := startBridge(t, newSiteFace(t), relayTo(target), nil)
 	return br.dialVia(t, startQueuedLongLink(t, br.addr, 20*time.Millisecond, 16e6, 20*time.Millisecond))
 }
 

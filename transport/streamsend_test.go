@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,16 +29,7 @@ func TestDirectWritesKeepToTheWindow(t *testing.T) {
 		}
 	}
 	b := startBridge(t, newSiteFace(t), handler, nil)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openOneStream(t, b)
 	// The app reads nothing. The bridge may send the stream's initial
 	// window, and no more until the client's UPD grants more.
 	waitSettled(t, "the bridge's writes", func() uint64 { return uint64(accepted.Load()) })
@@ -58,6 +50,23 @@ func TestDirectWritesKeepToTheWindow(t *testing.T) {
 	}
 }
 
+// openOneStream dials a session to b and opens a stream on it; both end
+// with the test.
+func openOneStream(t *testing.T, b *testBridge) net.Conn {
+	t.Helper()
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // TestWriteWaitingForWindowEndsOnClose proves a write that waits for the
 // bridge's window (its destination is not reading) ends when the app
 // closes the stream, as smux's own Write did: a relay closes the stream
@@ -70,15 +79,7 @@ func TestWriteWaitingForWindowEndsOnClose(t *testing.T) {
 	}
 	b := startBridge(t, newSiteFace(t), handler, nil)
 	defer close(release)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openOneStream(t, b)
 	var wrote atomic.Int64
 	done := make(chan error, 1)
 	go func() {
@@ -117,19 +118,10 @@ func TestWriteWaitingForWindowEndsAtDeadline(t *testing.T) {
 	}
 	b := startBridge(t, newSiteFace(t), handler, nil)
 	defer close(release)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openOneStream(t, b)
 	st.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
 	start := time.Now()
-	_, err = st.Write(make([]byte, 2*initialWindow))
+	_, err := st.Write(make([]byte, 2*initialWindow))
 	var ne interface{ Timeout() bool }
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("write past the window: err = %v, want a timeout", err)
