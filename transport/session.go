@@ -62,7 +62,8 @@ type sessionConn struct {
 	// for them to shrink (backlog.go).
 	maxUnsent     int
 	unsentWaiters int
-	lowat         int // the bound of carriers' sockets; 0: none
+	lowat         int  // the bound of carriers' sockets; 0: none
+	rateKnown     bool // the bounds follow a measured rate
 	acked         uint64
 	written       uint64
 	next          uint64
