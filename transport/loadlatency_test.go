@@ -158,6 +158,34 @@ func loadedSession(t *testing.T) *Session {
 	return br.dialVia(t, startQueuedLongLink(t, br.addr, 20*time.Millisecond, 16e6, 20*time.Millisecond))
 }
 
+// startLoad opens a stream of sess that asks for what ('B': a download,
+// 'S': an upload), moves its bytes with move (the stream's Read or
+// Write) until it ends, and gives it 2 s to fill every queue it can. It
+// returns the count of bytes moved.
+func startLoad(t *testing.T, sess *Session, what byte, move func(net.Conn, []byte) (int, error)) *atomic.Int64 {
+	st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Write([]byte{what}); err != nil {
+		t.Fatal(err)
+	}
+	moved := new(atomic.Int64)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := move(st, buf)
+			moved.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	return moved
+}
+
 // worstProbe opens three new streams of sess one after another, each
 // echoing one byte, and returns the most that moved counts between a
 // probe's request and its answer.
@@ -186,25 +214,8 @@ func worstProbe(t *testing.T, sess *Session, moved *atomic.Int64) int64 {
 // upload's bytes, counted in the upload's bytes written meanwhile.
 func TestNewStreamGoesAheadOfAnUpload(t *testing.T) {
 	sess := loadedSession(t)
-	up, err := sess.OpenStreamFast(Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	var sent atomic.Int64
-	go func() {
-		up.Write([]byte{'S'})
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := up.Write(buf)
-			sent.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
-	}()
-	time.Sleep(2 * time.Second)
-	worst := worstProbe(t, sess, &sent)
+	sent := startLoad(t, sess, 'S', net.Conn.Write)
+	worst := worstProbe(t, sess, sent)
 	// Unbounded, 4.2 MB more of the upload went first; bounded, 0.2 MB.
 	if worst > 3<<19 {
 		t.Fatalf("a new stream's answer came after %d bytes more of the upload; want at most 1.5 MiB", worst)
@@ -221,25 +232,8 @@ func TestNewStreamGoesAheadOfAnUpload(t *testing.T) {
 // answer, so the machine's speed does not matter.
 func TestNewStreamGoesAheadOfADownload(t *testing.T) {
 	sess := loadedSession(t)
-	bulk, err := sess.OpenStreamFast(Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bulk.Close()
-	bulk.Write([]byte{'B'})
-	var got atomic.Int64
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := bulk.Read(buf)
-			got.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
-	}()
-	time.Sleep(2 * time.Second) // the download fills every queue it can
-	worst := worstProbe(t, sess, &got)
+	got := startLoad(t, sess, 'B', net.Conn.Read)
+	worst := worstProbe(t, sess, got)
 	// 16 Mbit/s is 2 MB/s: 1.5 MiB is 0.8 s of the download. With the
 	// bounds, 0.26 to 0.59 MB of it came first (the link's round trip
 	// and queue, and the test relay's socket buffers, included);

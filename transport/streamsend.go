@@ -168,8 +168,8 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 		}
 		binary.LittleEndian.PutUint16(hdr[2:], uint16(n))
 		if _, err := s.queueLocked([][]byte{hdr[:], p[:n]}, beforeWait); err != nil {
-			if err == io.EOF {
-				err = io.ErrClosedPipe
+			if s.closed {
+				err = s.writeErr()
 			}
 			return sent, err
 		}
