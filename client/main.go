@@ -280,6 +280,18 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 		return err
 	}
 	defer client.Close()
+	// Dial first, before the proxy listens: the handshakes then run
+	// while the rest starts up, and an app's first connection finds the
+	// session (nearly) ready. It also shows a wrong link at start, not
+	// at the first app connection. The proxy runs either way, and
+	// retries.
+	go func() {
+		if _, err := client.Session(ctx); err != nil {
+			log.Error("bridge not usable yet (mirage-client check LINK tells more)", "error", safelog.Error(err, c.unsafeLogging))
+		} else {
+			log.Info("connected to the bridge")
+		}
+	}()
 	creds, err := proxyCredentials(c, log)
 	if err != nil {
 		return err
@@ -305,15 +317,6 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 		own.Info("WhatsApp endpoint ready", "chat", chatLn.Addr().String(), "media", mediaLn.Addr().String())
 		fmt.Fprintf(stdout, "WhatsApp:\n%s\n", whatsAppHelp(c.whatsapp, c.waChatPort, c.waMediaPort))
 	}
-	// Dial now, so a wrong link shows at start and not at the first app
-	// connection; the proxy runs either way, and retries.
-	go func() {
-		if _, err := client.Session(ctx); err != nil {
-			log.Error("bridge not usable yet (mirage-client check LINK tells more)", "error", safelog.Error(err, c.unsafeLogging))
-		} else {
-			log.Info("connected to the bridge")
-		}
-	}()
 	errc := make(chan error, 2)
 	go func() { errc <- p.Serve(ln) }()
 	if wa != nil {
