@@ -225,7 +225,7 @@ func sealHello(uc *utls.UConn, cfg *ClientConfig) ([auth.KeyLen]byte, error) {
 	}
 	aad := bytes.Clone(hs.Hello.Raw)
 	random := hs.Hello.Random
-	key, err = auth.ClientKey(priv.Bytes(), cfg.PublicKey[:], random)
+	key, err = auth.ClientKey(priv, cfg.PublicKey[:], random)
 	if err != nil {
 		return key, err
 	}

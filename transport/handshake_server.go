@@ -82,7 +82,7 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 	if !ok || len(share) != auth.KeyLen {
 		return errNoX25519
 	}
-	key, err := auth.ServerKey(cfg.PrivateKey[:], hs.srv.publicKey[:], share, ch.Random)
+	key, err := auth.ServerKey(hs.srv.privateKey, hs.srv.publicKey[:], share, ch.Random)
 	if err != nil {
 		return err
 	}

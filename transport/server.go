@@ -3,6 +3,7 @@ package transport
 import (
 	"cmp"
 	"context"
+	"crypto/ecdh"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 type Server struct {
 	cfg         ServerConfig
 	publicKey   keys.PublicKey
+	privateKey  *ecdh.PrivateKey                          // cfg.PrivateKey, with its public key computed once
 	shortIDs    atomic.Pointer[map[keys.ShortID]struct{}] // nil: any
 	limiter     *ratelimit.Limiter
 	serverNames map[string]struct{}
@@ -74,14 +76,19 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
+	priv, err := ecdh.X25519().NewPrivateKey(cfg.PrivateKey[:])
+	if err != nil {
+		return nil, fmt.Errorf("transport: bridge private key: %w", err)
+	}
 	s := &Server{
-		cfg:       cfg,
-		publicKey: cfg.PrivateKey.Public(),
-		log:       loggerOrDiscard(cfg.Logger),
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
-		pendingBy: make(map[netip.Prefix]int),
-		sessions:  make(map[sessionID]*serverSession),
+		cfg:        cfg,
+		privateKey: priv,
+		publicKey:  keys.PublicKey(priv.PublicKey().Bytes()),
+		log:        loggerOrDiscard(cfg.Logger),
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[net.Conn]struct{}),
+		pendingBy:  make(map[netip.Prefix]int),
+		sessions:   make(map[sessionID]*serverSession),
 	}
 	s.maxStreams = orInt(cfg.maxStreamsPerSession, maxStreamsPerSession)
 	s.writeStall = orDefault(cfg.writeStallTimeout, writeStallTimeout)

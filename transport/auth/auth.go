@@ -14,6 +14,7 @@
 package auth
 
 import (
+	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -23,7 +24,6 @@ import (
 	"io"
 
 	"golang.org/x/crypto/chacha20poly1305"
-	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/hkdf"
 )
 
@@ -67,8 +67,13 @@ type Payload struct {
 // ClientKey derives the auth key on the client side from its ephemeral
 // X25519 private key (the one behind its key_share), the bridge's public key
 // and the ClientHello random.
-func ClientKey(ephemeralPrivate, bridgePublic, random []byte) ([KeyLen]byte, error) {
-	shared, err := curve25519.X25519(ephemeralPrivate, bridgePublic)
+//
+// Both sides take keys as *ecdh.PrivateKey, which carry their public key:
+// X25519 from raw scalar bytes computes the public key first, a second
+// scalar multiplication that doubled the cost of every handshake here,
+// and of every stranger's hello the bridge reads.
+func ClientKey(ephemeral *ecdh.PrivateKey, bridgePublic, random []byte) ([KeyLen]byte, error) {
+	shared, err := x25519(ephemeral, bridgePublic)
 	if err != nil {
 		return [KeyLen]byte{}, fmt.Errorf("auth: x25519 with bridge key: %w", err)
 	}
@@ -77,13 +82,25 @@ func ClientKey(ephemeralPrivate, bridgePublic, random []byte) ([KeyLen]byte, err
 
 // ServerKey derives the auth key on the server side from its static private
 // key, its public key and the client's x25519 key share and random.
-func ServerKey(bridgePrivate, bridgePublic, clientShare, random []byte) ([KeyLen]byte, error) {
-	shared, err := curve25519.X25519(bridgePrivate, clientShare)
+func ServerKey(bridge *ecdh.PrivateKey, bridgePublic, clientShare, random []byte) ([KeyLen]byte, error) {
+	shared, err := x25519(bridge, clientShare)
 	if err != nil {
-		// A low-order share yields an all-zero secret; x/crypto refuses it.
+		// A low-order share yields an all-zero secret, which ECDH refuses.
 		return [KeyLen]byte{}, fmt.Errorf("auth: x25519 with client share: %w", err)
 	}
 	return deriveKey(shared, random, bridgePublic)
+}
+
+// x25519 is X25519(priv, peer), refusing an all-zero result.
+func x25519(priv *ecdh.PrivateKey, peer []byte) ([]byte, error) {
+	if priv == nil || priv.Curve() != ecdh.X25519() {
+		return nil, errors.New("not an X25519 private key")
+	}
+	pub, err := ecdh.X25519().NewPublicKey(peer)
+	if err != nil {
+		return nil, err
+	}
+	return priv.ECDH(pub)
 }
 
 func deriveKey(shared, random, bridgePublic []byte) ([KeyLen]byte, error) {

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"encoding/hex"
 	"testing"
 
@@ -49,7 +50,7 @@ func testVector(t *testing.T) (v vector, serverPub, clientPub []byte) {
 // deployed client) fails here. PROTOCOL.md repeats these vectors.
 func TestKnownAnswer(t *testing.T) {
 	v, serverPub, _ := testVector(t)
-	key, err := ClientKey(v.clientPriv, serverPub, v.random)
+	key, err := ClientKey(x25519Key(t, v.clientPriv), serverPub, v.random)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +80,11 @@ func TestKnownAnswer(t *testing.T) {
 // client sealed.
 func TestBothSidesAgree(t *testing.T) {
 	v, serverPub, clientPub := testVector(t)
-	ck, err := ClientKey(v.clientPriv, serverPub, v.random)
+	ck, err := ClientKey(x25519Key(t, v.clientPriv), serverPub, v.random)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sk, err := ServerKey(v.serverPriv, serverPub, clientPub, v.random)
+	sk, err := ServerKey(x25519Key(t, v.serverPriv), serverPub, clientPub, v.random)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestBothSidesAgree(t *testing.T) {
 // bound to, the random, or the key makes Open fail.
 func TestTamperingFails(t *testing.T) {
 	v, serverPub, clientPub := testVector(t)
-	key, _ := ClientKey(v.clientPriv, serverPub, v.random)
+	key, _ := ClientKey(x25519Key(t, v.clientPriv), serverPub, v.random)
 	tag, _ := Seal(key, v.random, v.aad, v.payload)
 	for i := range tag {
 		bad := tag
@@ -126,15 +127,15 @@ func TestTamperingFails(t *testing.T) {
 	// Another random means another key and nonce on the server side.
 	random := bytes.Clone(v.random)
 	random[0] ^= 1
-	sk, _ := ServerKey(v.serverPriv, serverPub, clientPub, random)
+	sk, _ := ServerKey(x25519Key(t, v.serverPriv), serverPub, clientPub, random)
 	if _, err := Open(sk, random, v.aad, tag[:]); err != ErrBadTag {
 		t.Fatalf("changed random: err = %v", err)
 	}
 	// A client that has the wrong bridge key.
 	otherPub, _ := curve25519.X25519(fixed(32, 0x55), curve25519.Basepoint)
-	wrong, _ := ClientKey(v.clientPriv, otherPub, v.random)
+	wrong, _ := ClientKey(x25519Key(t, v.clientPriv), otherPub, v.random)
 	wrongTag, _ := Seal(wrong, v.random, v.aad, v.payload)
-	goodKey, _ := ServerKey(v.serverPriv, serverPub, clientPub, v.random)
+	goodKey, _ := ServerKey(x25519Key(t, v.serverPriv), serverPub, clientPub, v.random)
 	if _, err := Open(goodKey, v.random, v.aad, wrongTag[:]); err != ErrBadTag {
 		t.Fatalf("wrong bridge key: err = %v", err)
 	}
@@ -150,14 +151,14 @@ func TestTamperingFails(t *testing.T) {
 // secret (which anyone could compute) is refused instead of yielding a key.
 func TestLowOrderShareRefused(t *testing.T) {
 	v, serverPub, _ := testVector(t)
-	if _, err := ServerKey(v.serverPriv, serverPub, make([]byte, 32), v.random); err == nil {
+	if _, err := ServerKey(x25519Key(t, v.serverPriv), serverPub, make([]byte, 32), v.random); err == nil {
 		t.Fatal("all-zero share accepted")
 	}
 }
 
 func TestServerProof(t *testing.T) {
 	v, serverPub, _ := testVector(t)
-	key, _ := ClientKey(v.clientPriv, serverPub, v.random)
+	key, _ := ClientKey(x25519Key(t, v.clientPriv), serverPub, v.random)
 	exp := fixed(32, 9)
 	proof := ServerProof(key, exp)
 	if !VerifyServerProof(key, exp, proof[:]) {
@@ -181,7 +182,7 @@ func TestServerProof(t *testing.T) {
 // old bridges misreading them.
 func TestReservedBytesMustBeZero(t *testing.T) {
 	v, serverPub, _ := testVector(t)
-	key, _ := ClientKey(v.clientPriv, serverPub, v.random)
+	key, _ := ClientKey(x25519Key(t, v.clientPriv), serverPub, v.random)
 	plain := make([]byte, PlaintextLen)
 	plain[0], plain[2] = Version, 1
 	aead, _ := chacha20poly1305.New(key[:])
@@ -189,4 +190,14 @@ func TestReservedBytesMustBeZero(t *testing.T) {
 	if _, err := Open(key, v.random, v.aad, tag); err != ErrBadTag {
 		t.Fatalf("non-zero reserved bytes: err = %v, want ErrBadTag", err)
 	}
+}
+
+// x25519Key is b as an X25519 private key.
+func x25519Key(t testing.TB, b []byte) *ecdh.PrivateKey {
+	t.Helper()
+	k, err := ecdh.X25519().NewPrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
