@@ -261,6 +261,9 @@ func (h *CapturedHello) apply(uc *utls.UConn) error {
 	if err != nil {
 		return err
 	}
+	if err := greaseECHKeys(spec); err != nil {
+		return err
+	}
 	if err := uc.ApplyPreset(spec); err != nil {
 		return fmt.Errorf("transport: applying the captured ClientHello: %w", err)
 	}
