@@ -286,9 +286,14 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 	// at the first app connection. The proxy runs either way, and
 	// retries.
 	go func() {
-		if _, err := client.Session(ctx); err != nil {
+		_, err := client.Session(ctx)
+		switch {
+		case errors.Is(err, transport.ErrClosed) || ctx.Err() != nil:
+			// The proxy did not start (its port was taken, say), or is
+			// stopping: run says why.
+		case err != nil:
 			log.Error("bridge not usable yet (mirage-client check LINK tells more)", "error", safelog.Error(err, c.unsafeLogging))
-		} else {
+		default:
 			log.Info("connected to the bridge")
 		}
 	}()

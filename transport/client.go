@@ -621,8 +621,12 @@ func (c *Client) dial(ctx context.Context, cancel context.CancelFunc, ch chan st
 	defer close(ch)
 	c.dialing = nil
 	c.dialStop = nil
-	if err == nil && c.closed {
-		s.Close()
+	if c.closed {
+		// Close ended the dial, or came while it ran: the callers learn
+		// that the client is closed, not that the dial was cancelled.
+		if err == nil {
+			s.Close()
+		}
 		err = ErrClosed
 	}
 	if err != nil {

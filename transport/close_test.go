@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -141,4 +142,52 @@ func roundTripOnce(st net.Conn) error {
 	_, err := io.ReadFull(st, make([]byte, 4))
 	st.SetReadDeadline(time.Time{})
 	return err
+}
+
+// TestClientCloseEndsItsDial proves that closing a Client while it dials
+// (mirage-client does when its proxy cannot start) makes the callers
+// waiting for the session learn that the client was closed, not that a
+// dial failed: mirage-client logs the latter as a bridge it cannot use.
+// Before, they got the dial's cancellation.
+func TestClientCloseEndsItsDial(t *testing.T) {
+	// A "bridge" that accepts and never answers: the dial waits in its
+	// handshake until Close.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	cfg := b.clientConfig()
+	cfg.Address = ln.Addr().String()
+	c, err := NewClient(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Session(context.Background())
+		got <- err
+	}()
+	select {
+	case conn := <-accepted:
+		defer conn.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client did not dial")
+	}
+	c.Close()
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Session during Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the dial")
+	}
 }
