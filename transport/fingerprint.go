@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math/big"
 	"net"
 
 	utls "github.com/refraction-networking/utls"
@@ -127,7 +128,9 @@ func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := greaseECHKeys(spec); err != nil {
+	// Chrome's GREASE ECH enc is a key pair's public key, Firefox's
+	// random bytes (greaseECHEncs).
+	if err := greaseECHEncs(spec, fp == "chrome"); err != nil {
 		return nil, err
 	}
 	uc := utls.UClient(raw, cfg, utls.HelloCustom)
@@ -142,26 +145,59 @@ func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
 	return uc, nil
 }
 
-// greaseECHKeys gives every GREASE ECH extension of spec the public half
-// of a fresh X25519 key pair as its enc, which is what Chrome (BoringSSL's
-// X25519_keypair) and Firefox send there. Left to itself, utls fills enc
-// with random bytes in a spec parsed from a capture, which are a point of
-// the curve only half the time, so that a few hellos would tell a censor
-// that checks them a Mirage client from the browser. In its own specs
-// utls runs a whole HPKE encapsulation, whose second scalar
-// multiplication nobody sees; one key pair costs half as much.
-func greaseECHKeys(spec *utls.ClientHelloSpec) error {
+// greaseECHEncs draws the enc of every GREASE ECH extension of spec as
+// the browser does: with keyPair, the public half of a fresh X25519 key
+// pair, as Chrome does (BoringSSL's X25519_keypair: each of eight
+// captures of Chromium 156 is a point of the curve), else 32 random
+// bytes, as Firefox does (one of three captures of Firefox ESR 153 is no
+// point of the curve, which no public key is). Half of all random values
+// are no point of the curve, so the wrong one of the two would tell a
+// censor who checks a few hellos a Mirage client from the browser. Left
+// to itself, utls runs a whole HPKE encapsulation in its own specs (a
+// key pair, and a Diffie-Hellman with a dummy key nobody sees), and
+// draws random bytes in a spec parsed from a capture, whatever the
+// browser.
+func greaseECHEncs(spec *utls.ClientHelloSpec, keyPair bool) error {
 	for _, ext := range spec.Extensions {
 		e, ok := ext.(*utls.GREASEEncryptedClientHelloExtension)
-		if !ok || (len(e.EncapsulatedKey) != 0 && len(e.EncapsulatedKey) != 32) {
+		if !ok || (len(e.EncapsulatedKey) != 0 && len(e.EncapsulatedKey) != x25519EncLen) {
 			// A capture whose enc is not X25519's is left as it is.
 			continue
 		}
-		k, err := ecdh.X25519().GenerateKey(rand.Reader)
-		if err != nil {
-			return fmt.Errorf("transport: GREASE ECH key: %w", err)
+		if keyPair {
+			k, err := ecdh.X25519().GenerateKey(rand.Reader)
+			if err != nil {
+				return fmt.Errorf("transport: GREASE ECH key: %w", err)
+			}
+			e.EncapsulatedKey = k.PublicKey().Bytes()
+			continue
 		}
-		e.EncapsulatedKey = k.PublicKey().Bytes()
+		e.EncapsulatedKey = make([]byte, x25519EncLen)
+		if _, err := rand.Read(e.EncapsulatedKey); err != nil {
+			return fmt.Errorf("transport: GREASE ECH enc: %w", err)
+		}
 	}
 	return nil
+}
+
+// x25519EncLen is the length of a DHKEM(X25519) enc: a public key.
+const x25519EncLen = 32
+
+// onCurve25519 reports whether the little-endian u-coordinate u is that
+// of a point of Curve25519 (v² = u³ + 486662u² + u has a solution), and
+// not of its twist: what every X25519 public key is.
+func onCurve25519(u []byte) bool {
+	be := make([]byte, len(u))
+	for i := range u {
+		be[len(u)-1-i] = u[i]
+	}
+	x := new(big.Int).SetBytes(be)
+	p := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
+	x.Mod(x, p)
+	x2 := new(big.Int).Mul(x, x)
+	rhs := new(big.Int).Mul(x2, x)
+	rhs.Add(rhs, new(big.Int).Mul(big.NewInt(486662), x2))
+	rhs.Add(rhs, x)
+	rhs.Mod(rhs, p)
+	return rhs.Sign() == 0 || big.Jacobi(rhs, p) == 1
 }

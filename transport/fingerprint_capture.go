@@ -70,6 +70,10 @@ type CapturedHello struct {
 	// x25519 half (Firefox, Go), rather than being a key of its own
 	// (Chrome).
 	shareX25519 bool
+	// echKeyPair: the GREASE ECH enc is a fresh key pair's public key,
+	// not random bytes (greaseECHEncs). So for BoringSSL's GREASE ECH
+	// (Chromium), if every capture's enc is a point of the curve.
+	echKeyPair bool
 }
 
 // LoadCapturedHello reads captures from path: one capture file, or a
@@ -134,6 +138,7 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 	h := &CapturedHello{}
 	var first []string // the first capture's extensions, canonical, sorted
 	var firstOrder, firstSummary string
+	encsOnCurve := false // every capture's GREASE ECH enc is a point of the curve
 	for i, c := range captures {
 		msg, ch, err := parseCaptureBytes(c)
 		if err != nil {
@@ -168,6 +173,10 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 			}
 		}
 		if ech != nil {
+			if i == 0 {
+				encsOnCurve = true
+			}
+			encsOnCurve = encsOnCurve && ech.encOnCurve
 			if !slices.Contains(h.echSuites, ech.suite) {
 				h.echSuites = append(h.echSuites, ech.suite)
 			}
@@ -176,6 +185,7 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 			}
 		}
 	}
+	h.echKeyPair = encsOnCurve && boringECHLens(h.echLens)
 	if boringECHLens(h.echLens) {
 		// BoringSSL (Chrome) draws its GREASE ECH payload length from
 		// 128, 160, 192 and 224 bytes; eight captures miss one of the
@@ -261,7 +271,7 @@ func (h *CapturedHello) apply(uc *utls.UConn) error {
 	if err != nil {
 		return err
 	}
-	if err := greaseECHKeys(spec); err != nil {
+	if err := greaseECHEncs(spec, h.echKeyPair); err != nil {
 		return err
 	}
 	if err := uc.ApplyPreset(spec); err != nil {
@@ -358,6 +368,7 @@ func sharesX25519(ch *hello.ClientHello) bool {
 type echChoice struct {
 	suite      utls.HPKESymmetricCipherSuite
 	payloadLen uint16 // before the AEAD tag
+	encOnCurve bool   // enc is 32 bytes, a point of Curve25519
 }
 
 // canonicalExtensions describes each extension of ch as text with what
@@ -437,6 +448,8 @@ func parseGREASEECH(d []byte) (*echChoice, error) {
 		return nil, bad
 	}
 	c.payloadLen = uint16(n - 16) // every HPKE AEAD's tag is 16 bytes
+	enc := d[8 : 8+encLen]
+	c.encOnCurve = encLen == x25519EncLen && onCurve25519(enc)
 	return c, nil
 }
 

@@ -100,8 +100,9 @@ func firefoxSpec() (*utls.ClientHelloSpec, error) {
 			}},
 			// GREASE ECH as Firefox sends it: HKDF-SHA256 with AES-128-GCM
 			// or ChaCha20-Poly1305 (the captures have both), a random
-			// config_id, a 32-byte X25519 enc and a 239-byte payload (223
-			// bytes sealed, plus the 16-byte tag).
+			// config_id, a 32-byte enc of random bytes, not a public key
+			// (greaseECHEncs), and a 239-byte payload (223 bytes sealed,
+			// plus the 16-byte tag).
 			&utls.GREASEEncryptedClientHelloExtension{
 				CandidateCipherSuites: []utls.HPKESymmetricCipherSuite{
 					{KdfId: dicttls.HKDF_SHA256, AeadId: dicttls.AEAD_AES_128_GCM},

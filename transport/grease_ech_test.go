@@ -1,8 +1,9 @@
 package transport
 
 import (
+	"crypto/ecdh"
+	"crypto/rand"
 	"encoding/binary"
-	"math/big"
 	"testing"
 
 	"github.com/mirage-pt/mirage/transport/hello"
@@ -12,14 +13,16 @@ import (
 // extECH is the encrypted_client_hello extension's code point.
 const extECH = 0xfe0d
 
-// TestGREASEECHSendsARealKey proves that the enc of the GREASE ECH
-// extension is what a browser sends there: the public half of a fresh
-// X25519 key pair (BoringSSL's X25519_keypair). Such a value is always a
-// point of the curve; 32 random bytes are one only half the time, so a
-// censor that checks a few of a client's hellos would know it for a
-// Mirage client. Before, a client sending a captured hello (-hello-capture)
-// drew random bytes there.
-func TestGREASEECHSendsARealKey(t *testing.T) {
+// TestGREASEECHEncAsTheBrowserSendsIt proves that the enc of the GREASE
+// ECH extension is drawn as the browser draws it. Chrome sends the
+// public half of a fresh X25519 key pair there (every Chromium 156
+// capture's is a point of the curve), Firefox random bytes (one of three
+// Firefox ESR 153 captures' is no point of the curve, which no public
+// key is). Half of all random values are no point of the curve, so the
+// wrong kind would show within a few hellos to a censor who checks.
+// Before, a captured Chromium hello sent random bytes, and the built-in
+// Firefox hello a public key.
+func TestGREASEECHEncAsTheBrowserSendsIt(t *testing.T) {
 	chromium, err := LoadCapturedHello(captureFiles(t, "chromium")[0])
 	if err != nil {
 		t.Fatal(err)
@@ -31,11 +34,12 @@ func TestGREASEECHSendsARealKey(t *testing.T) {
 	for _, tc := range []struct {
 		name, fp string
 		capture  *CapturedHello
+		keyPair  bool
 	}{
-		{"built-in chrome", "chrome", nil},
-		{"built-in firefox", "firefox", nil},
-		{"captured chromium", "chrome", chromium},
-		{"captured firefox", "firefox", firefox},
+		{"built-in chrome", "chrome", nil, true},
+		{"built-in firefox", "firefox", nil, false},
+		{"captured chromium", "chrome", chromium, true},
+		{"captured firefox", "firefox", firefox, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.capture != nil {
@@ -50,25 +54,55 @@ func TestGREASEECHSendsARealKey(t *testing.T) {
 			cfg.ServerName = "example.com"
 			cfg.Fingerprint = tc.fp
 			seen := map[string]bool{}
-			const hellos = 24 // all 24 on the curve by chance: 2^-24
+			on := 0
+			const hellos = 24 // random bytes all on the curve by chance: 2^-24
 			for range hellos {
 				h, err := buildHello(cfg)
 				if err != nil {
 					t.Fatal(err)
 				}
 				enc := greaseECHEnc(t, h.uc.HandshakeState.Hello.Raw)
-				if len(enc) != 32 {
-					t.Fatalf("GREASE ECH enc is %d bytes, want an X25519 key's 32", len(enc))
-				}
-				if !onCurve25519(enc) {
-					t.Fatalf("GREASE ECH enc %x is not a point of Curve25519: no browser sends that", enc)
+				if len(enc) != x25519EncLen {
+					t.Fatalf("GREASE ECH enc is %d bytes, want an X25519 key's %d", len(enc), x25519EncLen)
 				}
 				if seen[string(enc)] {
 					t.Fatalf("GREASE ECH enc %x sent twice", enc)
 				}
 				seen[string(enc)] = true
+				if onCurve25519(enc) {
+					on++
+				}
+			}
+			switch {
+			case tc.keyPair && on < hellos:
+				t.Errorf("%d of %d GREASE ECH encs are no point of the curve: %s sends public keys", hellos-on, hellos, tc.fp)
+			case !tc.keyPair && on == hellos:
+				t.Errorf("all %d GREASE ECH encs are points of the curve: %s sends random bytes", hellos, tc.fp)
 			}
 		})
+	}
+}
+
+// TestOnCurve25519 checks the check: public keys are points of the
+// curve, and of random values some are not.
+func TestOnCurve25519(t *testing.T) {
+	off := 0
+	for range 64 {
+		k, err := ecdh.X25519().GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !onCurve25519(k.PublicKey().Bytes()) {
+			t.Fatalf("public key %x: not on the curve", k.PublicKey().Bytes())
+		}
+		r := make([]byte, 32)
+		rand.Read(r)
+		if !onCurve25519(r) {
+			off++
+		}
+	}
+	if off == 0 || off == 64 {
+		t.Errorf("%d of 64 random values off the curve, want about half", off)
 	}
 }
 
@@ -97,23 +131,4 @@ func greaseECHEnc(t *testing.T, msg []byte) []byte {
 	}
 	t.Fatal("the hello has no ECH extension")
 	return nil
-}
-
-// onCurve25519 reports whether the little-endian u-coordinate u is that of
-// a point of Curve25519 (v² = u³ + 486662u² + u has a solution), not of
-// its twist.
-func onCurve25519(u []byte) bool {
-	le := make([]byte, len(u))
-	for i := range u {
-		le[len(u)-1-i] = u[i]
-	}
-	x := new(big.Int).SetBytes(le)
-	p := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
-	x.Mod(x, p)
-	x2 := new(big.Int).Mul(x, x)
-	rhs := new(big.Int).Mul(x2, x)
-	rhs.Add(rhs, new(big.Int).Mul(big.NewInt(486662), x2))
-	rhs.Add(rhs, x)
-	rhs.Mod(rhs, p)
-	return rhs.Sign() == 0 || big.Jacobi(rhs, p) == 1
 }
