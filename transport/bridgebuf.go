@@ -56,12 +56,28 @@ type streamAcct struct {
 	bb      *bridgeBuffers
 	mu      sync.Mutex
 	held    int64
-	streams map[uint32]int64 // open streams: bytes handed smux and not taken
+	streams map[uint32]*streamCount // open streams
 	ended   bool
+	// holding is how many of the streams hold at least holdingFrom:
+	// those whose readers are slower than their senders. Their windows
+	// share the session's room (window.go, grantLimit).
+	holding int
 }
 
+// streamCount is one open stream's count.
+type streamCount struct {
+	held int64  // bytes handed smux and not taken
+	read uint32 // bytes its reader took, all told (smux's numRead)
+	cut  bool   // its window is cut: the session announces its reads
+}
+
+// holdingFrom is what a stream must hold to count as holding: a few
+// frames a reader has not taken yet are any upload's, a backlog is a
+// slow reader's.
+const holdingFrom = 256 << 10
+
 func newStreamAcct(bb *bridgeBuffers) *streamAcct {
-	return &streamAcct{bb: bb, streams: map[uint32]int64{}}
+	return &streamAcct{bb: bb, streams: map[uint32]*streamCount{}}
 }
 
 // add changes the count by d. Called with mu held.
@@ -80,45 +96,81 @@ func (a *streamAcct) add(d int64) {
 	}
 }
 
-// frame notes a frame header handed to smux.
-func (a *streamAcct) frame(cmd byte, sid uint32, n int) {
+// setHeld sets what stream c holds to v, keeping holding and the
+// session's count up to date. Called with mu held.
+func (a *streamAcct) setHeld(c *streamCount, v int64) {
+	switch {
+	case c.held < holdingFrom && v >= holdingFrom:
+		a.holding++
+	case c.held >= holdingFrom && v < holdingFrom:
+		a.holding--
+	}
+	a.add(v - c.held)
+	c.held = v
+}
+
+// frame notes a frame header handed to smux. For a PSH it returns what
+// the stream holds now; and it returns what the session holds.
+func (a *streamAcct) frame(cmd byte, sid uint32, n int) (held, session int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch cmd {
 	case smuxCmdSYN:
 		if _, ok := a.streams[sid]; !ok && !a.ended {
-			a.streams[sid] = 0
+			a.streams[sid] = &streamCount{}
 		}
 	case smuxCmdPSH:
 		// Only for open streams: smux drops what comes for a closed one.
-		if v, ok := a.streams[sid]; ok {
-			a.streams[sid] = v + int64(n)
-			a.add(int64(n))
+		if c, ok := a.streams[sid]; ok {
+			a.setHeld(c, c.held+int64(n))
+			return c.held, a.held
 		}
+	}
+	return 0, a.held
+}
+
+// grantLimit returns the most the window of any of the session's
+// streams may be now (window.go).
+func (a *streamAcct) grantLimit() uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return grantLimit(a.held, a.holding)
+}
+
+// setCut notes whether stream sid's window is cut (window.go).
+func (a *streamAcct) setCut(sid uint32, cut bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.streams[sid]; ok {
+		c.cut = cut
 	}
 }
 
-// took notes that a stream's reader took n bytes.
-func (a *streamAcct) took(sid uint32, n int) {
+// took notes that a stream's reader took n bytes. It returns what the
+// reader took all told, and whether the stream's window is cut: then
+// the session announces the reads itself (sessionConn.cutStreamRead).
+func (a *streamAcct) took(sid uint32, n int) (read uint32, cut bool) {
 	if n <= 0 {
-		return
+		return 0, false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if v, ok := a.streams[sid]; ok {
-		d := min(int64(n), v)
-		a.streams[sid] = v - d
-		a.add(-d)
+	c, ok := a.streams[sid]
+	if !ok {
+		return 0, false
 	}
+	a.setHeld(c, c.held-min(int64(n), c.held))
+	c.read += uint32(n)
+	return c.read, c.cut
 }
 
 // closed lets go of what a stream still held: smux frees it.
 func (a *streamAcct) closed(sid uint32) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if v, ok := a.streams[sid]; ok {
+	if c, ok := a.streams[sid]; ok {
+		a.setHeld(c, 0)
 		delete(a.streams, sid)
-		a.add(-v)
 	}
 }
 
@@ -128,6 +180,7 @@ func (a *streamAcct) end() {
 	defer a.mu.Unlock()
 	a.ended = true
 	clear(a.streams)
+	a.holding = 0
 	a.add(-a.held)
 }
 
@@ -163,8 +216,16 @@ type countedStream struct {
 
 func (c *countedStream) Read(p []byte) (int, error) {
 	n, err := c.Stream.Read(p)
-	c.acct.took(c.Stream.ID(), n)
+	c.took(n)
 	return n, err
+}
+
+// took counts n bytes the stream's reader took, and has the session
+// announce them if the stream's window is cut.
+func (c *countedStream) took(n int) {
+	if read, cut := c.acct.took(c.Stream.ID(), n); cut {
+		c.sc.cutStreamRead(c.Stream.ID(), read)
+	}
 }
 
 // WriteTo hands smux's buffers to w as smux does, counting what w took.
@@ -186,6 +247,6 @@ type tookWriter struct {
 func (t *tookWriter) Write(p []byte) (int, error) {
 	n, err := t.w.Write(p)
 	// smux lets go of its buffer whatever the writer took.
-	t.c.acct.took(t.c.Stream.ID(), len(p))
+	t.c.took(len(p))
 	return n, err
 }

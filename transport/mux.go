@@ -18,7 +18,8 @@ import (
 // once it is reached, its receive loop stops reading the session, and
 // every stream stalls, new ones too. On the bridge that cap is what
 // bounds a client that pushes data towards slow destinations: two
-// largest windows' worth, eight initial ones. On the client it would let
+// largest windows' worth, eight initial ones, which the bridge keeps its
+// streams' windows within (window.go, grantLimit). On the client it would let
 // an app that stops reading two downloads (a browser's paused downloads)
 // freeze every other app's streams, so the client's cap is
 // clientSessionWindow, sixteen largest windows' worth: credit, not

@@ -108,6 +108,9 @@ type sessionConn struct {
 	// sendWins are the peer's windows for the streams we send on, for
 	// the direct send path (streamsend.go).
 	sendWins map[uint32]*sendWindow
+	// inflight is what the send windows count as sent and not yet read
+	// by the peer's streams, all together (sessionRoom).
+	inflight int64
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -488,7 +491,10 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
 			// Our smux's UPD: announce the stream's tuned window, or
 			// hold it back (window.go).
-			win, send := s.windows.update(sid, consumed, monoNow(), s.rtt, s.mayGrowWindows())
+			win, send := s.windows.update(sid, consumed, monoNow(), s.rtt, s.mayGrowWindows(), s.grantLimit())
+			if s.acct != nil {
+				s.acct.setCut(sid, s.windows.isCut(sid))
+			}
 			if !send {
 				return total, nil
 			}
@@ -596,8 +602,58 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 		}
 	}
 	if s.acct != nil {
-		s.acct.frame(cmd, sid, n)
+		held, session := s.acct.frame(cmd, sid, n)
+		if cmd == smuxCmdPSH && (held >= holdingFrom || session > grantBudget) {
+			// A stream with a backlog, or a session short of room:
+			// the stream's window may have to be cut (window.go).
+			limit := s.acct.grantLimit()
+			if consumed, cut := s.windows.shrink(sid, limit, monoNow()); cut {
+				s.queueControl(appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, limit))
+				s.acct.setCut(sid, true)
+			}
+		}
 	}
+}
+
+// grantLimit returns the most the window of a stream we receive may be
+// now: on a bridge, what the session's room allows (grantLimit); no
+// limit on the client, whose streams' windows are credit, not memory.
+// Called with mu held.
+func (s *sessionConn) grantLimit() uint32 {
+	if s.acct == nil {
+		return math.MaxUint32
+	}
+	return s.acct.grantLimit()
+}
+
+// cutStreamRead announces the reads of bridge stream sid, whose window
+// is cut, when smux would not (windowTuner.cutRead): read is what its
+// reader took, all told.
+func (s *sessionConn) cutStreamRead(sid, read uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	win, send := s.windows.cutRead(sid, read, s.grantLimit(), monoNow())
+	if !send {
+		return
+	}
+	s.queueControl(appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), read, win))
+	if !s.windows.isCut(sid) {
+		s.acct.setCut(sid, false)
+	}
+}
+
+// queueControl queues a frame of the session's own for the peer's smux
+// (an UPD), whole, between the frames already queued. Called with mu
+// held.
+func (s *sessionConn) queueControl(f []byte) {
+	if s.closed {
+		return
+	}
+	s.sendq.push(f)
+	s.written += uint64(len(f))
+	s.lastSend = monoNow()
+	s.sendCond.Signal()
+	s.wake()
 }
 
 // mayGrowWindows reports whether streams' windows may grow: on a bridge,

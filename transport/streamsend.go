@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"sync/atomic"
 	"time"
@@ -64,10 +65,15 @@ func (s *sessionConn) queuedFrame(hdr []byte, n int) {
 	case smuxCmdPSH:
 		if w := s.sendWins[sid]; w != nil {
 			w.sent += uint32(n)
+			s.inflight += int64(n)
 		}
 	case smuxCmdFIN:
 		// Nothing more is sent on the stream.
-		delete(s.sendWins, sid)
+		if w := s.sendWins[sid]; w != nil {
+			s.inflight -= int64(int32(w.sent - w.consumed))
+			delete(s.sendWins, sid)
+			s.spaceCond.Broadcast()
+		}
 	}
 }
 
@@ -83,9 +89,35 @@ func (s *sessionConn) sendWin(sid uint32, window uint32) {
 // its window. Called with mu held, as smux is handed the frame.
 func (s *sessionConn) peerUpdate(sid, consumed, window uint32) {
 	if w := s.sendWins[sid]; w != nil {
-		w.consumed, w.window = consumed, window
+		if d := int32(consumed - w.consumed); d > 0 {
+			s.inflight -= int64(d)
+			w.consumed = consumed
+		}
+		w.window = window
 		s.spaceCond.Broadcast()
 	}
+}
+
+// sessionRoom returns how many bytes more stream w may send now as far
+// as the client's own bound goes. A bridge's smux holds at most
+// sessionWindow of a session and stops reading it when that is full
+// (window.go): a client that used every stream's window at once, stuck
+// uploads' included, could fill it before the bridge's UPDs cutting
+// their windows came back. So all the client's streams together keep at
+// most clientInflight sent and not yet announced read by the bridge,
+// though each may always have a quarter of its window and
+// clientStreamFloor in flight: a bridge announces a stream's reads once a
+// quarter of its window was read, at the steps of its smux, and a stream
+// held below that would never hear of them. Only the client bounds
+// itself so: what the bridge sends is bounded by what the client reads.
+// Called with mu held.
+func (s *sessionConn) sessionRoom(w *sendWindow) int {
+	if !s.client {
+		return math.MaxInt
+	}
+	own := int64(int32(w.sent - w.consumed))
+	floor := int64(w.window/4) + clientStreamFloor
+	return int(max(floor-own, clientInflight-s.inflight, 0))
 }
 
 // writeStream writes p to stream d as PSH frames of at most maxFrameSize,
@@ -146,6 +178,7 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 		if err != nil {
 			return sent, err
 		}
+		room = min(room, s.sessionRoom(w))
 		if room == 0 {
 			if err := beforeWait(); err != nil {
 				return sent, err

@@ -21,8 +21,7 @@ import "encoding/binary"
 // grown by no more than the session's own bound and, on a bridge, while
 // all its sessions together hold less than half of -max-buffer. A stream
 // whose app reads slowly never grows, whatever its sender has to send,
-// so a stuck upload holds initialWindow at the bridge: eight of them
-// fill a session, not two (TestStuckUploadsDoNotStallTheSession).
+// so a stuck upload holds initialWindow at the bridge, or less (below).
 //
 // initialWindow is 4 MiB, a quarter of the largest. A stream's first
 // round trip carries at most that: on a 200 ms, 200 Mbit/s path (5 MB in
@@ -45,11 +44,66 @@ import "encoding/binary"
 // per round trip; BenchmarkLongLink showed it.) An UPD holds the whole
 // state (bytes read, window), so a later one replaces any held back.
 
+// A bridge also keeps its streams' windows within the session's room. Its
+// smux holds at most sessionWindow for a session, and when that is full
+// it stops reading the session, every stream's frames and the session's
+// own (ACKs, PINGs) with them: eight uploads stuck at their initial
+// window filled it, every other stream of the user froze, and the
+// client, whose PINGs went unanswered, took its carriers for frozen and
+// dialled new ones every two or three seconds, which froze too. So:
+//
+//   - the windows of the streams that hold a backlog (a reader slower
+//     than its sender: holdingFrom) share half the session's room,
+//     grantBudget, each cut to its share of it but not below minGrant;
+//   - once the session holds more than grantBudget, every stream that
+//     still sends is cut to an eighth of the room left, at most minGrant
+//     and at least pressureGrant: a stuck one stops, a new or fast one
+//     goes on a small window, smaller the fuller the session, until
+//     the readers have drained the rest.
+//
+// The bridge cuts a window with an UPD of its own as soon as a frame of
+// the stream shows the need, and then announces the stream's reads
+// itself (cutRead): smux does only every initialWindow/4 read, more than
+// a cut window, so the stream would never hear of them. What was sent
+// before the cut arrives is held: the other half of the room absorbs it,
+// since the client keeps what all its streams have in flight within
+// clientInflight, each stream's floor aside (streamsend.go,
+// sessionRoom). The client honours every UPD's window, smaller ones too
+// (PROTOCOL.md §6.5). Twelve uploads stuck at the same moment leave the
+// session usable, and their windows grow again once their destinations
+// read (TestStuckUploadsDoNotStallTheSession); many more at the same
+// moment can still fill it, each with its floor, before the cuts arrive.
+const (
+	grantBudget   = sessionWindow / 2
+	minGrant      = 256 << 10
+	pressureGrant = maxFrameSize
+	// clientInflight bounds what a client has sent on all its streams
+	// that the bridge's streams have not read (streamsend.go,
+	// sessionRoom), so that its uploads cannot outrun the bridge's cuts.
+	clientInflight = grantBudget
+	// clientStreamFloor is what each stream may have in flight beyond a
+	// quarter of its window, whatever the others hold: smux's step
+	// between UPDs (initialWindow/4) and two reads past it, so that
+	// the reads of any bridge are announced (streamsend.go,
+	// sessionRoom).
+	clientStreamFloor = initialWindow/4 + 2*maxFrameSize
+)
+
+// grantLimit returns the most a stream's window may be while the session
+// holds held bytes and holding of its streams hold a backlog.
+func grantLimit(held int64, holding int) uint32 {
+	if held > grantBudget {
+		return uint32(min(max((sessionWindow-held)/8, pressureGrant), minGrant))
+	}
+	return uint32(max(grantBudget/int64(max(holding, 1)), minGrant))
+}
+
 // tunedWindow is the window of one stream we receive.
 type tunedWindow struct {
-	win      uint32 // the window announced
-	consumed uint32 // the bytes read, as last announced
-	at       int64  // monoNow when last announced
+	win       uint32 // the window tuned to the stream's reader
+	announced uint32 // the window last announced: win, or less (grantLimit)
+	consumed  uint32 // the bytes read, as last announced
+	at        int64  // monoNow when last announced
 }
 
 // windowTuner tunes the receive windows of a session's streams. Not safe
@@ -63,7 +117,7 @@ type windowTuner struct {
 // opened notes that we announced stream sid's initial window at now (the
 // client does, with the SYN).
 func (t *windowTuner) opened(sid uint32, now int64) {
-	t.track(sid, &tunedWindow{win: initialWindow, at: now})
+	t.track(sid, &tunedWindow{win: initialWindow, announced: initialWindow, at: now})
 }
 
 // track keeps w for sid. Past maxTrackedStreams, the tuner starts over:
@@ -89,19 +143,26 @@ func (t *windowTuner) ended(sid uint32) {
 // has read consumed bytes, at now, on a session whose round trip is rtt
 // (nanoseconds; 0: unknown). It returns the window to announce, and
 // whether to send the UPD at all. mayGrow is false while the bridge as a
-// whole holds too much.
-func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool) (win uint32, send bool) {
+// whole holds too much; limit is the most the window may be now
+// (grantLimit).
+func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool, limit uint32) (win uint32, send bool) {
 	w, ok := t.streams[sid]
 	if !ok {
 		// The stream's first UPD (the bridge's first read of a stream):
 		// it states the window the peer could assume.
 		w = &tunedWindow{win: initialWindow, consumed: consumed, at: now}
+		w.announced = min(w.win, limit)
 		t.track(sid, w)
-		return w.win, true
+		return w.announced, true
 	}
 	read := consumed - w.consumed // modular, as smux counts
-	if read < w.win/4 {
-		return w.win, false
+	if int32(read) < 0 {
+		// The session announced later reads of this stream itself
+		// (cutRead) while smux's UPD was on its way: stale.
+		return w.announced, false
+	}
+	if read < w.announced/4 && w.announced >= min(w.win, limit) {
+		return w.announced, false
 	}
 	if elapsed := now - w.at; mayGrow && w.win < streamWindow && rtt > 0 && elapsed > 0 {
 		// The app read at rate read/elapsed. If a window of four
@@ -119,7 +180,54 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool)
 	}
 
 	w.consumed, w.at = consumed, now
-	return w.win, true
+	w.announced = min(w.win, limit)
+	return w.announced, true
+}
+
+// cutRead decides on an UPD of the session's own for stream sid, whose
+// window is cut, now that its reader has taken read bytes all told:
+// smux announces reads only every initialWindow/4, more than a cut
+// window, so without these a stream cut below that would never hear
+// that its reader went on. It returns the window to announce, and
+// whether to send the UPD at all (a quarter of the window was read).
+func (t *windowTuner) cutRead(sid, read, limit uint32, now int64) (win uint32, send bool) {
+	w, ok := t.streams[sid]
+	if !ok {
+		return 0, false
+	}
+	d := read - w.consumed
+	if int32(d) < 0 || d < w.announced/4 {
+		return 0, false
+	}
+	w.consumed, w.at = read, now
+	w.announced = min(w.win, limit)
+	return w.announced, true
+}
+
+// isCut reports whether stream sid's window is announced smaller than
+// its reader's pace would have it.
+func (t *windowTuner) isCut(sid uint32) bool {
+	w, ok := t.streams[sid]
+	return ok && w.announced < w.win
+}
+
+// shrink decides whether stream sid's window must be cut to limit now,
+// and if so records it and returns the bytes read to announce with it
+// (the last announced: what the peer knows). A window is cut only when it
+// is a quarter more than limit, so that the count of streams that hold
+// a backlog going up and down by one does not send an UPD each time.
+func (t *windowTuner) shrink(sid, limit uint32, now int64) (consumed uint32, cut bool) {
+	w, ok := t.streams[sid]
+	if !ok {
+		// No UPD sent yet: the peer assumes initialWindow.
+		w = &tunedWindow{win: initialWindow, announced: initialWindow, at: now}
+		t.track(sid, w)
+	}
+	if uint64(w.announced) <= uint64(limit)+uint64(limit)/4 {
+		return 0, false
+	}
+	w.announced = limit
+	return w.consumed, true
 }
 
 // parseSmuxUPD returns the stream and the bytes read that an smux UPD

@@ -20,7 +20,7 @@ func readAt(t *windowTuner, sid, consumed uint32, now int64, n int, rate float64
 	for left := n; left > 0; left -= step {
 		consumed += step
 		now += int64(float64(step) / rate * 1e9)
-		if w, send := t.update(sid, consumed, now, rtt, mayGrow); send {
+		if w, send := t.update(sid, consumed, now, rtt, mayGrow, math.MaxUint32); send {
 			sent++
 			win = w
 		}
@@ -101,7 +101,7 @@ func TestWindowGrowthIsBounded(t *testing.T) {
 func TestWindowCountsWrapAround(t *testing.T) {
 	tu := windowTuner{limit: math.MaxInt64}
 	start := uint32(math.MaxUint32 - initialWindow/8)
-	if _, send := tu.update(1, start, 0, 100*ms, true); !send {
+	if _, send := tu.update(1, start, 0, 100*ms, true, math.MaxUint32); !send {
 		t.Fatal("a stream's first UPD was held back")
 	}
 	_, _, sent, _ := readAt(&tu, 1, start, 0, 8*initialWindow, 1e6, 100*ms, true)
