@@ -155,3 +155,61 @@ func TestSessionRewritesOurUPDs(t *testing.T) {
 		t.Fatalf("the window announced after a fast read is %d, want more than %d", w, initialWindow)
 	}
 }
+
+// TestCutWindowHearsItsReads: a stream whose window the bridge cut is
+// told of its reads by the session itself (cutRead) each quarter of the
+// cut window, not only at smux's 1 MiB steps, and an UPD of smux's that
+// comes later with an older count is dropped, not taken for a huge read
+// (which would have grown the window).
+func TestCutWindowHearsItsReads(t *testing.T) {
+	tu := windowTuner{limit: math.MaxInt64}
+	const cut = 64 << 10
+	if _, ok := tu.shrink(1, cut, 0); !ok {
+		t.Fatal("a 4 MiB window was not cut to 64 KiB")
+	}
+	if _, ok := tu.shrink(1, cut, 0); ok {
+		t.Error("a window already cut was cut again")
+	}
+	if !tu.isCut(1) {
+		t.Fatal("the stream is not marked cut")
+	}
+	if _, send := tu.cutRead(1, cut/4-1, cut, ms); send {
+		t.Error("an UPD before a quarter of the cut window was read")
+	}
+	win, send := tu.cutRead(1, cut/4, cut, ms)
+	if !send || win != cut {
+		t.Fatalf("after a quarter of the cut window: UPD %v with window %d, want one with %d", send, win, cut)
+	}
+	// smux's own UPD, computed before the session's: stale.
+	if _, send := tu.update(1, cut/8, 2*ms, 100*ms, true, cut); send {
+		t.Error("smux's stale UPD was sent")
+	}
+	// Room again: the next UPD restores the reader's window.
+	win, send = tu.cutRead(1, cut/2, math.MaxUint32, 3*ms)
+	if !send || win != initialWindow || tu.isCut(1) {
+		t.Errorf("with room again: UPD %v with window %d (cut %v), want %d", send, win, tu.isCut(1), initialWindow)
+	}
+}
+
+// TestGrantLimit: shares of half the session among the streams with a
+// backlog, at least minGrant; past half, an eighth of the room left,
+// from minGrant down to pressureGrant.
+func TestGrantLimit(t *testing.T) {
+	for _, tc := range []struct {
+		held    int64
+		holding int
+		want    uint32
+	}{
+		{0, 0, grantBudget},
+		{0, 1, grantBudget},
+		{4 << 20, 4, grantBudget / 4},
+		{grantBudget, 1000, minGrant},
+		{grantBudget + 1, 1, minGrant},
+		{sessionWindow - 1<<20, 12, 1 << 20 / 8},
+		{sessionWindow, 12, pressureGrant},
+	} {
+		if got := grantLimit(tc.held, tc.holding); got != tc.want {
+			t.Errorf("grantLimit(%d, %d) = %d, want %d", tc.held, tc.holding, got, tc.want)
+		}
+	}
+}
