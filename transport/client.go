@@ -312,6 +312,20 @@ func (s *Session) manage() {
 		for _, f := range s.conn.checkFrozen(now, streams) {
 			s.learn(f)
 		}
+		if !streams && len(s.dialing) == 0 && s.conn.unusedWithoutCarrier() {
+			// The bridge closed the last connection of a session that
+			// nothing uses, as its website closes an idle connection
+			// (or the connection failed). A browser opens a new one
+			// when it next needs one, not at once; dialling at once
+			// would reconnect every time the site times the
+			// connection out, carrying nothing, until the bridge's
+			// idle timeout ends the session. So the session ends here,
+			// and the next stream opens a new one (Client), for the
+			// same handshake a new carrier would have cost.
+			s.log.Debug("session ended", "reason", errIdleNoCarrier.Error())
+			s.conn.end(errIdleNoCarrier, false)
+			continue
+		}
 		s.maybeDial(now)
 		// Tick while the session needs it, else sleep until it may
 		// (quietWait), unless a dial is in flight or waits its turn.

@@ -326,20 +326,22 @@ func (r *tapRelay) wantIdleClose(t *testing.T) {
 
 // TestIdleCarrierClosedAsTheFace proves a carrier idle for longer than the
 // face lets an idle connection live is closed by the bridge as the face
-// would close it (a GOAWAY-sized record, then close_notify), and that the
-// session goes on over a new connection.
+// would close it (a GOAWAY-sized record, then close_notify), and that a
+// session with a stream open goes on over a new connection, the stream
+// with it. (A session with nothing open ends instead:
+// TestIdleSessionDoesNotReconnect.)
 func TestIdleCarrierClosedAsTheFace(t *testing.T) {
 	face := newSiteFace(t)
 	face.Server.IdleTimeout = 500 * time.Millisecond
 	b := startBridge(t, face, echoHandler, nil)
 	relay := startTapRelay(t, b.addr)
 	sess := b.dialVia(t, relay.addr)
-	relay.wantIdleClose(t)
 	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	relay.wantIdleClose(t)
 	if err := roundTrip(st, payload(4096, 2)); err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +459,13 @@ func TestCoverIdleLearned(t *testing.T) {
 		t.Fatalf("learned idle %v, the cover's is 700ms", d)
 	}
 	relay := startTapRelay(t, b.addr)
-	b.dialVia(t, relay.addr)
+	sess := b.dialVia(t, relay.addr)
+	// A stream held open, so that the session goes on after the close.
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
 	relay.wantIdleClose(t)
 }
 
@@ -474,5 +482,56 @@ func TestShapeWithinBudget(t *testing.T) {
 	}
 	if got := (openingShape{2000, 2000, 9}).within(8 << 10); !near(got, openingShape{2000, 2000}, nil, 0) {
 		t.Errorf("8k budget: %v, want the proof and status records only", got)
+	}
+}
+
+// TestIdleSessionDoesNotReconnect proves that a client with nothing open
+// does not reconnect each time the bridge closes its idle connection as
+// the face would: a browser opens a new connection when it next needs
+// one. Before, the client dialled a new carrier at once, every time, so
+// an idle client reconnected every face idle timeout (six carriers in
+// three seconds here, every two minutes behind a site face), carrying
+// nothing, until the bridge's idle timeout ended the session. Now the
+// session ends with its last carrier, and the next stream opens a new
+// one.
+func TestIdleSessionDoesNotReconnect(t *testing.T) {
+	face := newSiteFace(t)
+	face.Server.IdleTimeout = 300 * time.Millisecond
+	b := startBridge(t, face, echoHandler, nil)
+	client, err := NewClient(*b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func() {
+		t.Helper()
+		st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := roundTrip(st, payload(1000, 5)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open()
+	first, err := client.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ten face idle timeouts with nothing open.
+	time.Sleep(10 * face.Server.IdleTimeout)
+	if n := first.nextSeq.Load(); n > 1 {
+		t.Errorf("an idle session dialled %d carriers in %v, want 1: it reconnected after each idle close", n, 10*face.Server.IdleTimeout)
+	}
+	if !first.IsClosed() {
+		t.Error("the idle session outlived its last carrier")
+	}
+	open() // a new session
+	if s, _ := client.Session(ctx); s == first {
+		t.Error("the next stream went on the ended session")
 	}
 }

@@ -192,6 +192,7 @@ var (
 	errCarrierFrozen = errors.New("transport: connection stopped making progress")
 	errCarrierDrop   = errors.New("transport: the peer dropped this connection")
 	errBadOffset     = errors.New("transport: peer acknowledged bytes never sent")
+	errIdleNoCarrier = errors.New("transport: the session had no stream open when it lost its last connection (the bridge closes idle ones as its website would): the next stream opens a new session")
 )
 
 // countingConn counts the bytes that cross a carrier's TCP connection,
@@ -1486,6 +1487,23 @@ func (s *sessionConn) carrierNeeds() (usable int, spent float64, open int) {
 		usable++
 	}
 	return usable, spent, len(s.carriers)
+}
+
+// unusedWithoutCarrier reports whether the session has no carrier it can
+// send on and owes the bridge nothing (every byte it sent was
+// acknowledged). Called without mu.
+func (s *sessionConn) unusedWithoutCarrier() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.written > s.acked {
+		return false
+	}
+	for _, c := range s.carriers {
+		if !c.dead && !c.sendRetired && !c.peerRetired {
+			return false
+		}
+	}
+	return true
 }
 
 // checkFrozen is the client's freeze detector, run every tick. A carrier
