@@ -505,19 +505,7 @@ func TestIdleSessionDoesNotReconnect(t *testing.T) {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	open := func() {
-		t.Helper()
-		st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		st.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := roundTrip(st, payload(1000, 5)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	open()
+	openAndEcho(t, ctx, client, 5)
 	first, err := client.Session(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -530,7 +518,7 @@ func TestIdleSessionDoesNotReconnect(t *testing.T) {
 	if !first.IsClosed() {
 		t.Error("the idle session outlived its last carrier")
 	}
-	open() // a new session
+	openAndEcho(t, ctx, client, 5) // a new session
 	if s, _ := client.Session(ctx); s == first {
 		t.Error("the next stream went on the ended session")
 	}

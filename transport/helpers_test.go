@@ -276,3 +276,18 @@ func (b *testBridge) dialVia(t testing.TB, addr string) *Session {
 	t.Cleanup(func() { sess.Close() })
 	return sess
 }
+
+// openAndEcho opens a stream through client and checks a round trip of
+// 1000 bytes (seeded with seed) on it, then closes it.
+func openAndEcho(t *testing.T, ctx context.Context, client *Client, seed uint64) {
+	t.Helper()
+	st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := roundTrip(st, payload(1000, seed)); err != nil {
+		t.Fatal(err)
+	}
+}

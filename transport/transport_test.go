@@ -462,15 +462,7 @@ func TestIdleSessionClosedAndRedialed(t *testing.T) {
 	defer client.Close()
 	open := func() {
 		t.Helper()
-		st, err := client.OpenStream(ctx, Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		st.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := roundTrip(st, payload(1000, 4)); err != nil {
-			t.Fatal(err)
-		}
+		openAndEcho(t, ctx, client, 4)
 	}
 	waitClosed := func(s *Session, what string) {
 		t.Helper()
