@@ -176,7 +176,7 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 			if i == 0 {
 				encsOnCurve = true
 			}
-			encsOnCurve = encsOnCurve && ech.encOnCurve
+			encsOnCurve = encsOnCurve && len(ech.enc) == x25519EncLen && onCurve25519(ech.enc)
 			if !slices.Contains(h.echSuites, ech.suite) {
 				h.echSuites = append(h.echSuites, ech.suite)
 			}
@@ -368,7 +368,7 @@ func sharesX25519(ch *hello.ClientHello) bool {
 type echChoice struct {
 	suite      utls.HPKESymmetricCipherSuite
 	payloadLen uint16 // before the AEAD tag
-	encOnCurve bool   // enc is 32 bytes, a point of Curve25519
+	enc        []byte
 }
 
 // canonicalExtensions describes each extension of ch as text with what
@@ -448,8 +448,7 @@ func parseGREASEECH(d []byte) (*echChoice, error) {
 		return nil, bad
 	}
 	c.payloadLen = uint16(n - 16) // every HPKE AEAD's tag is 16 bytes
-	enc := d[8 : 8+encLen]
-	c.encOnCurve = encLen == x25519EncLen && onCurve25519(enc)
+	c.enc = d[8 : 8+encLen]
 	return c, nil
 }
 

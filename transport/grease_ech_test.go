@@ -3,7 +3,6 @@ package transport
 import (
 	"crypto/ecdh"
 	"crypto/rand"
-	"encoding/binary"
 	"testing"
 
 	"github.com/mirage-pt/mirage/transport/hello"
@@ -115,19 +114,13 @@ func greaseECHEnc(t *testing.T, msg []byte) []byte {
 		t.Fatal(err)
 	}
 	for _, e := range ch.Extensions {
-		if e.Type != extECH {
-			continue
+		if e.Type == extECH {
+			c, err := parseGREASEECH(e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c.enc
 		}
-		// type(1) = outer, kdf(2), aead(2), config_id(1), enc<2>, payload<2>
-		d := e.Data
-		if len(d) < 8 || d[0] != 0 {
-			t.Fatalf("ECH extension %x is not an outer one", d)
-		}
-		n := int(binary.BigEndian.Uint16(d[6:8]))
-		if len(d) < 8+n {
-			t.Fatalf("ECH extension %x: enc runs past its end", d)
-		}
-		return d[8 : 8+n]
 	}
 	t.Fatal("the hello has no ECH extension")
 	return nil

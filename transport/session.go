@@ -609,7 +609,7 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 			// the stream's window may have to be cut (window.go).
 			limit := s.acct.grantLimit()
 			if consumed, cut := s.windows.shrink(sid, limit, monoNow()); cut {
-				s.queueControl(appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, limit))
+				s.queueUPD(sid, consumed, limit)
 				s.acct.setCut(sid, true)
 			}
 		}
@@ -637,19 +637,20 @@ func (s *sessionConn) cutStreamRead(sid, read uint32) {
 	if !send {
 		return
 	}
-	s.queueControl(appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), read, win))
+	s.queueUPD(sid, read, win)
 	if !s.windows.isCut(sid) {
 		s.acct.setCut(sid, false)
 	}
 }
 
-// queueControl queues a frame of the session's own for the peer's smux
-// (an UPD), whole, between the frames already queued. Called with mu
-// held.
-func (s *sessionConn) queueControl(f []byte) {
+// queueUPD queues an UPD of the session's own for the peer's smux
+// (stream sid: consumed bytes read, window win), whole, between the
+// frames already queued. Called with mu held.
+func (s *sessionConn) queueUPD(sid, consumed, win uint32) {
 	if s.closed {
 		return
 	}
+	f := appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, win)
 	s.sendq.push(f)
 	s.written += uint64(len(f))
 	s.lastSend = monoNow()
