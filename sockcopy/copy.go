@@ -34,7 +34,13 @@ var buffers = sync.Pool{New: func() any {
 // is told how many bytes those reads of raw took, which src did not see.
 // Where raw is not a socket (or on systems without the peeks), Copy reads
 // src in the ordinary way, holding a buffer while it waits.
+//
+// A dst that is a Filler, over a socket raw, has the bytes read straight
+// into its own memory (fill) instead.
 func Copy(dst io.Writer, src, raw net.Conn, count func(int)) (int64, error) {
+	if f, ok := dst.(Filler); ok && canReadNow(raw) {
+		return fill(f, raw, count)
+	}
 	var total int64
 	for {
 		if err := WaitReadable(raw); err != nil {
@@ -86,4 +92,56 @@ func readQueued(dst io.Writer, raw net.Conn, count func(int)) (int, bool, error)
 		}
 	}
 	return n, n == Chunk, err
+}
+
+// A Filler is a destination that has Copy read straight into memory of
+// its own: the bytes a socket holds go from the kernel to where the
+// destination keeps them, without passing through Copy's buffer. (A
+// Mirage stream reads into a chunk of its session's send queue, which
+// keeps every byte until the peer acknowledges it: a copy less per byte
+// sent.)
+type Filler interface {
+	// Fill calls read at most once, with room of its own for 1 to
+	// Chunk bytes, and keeps the n bytes read placed at its start. It
+	// returns n with read's error, or an error of its own (the
+	// destination was closed, its deadline passed) without calling
+	// read. read returns 0, nil when there is nothing to read now, and
+	// 0, io.EOF at the end.
+	Fill(read func(p []byte) (int, error)) (int, error)
+}
+
+// fill is Copy into a Filler: it waits until raw has something to read,
+// then has f read it, again at once while reads fill the room f gives.
+func fill(f Filler, raw net.Conn, count func(int)) (int64, error) {
+	var total int64
+	var full bool
+	read := func(p []byte) (int, error) {
+		n, err := ReadNow(raw, p)
+		full = n == len(p)
+		return n, err
+	}
+	for {
+		if err := WaitReadable(raw); err != nil {
+			return total, err
+		}
+		for {
+			full = false
+			n, err := f.Fill(read)
+			if n > 0 {
+				total += int64(n)
+				if count != nil {
+					count(n)
+				}
+			}
+			switch {
+			case err == io.EOF:
+				return total, nil
+			case err != nil:
+				return total, err
+			}
+			if !full {
+				break // raw has nothing more now, or f took less than it held
+			}
+		}
+	}
 }

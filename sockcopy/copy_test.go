@@ -117,3 +117,99 @@ func TestCopyReturnsTheWriteError(t *testing.T) {
 		t.Fatalf("Copy = %v, want the write's error", err)
 	}
 }
+
+// sliceFiller is a Filler that keeps what is read into it, offering room
+// of a random length up to limit each time; its Write, for the ordinary
+// path, appends.
+type sliceFiller struct {
+	got    []byte
+	limit  int
+	fills  int
+	closed error
+}
+
+func (f *sliceFiller) Write(p []byte) (int, error) {
+	f.got = append(f.got, p...)
+	return len(p), nil
+}
+
+func (f *sliceFiller) Fill(read func([]byte) (int, error)) (int, error) {
+	if f.closed != nil {
+		return 0, f.closed
+	}
+	room := 1 + rand.IntN(f.limit)
+	start := len(f.got)
+	f.got = append(f.got, make([]byte, room)...)
+	n, err := read(f.got[start:])
+	f.got = f.got[:start+n]
+	f.fills++
+	return n, err
+}
+
+// TestCopyIntoFillerMovesEverything: a Filler gets every byte, in order,
+// read straight into its room, whatever its size; Copy returns nil at
+// the end, and count is told of every byte, since none is read through
+// src.
+func TestCopyIntoFillerMovesEverything(t *testing.T) {
+	src, w := tcpPair(t)
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(rand.Uint32())
+	}
+	go func() {
+		rest := data
+		for len(rest) > 0 {
+			k := min(len(rest), 1+rand.IntN(3*Chunk))
+			w.Write(rest[:k])
+			rest = rest[k:]
+			if rand.IntN(8) == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		w.(*net.TCPConn).CloseWrite()
+	}()
+	var seen, direct atomic.Int64
+	f := &sliceFiller{limit: Chunk}
+	n, err := Copy(f, countingConn{src, &seen}, src, func(k int) { direct.Add(int64(k)) })
+	if err != nil {
+		t.Fatalf("Copy: %v", err)
+	}
+	if n != int64(len(data)) || !bytes.Equal(f.got, data) {
+		t.Fatalf("Copy moved %d bytes (equal: %v), want %d", n, bytes.Equal(f.got, data), len(data))
+	}
+	if seen.Load() != 0 || direct.Load() != n {
+		t.Fatalf("read through src %d, beneath it %d; want 0 and %d", seen.Load(), direct.Load(), n)
+	}
+	if f.fills == 0 {
+		t.Fatal("Copy never filled the Filler")
+	}
+	t.Logf("%d fills", f.fills)
+}
+
+// TestCopyReturnsTheFillerError: a Filler that refuses (its stream was
+// closed) ends the copy with its error.
+func TestCopyReturnsTheFillerError(t *testing.T) {
+	src, w := tcpPair(t)
+	go w.Write(make([]byte, 1000))
+	if _, err := Copy(&sliceFiller{limit: Chunk, closed: io.ErrClosedPipe}, src, src, nil); err != io.ErrClosedPipe {
+		t.Fatalf("Copy = %v, want the Filler's error", err)
+	}
+}
+
+// TestCopyFillerFromNonSocket: from a src that is not a socket, a Filler
+// is written to in the ordinary way.
+func TestCopyFillerFromNonSocket(t *testing.T) {
+	a, b := net.Pipe()
+	data := bytes.Repeat([]byte("mirage "), 50000)
+	go func() {
+		a.Write(data)
+		a.Close()
+	}()
+	f := &sliceFiller{limit: Chunk}
+	if _, err := Copy(f, b, b, nil); err != nil && err != io.ErrClosedPipe {
+		t.Fatalf("Copy: %v", err)
+	}
+	if !bytes.Equal(f.got, data) || f.fills != 0 {
+		t.Fatalf("got %d bytes in %d fills, want %d written", len(f.got), f.fills, len(data))
+	}
+}

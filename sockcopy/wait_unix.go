@@ -43,6 +43,12 @@ func WaitReadable(c net.Conn) error {
 	return nil
 }
 
+// canReadNow reports whether c is a socket that ReadNow reads.
+func canReadNow(c net.Conn) bool {
+	_, ok := c.(syscall.Conn)
+	return ok
+}
+
 // ReadNow reads into p what c's socket holds right now, without waiting.
 // It returns 0 and nil when nothing is queued (or c is not a socket),
 // 0 and io.EOF at the end of the stream, or the read's error.
