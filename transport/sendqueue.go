@@ -9,6 +9,14 @@ const sendChunk = 64 << 10
 // the peer acknowledged what they held (1 MiB).
 const maxSpareChunks = 16
 
+// minLinked is the least a filled chunk must hold to join the queue as
+// it is (link); less is copied into the queue's tail instead. A chunk
+// that pushes began may hold less, but only in front of a linked one: of
+// two chunks in a row, one holds at least half of what it could, and
+// the queue's memory stays within four times what it holds (and two
+// chunks).
+const minLinked = sendChunk / 2
+
 // chunkPool holds chunks no queue keeps: every session's queue draws from
 // it, so that memory freed by one session's acknowledgements serves the
 // next session that sends.
@@ -21,27 +29,49 @@ var chunkPool = sync.Pool{New: func() any { return new([sendChunk]byte) }}
 // it does not need. A chunk the peer acknowledged goes to the queue's
 // spares, last in first out, so the next push writes to memory written
 // one acknowledgement ago, which is still in the cache; a buffer the size
-// of the largest the queue ever held was written a whole buffer ago. Not
-// safe for concurrent use.
+// of the largest the queue ever held was written a whole buffer ago.
+//
+// A chunk may be filled outside the queue, and then join it whole
+// (link): a stream's bytes are read from a socket straight into a chunk
+// (fillStream), so a segment may end before its chunk does. Not safe for
+// concurrent use.
 type sendQueue struct {
-	chunks []*[sendChunk]byte
-	head   int // offset of the first byte in chunks[0]
-	n      int // bytes held
-	spare  []*[sendChunk]byte
+	segs  []segment
+	n     int // bytes held
+	spare []*[sendChunk]byte
 }
 
-// push appends p.
+// segment is the part of a chunk that holds queued bytes: c[start:end].
+type segment struct {
+	c          *[sendChunk]byte
+	start, end int
+}
+
+// push appends p, copying it into the last chunk's room and new chunks.
 func (q *sendQueue) push(p []byte) {
 	for len(p) > 0 {
-		end := q.head + q.n // offset of the tail across the chunks
-		if end == len(q.chunks)*sendChunk {
-			q.chunks = append(q.chunks, q.newChunk())
+		if len(q.segs) == 0 || q.segs[len(q.segs)-1].end == sendChunk {
+			q.segs = append(q.segs, segment{c: q.newChunk()})
 		}
-		c := q.chunks[end/sendChunk]
-		m := copy(c[end%sendChunk:], p)
+		last := &q.segs[len(q.segs)-1]
+		m := copy(last.c[last.end:], p)
+		last.end += m
 		q.n += m
 		p = p[m:]
 	}
+}
+
+// link appends the first n bytes of c, a chunk from chunkPool or
+// newChunk, and takes c: whole if n is at least minLinked, else by
+// copying them (and c goes to the spares).
+func (q *sendQueue) link(c *[sendChunk]byte, n int) {
+	if n < minLinked {
+		q.push(c[:n])
+		q.freeChunk(c)
+		return
+	}
+	q.segs = append(q.segs, segment{c: c, end: n})
+	q.n += n
 }
 
 // newChunk returns a spare chunk, the one freed last, or one from the pool.
@@ -67,23 +97,29 @@ func (q *sendQueue) freeChunk(c *[sendChunk]byte) {
 
 // drop removes the first k bytes (at most what the queue holds).
 func (q *sendQueue) drop(k int) {
-	q.head += k
 	q.n -= k
-	done := q.head / sendChunk
+	done := 0
+	for k > 0 {
+		s := &q.segs[done]
+		m := min(k, s.end-s.start)
+		s.start += m
+		k -= m
+		if s.start == s.end {
+			done++
+		}
+	}
 	if q.n == 0 {
-		// Empty: every chunk is free, and the next push starts at the
-		// beginning of a chunk.
-		done, q.head = len(q.chunks), 0
-	} else {
-		q.head %= sendChunk
+		// Empty: the last chunk is free too, and the next push starts
+		// at the beginning of a chunk.
+		done = len(q.segs)
 	}
 	for i := range done {
-		q.freeChunk(q.chunks[i])
-		q.chunks[i] = nil
+		q.freeChunk(q.segs[i].c)
+		q.segs[i] = segment{}
 	}
-	q.chunks = q.chunks[done:]
-	if len(q.chunks) == 0 {
-		q.chunks = nil
+	q.segs = q.segs[done:]
+	if len(q.segs) == 0 {
+		q.segs = nil
 	}
 }
 
@@ -99,13 +135,18 @@ func (q *sendQueue) release() {
 
 // appendRange appends the n bytes held from offset off to out.
 func (q *sendQueue) appendRange(out []byte, off, n int) []byte {
-	pos := q.head + off
-	for n > 0 {
-		c := q.chunks[pos/sendChunk]
-		i := pos % sendChunk
-		m := min(n, sendChunk-i)
-		out = append(out, c[i:i+m]...)
-		pos += m
+	for _, s := range q.segs {
+		if n == 0 {
+			break
+		}
+		held := s.end - s.start
+		if off >= held {
+			off -= held
+			continue
+		}
+		m := min(n, held-off)
+		out = append(out, s.c[s.start+off:s.start+off+m]...)
+		off = 0
 		n -= m
 	}
 	return out

@@ -6,10 +6,13 @@ import (
 	"testing"
 )
 
-// TestSendQueueKeepsOrder: whatever the pushes and drops, the queue holds
-// exactly the bytes pushed and not yet dropped, in order, across its
-// chunks; it holds no chunk it does not need, and keeps at most
-// maxSpareChunks spares.
+// TestSendQueueKeepsOrder: whatever the pushes, links and drops, the
+// queue holds exactly the bytes pushed or linked and not yet dropped, in
+// order, across its chunks; it holds no chunk it does not need, no two
+// chunks in a row after the first (which drops empty) hold less than
+// half what they could (so its memory
+// stays within four times what it holds, and two chunks), and it keeps at
+// most maxSpareChunks spares.
 func TestSendQueueKeepsOrder(t *testing.T) {
 	var q sendQueue
 	var model []byte
@@ -17,6 +20,16 @@ func TestSendQueueKeepsOrder(t *testing.T) {
 	next := byte(0)
 	for i := range 20000 {
 		switch {
+		case rng.IntN(3) == 0:
+			// A chunk filled outside the queue, as fillStream's.
+			c := chunkPool.Get().(*[sendChunk]byte)
+			k := 1 + rng.IntN(sendChunk)
+			for i := range k {
+				c[i] = next
+				next++
+			}
+			q.link(c, k)
+			model = append(model, c[:k]...)
 		case rng.IntN(2) == 0:
 			p := make([]byte, rng.IntN(3*sendChunk))
 			for i := range p {
@@ -39,8 +52,16 @@ func TestSendQueueKeepsOrder(t *testing.T) {
 		if q.n != len(model) {
 			t.Fatalf("queue holds %d bytes, want %d", q.n, len(model))
 		}
-		if need := (q.head + q.n + sendChunk - 1) / sendChunk; len(q.chunks) != need {
-			t.Fatalf("queue holds %d chunks for %d bytes from offset %d, want %d", len(q.chunks), q.n, q.head, need)
+		held := 0
+		for j, sg := range q.segs {
+			held += sg.end - sg.start
+			small := func(sg segment) bool { return sg.end-sg.start < minLinked }
+			if sg.end <= sg.start || (j > 1 && small(sg) && small(q.segs[j-1])) {
+				t.Fatalf("segment %d of %d holds c[%d:%d]", j, len(q.segs), sg.start, sg.end)
+			}
+		}
+		if held != q.n || (q.n == 0 && q.segs != nil) {
+			t.Fatalf("segments hold %d bytes (%d of them), queue says %d", held, len(q.segs), q.n)
 		}
 		if len(q.spare) > maxSpareChunks {
 			t.Fatalf("%d spare chunks, want at most %d", len(q.spare), maxSpareChunks)

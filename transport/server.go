@@ -19,6 +19,7 @@ import (
 
 	"github.com/xtaci/smux"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/ratelimit"
 	"github.com/mirage-pt/mirage/transport/replay"
@@ -787,6 +788,25 @@ func (st *Stream) Write(p []byte) (int, error) {
 	// setting: the default.
 	st.Conn.SetWriteDeadline(time.Now().Add(orDefault(st.writeStall, writeStallTimeout)))
 	return st.Conn.Write(p)
+}
+
+// Fill writes to the client what read places in memory of the stream's
+// (sockcopy.Filler: the egress's copy from a destination reads straight
+// into the session's send queue), failing as Write does.
+func (st *Stream) Fill(read func(p []byte) (int, error)) (int, error) {
+	st.Conn.SetWriteDeadline(time.Now().Add(orDefault(st.writeStall, writeStallTimeout)))
+	if f, ok := st.Conn.(sockcopy.Filler); ok {
+		return f.Fill(read)
+	}
+	// A Stream made outside this package: through a buffer and Write.
+	buf := make([]byte, sockcopy.Chunk)
+	n, err := read(buf)
+	if n > 0 {
+		if _, werr := st.Conn.Write(buf[:n]); werr != nil {
+			return 0, werr
+		}
+	}
+	return n, err
 }
 
 // CloseWrite half-closes the stream: the client reads EOF, and may go on

@@ -57,6 +57,10 @@ type sessionConn struct {
 	// Sending. sendq holds the bytes [acked, written); next is the offset
 	// of the first byte not yet sent on the current carrier.
 	sendq sendQueue
+	// reserved is the room of the frames streams are reading into
+	// chunks of their own, without mu (fillStream): counted in the
+	// queue's bounds as if queued.
+	reserved int
 	// maxUnsent bounds the bytes of streams' data queued and not yet
 	// handed to a carrier, and unsentWaiters counts the writers waiting
 	// for them to shrink (backlog.go).
@@ -503,16 +507,8 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 			v = [][]byte{appendSmuxUPD(upd[:0], v[0][0], v[0][4:8], consumed, win)}
 		}
 	}
-	for !s.closed && s.unacked() > 0 && s.unacked()+total > sendLimit {
-		if abort != nil {
-			if err := abort(); err != nil {
-				return 0, err
-			}
-		}
-		s.spaceCond.Wait()
-	}
-	if s.closed {
-		return 0, s.endErr()
+	if err := s.waitQueueRoom(total, abort); err != nil {
+		return 0, err
 	}
 	if len(v) > 0 {
 		hdr := v[0]
@@ -556,11 +552,36 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 			s.readCond.Signal()
 		}
 	}
-	s.written += uint64(queued)
+	s.queued(queued)
+	return total, nil
+}
+
+// waitQueueRoom waits while the send queue has no room for total bytes
+// more: while sendLimit bytes are unacknowledged. If abort is not nil, it
+// is asked after each wake-up, and a non-nil answer ends the wait with
+// that error. Called with mu held.
+func (s *sessionConn) waitQueueRoom(total int, abort func() error) error {
+	for !s.closed && s.unacked()+s.reserved > 0 && s.unacked()+s.reserved+total > sendLimit {
+		if abort != nil {
+			if err := abort(); err != nil {
+				return err
+			}
+		}
+		s.spaceCond.Wait()
+	}
+	if s.closed {
+		return s.endErr()
+	}
+	return nil
+}
+
+// queued notes n bytes just pushed to the send queue, and wakes the
+// flusher. Called with mu held.
+func (s *sessionConn) queued(n int) {
+	s.written += uint64(n)
 	s.lastSend = monoNow()
 	s.sendCond.Signal()
 	s.wake()
-	return total, nil
 }
 
 // wake pokes the client's manager if it sleeps (quietWait).

@@ -1,0 +1,161 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mirage-pt/mirage/sockcopy"
+)
+
+// socketFeed returns the reading end of a loopback TCP connection whose
+// other end writes data in bursts of random sizes, with pauses, then
+// half-closes: a destination or an app as sockcopy meets it.
+func socketFeed(t *testing.T, data []byte) net.Conn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		w, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return
+		}
+		defer w.Close()
+		rest := data
+		for len(rest) > 0 {
+			k := min(len(rest), 1+rand.IntN(3*sendChunk))
+			if _, err := w.Write(rest[:k]); err != nil {
+				return
+			}
+			rest = rest[k:]
+			if rand.IntN(8) == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		w.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, w) // until the test closes its end
+	}()
+	r, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestFilledStreamsArriveWhole proves the fill path (sockcopy reading a
+// socket straight into chunks of the send queue, fillStream) carries a
+// download and an upload whole and in order, the reads of all sizes that
+// a socket gives (short reads too, whose bytes are copied into the queue
+// rather than linked), beside each other on one session; and that once
+// they are done nothing stays reserved.
+func TestFilledStreamsArriveWhole(t *testing.T) {
+	down := payload(24<<20+12345, 1)
+	up := payload(16<<20+777, 2)
+	upGot := make(chan []byte, 1)
+	var bridgeConn atomic.Pointer[sessionConn]
+	handler := func(st *Stream) {
+		if _, ok := any(st).(sockcopy.Filler); !ok {
+			t.Error("the bridge's Stream is no sockcopy.Filler")
+		}
+		st.Reply(StatusOK)
+		bridgeConn.Store(st.Conn.(*countedStream).sc)
+		read := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(st)
+			read <- b
+		}()
+		src := socketFeed(t, down)
+		if _, err := sockcopy.Copy(st, src, src, nil); err != nil {
+			t.Errorf("bridge's copy: %v", err)
+		}
+		st.CloseWrite()
+		upGot <- <-read // the stream ends with the handler
+	}
+	b := startBridge(t, newSiteFace(t), handler, nil)
+	st := openOneStream(t, b)
+	if _, ok := st.(sockcopy.Filler); !ok {
+		t.Fatalf("the client's stream (%T) is no sockcopy.Filler", st)
+	}
+	upDone := make(chan error, 1)
+	go func() {
+		src := socketFeed(t, up)
+		_, err := sockcopy.Copy(st, src, src, nil)
+		if err == nil {
+			err = st.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		upDone <- err
+	}()
+	got, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatalf("reading the download: %v", err)
+	}
+	if !bytes.Equal(got, down) {
+		t.Fatalf("the download came as %d bytes, want the %d sent, in order", len(got), len(down))
+	}
+	if err := <-upDone; err != nil {
+		t.Fatalf("the upload's copy: %v", err)
+	}
+	select {
+	case b := <-upGot:
+		if !bytes.Equal(b, up) {
+			t.Fatalf("the upload came as %d bytes, want the %d sent, in order", len(b), len(up))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bridge did not get the whole upload")
+	}
+	sc := bridgeConn.Load()
+	sc.mu.Lock()
+	reserved := sc.reserved
+	sc.mu.Unlock()
+	if reserved != 0 {
+		t.Fatalf("the bridge's session still reserves %d bytes after the download", reserved)
+	}
+}
+
+// TestFillClosedWhileReadingQueuesNothing proves a fill whose stream is
+// closed while it reads (its read runs without the session's lock) queues
+// nothing after the stream's FIN, says so, and gives back what it
+// reserved: the session's other streams go on as before.
+func TestFillClosedWhileReadingQueuesNothing(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := sess.conn
+	sc.mu.Lock()
+	written := sc.written
+	sc.mu.Unlock()
+	n, err := st.(sockcopy.Filler).Fill(func(p []byte) (int, error) {
+		st.Close() // queues the FIN while the fill holds its room
+		return copy(p, "late bytes"), nil
+	})
+	if n != 0 || !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("Fill on a stream closed during its read = %d, %v; want 0, io.ErrClosedPipe", n, err)
+	}
+	sc.mu.Lock()
+	queued, reserved, inflight := sc.written-written, sc.reserved, sc.inflight
+	sc.mu.Unlock()
+	if queued != smuxHeaderLen || reserved != 0 {
+		t.Fatalf("after the fill: %d bytes queued (want the FIN's %d only), %d reserved", queued, smuxHeaderLen, reserved)
+	}
+	if inflight != 0 {
+		t.Fatalf("the session counts %d bytes in flight for a closed stream that sent none", inflight)
+	}
+	echoBeside(t, sess, "a fill closed in its read")
+}
