@@ -11,10 +11,10 @@ const maxSpareChunks = 16
 
 // minLinked is the least a filled chunk must hold to join the queue as
 // it is (link); less is copied into the queue's tail instead. A chunk
-// that pushes began may hold less, but only in front of a linked one: of
-// two chunks in a row, one holds at least half of what it could, and
-// the queue's memory stays within four times what it holds (and two
-// chunks).
+// that pushes began when the last one was full may hold less; every
+// other chunk but the first and the last holds at least half of what it
+// could, so the queue's memory stays within twice what it holds (and
+// three chunks).
 const minLinked = sendChunk / 2
 
 // chunkPool holds chunks no queue keeps: every session's queue draws from

@@ -8,11 +8,11 @@ import (
 
 // TestSendQueueKeepsOrder: whatever the pushes, links and drops, the
 // queue holds exactly the bytes pushed or linked and not yet dropped, in
-// order, across its chunks; it holds no chunk it does not need, no two
-// chunks in a row after the first (which drops empty) hold less than
-// half what they could (so its memory
-// stays within four times what it holds, and two chunks), and it keeps at
-// most maxSpareChunks spares.
+// order, across its chunks; it holds no chunk it does not need; its
+// chunks hold at least half of what they could, but for the first, the
+// last, and one after each full chunk (so its memory stays within twice
+// what it holds, and three chunks); and it keeps at most maxSpareChunks
+// spares.
 func TestSendQueueKeepsOrder(t *testing.T) {
 	var q sendQueue
 	var model []byte
@@ -24,6 +24,9 @@ func TestSendQueueKeepsOrder(t *testing.T) {
 			// A chunk filled outside the queue, as fillStream's.
 			c := chunkPool.Get().(*[sendChunk]byte)
 			k := 1 + rng.IntN(sendChunk)
+			if rng.IntN(2) == 0 {
+				k = minLinked // the least that is linked: the worst case
+			}
 			for i := range k {
 				c[i] = next
 				next++
@@ -32,6 +35,9 @@ func TestSendQueueKeepsOrder(t *testing.T) {
 			model = append(model, c[:k]...)
 		case rng.IntN(2) == 0:
 			p := make([]byte, rng.IntN(3*sendChunk))
+			if rng.IntN(2) == 0 {
+				p = p[:rng.IntN(64)] // a small frame of smux's own
+			}
 			for i := range p {
 				p[i] = next
 				next++
@@ -55,10 +61,13 @@ func TestSendQueueKeepsOrder(t *testing.T) {
 		held := 0
 		for j, sg := range q.segs {
 			held += sg.end - sg.start
-			small := func(sg segment) bool { return sg.end-sg.start < minLinked }
-			if sg.end <= sg.start || (j > 1 && small(sg) && small(q.segs[j-1])) {
+			small := sg.end-sg.start < minLinked && j > 0 && j < len(q.segs)-1
+			if sg.end <= sg.start || (small && q.segs[j-1].end != sendChunk) {
 				t.Fatalf("segment %d of %d holds c[%d:%d]", j, len(q.segs), sg.start, sg.end)
 			}
+		}
+		if len(q.segs)*sendChunk > 2*q.n+3*sendChunk {
+			t.Fatalf("%d chunks hold %d bytes", len(q.segs), q.n)
 		}
 		if held != q.n || (q.n == 0 && q.segs != nil) {
 			t.Fatalf("segments hold %d bytes (%d of them), queue says %d", held, len(q.segs), q.n)
