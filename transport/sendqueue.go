@@ -39,6 +39,12 @@ type sendQueue struct {
 	segs  []segment
 	n     int // bytes held
 	spare []*[sendChunk]byte
+	// at and atOff remember where appendRange last began: segs[at]
+	// holds the bytes from offset atOff on. The flusher reads the queue
+	// a frame at a time from further and further in, and without this
+	// each frame walked every segment in front of it again (a long
+	// path's queue holds a hundred or more).
+	at, atOff int
 }
 
 // segment is the part of a chunk that holds queued bytes: c[start:end].
@@ -121,6 +127,7 @@ func (q *sendQueue) drop(k int) {
 	if len(q.segs) == 0 {
 		q.segs = nil
 	}
+	q.at, q.atOff = 0, 0
 }
 
 // release returns the spare chunks to the pool, so that an idle session
@@ -135,13 +142,18 @@ func (q *sendQueue) release() {
 
 // appendRange appends the n bytes held from offset off to out.
 func (q *sendQueue) appendRange(out []byte, off, n int) []byte {
-	for _, s := range q.segs {
-		if n == 0 {
-			break
-		}
+	i := 0
+	if off >= q.atOff && q.at < len(q.segs) {
+		i, off = q.at, off-q.atOff
+	} else {
+		q.at, q.atOff = 0, 0
+	}
+	for ; i < len(q.segs) && n > 0; i++ {
+		s := q.segs[i]
 		held := s.end - s.start
 		if off >= held {
 			off -= held
+			q.at, q.atOff = i+1, q.atOff+held
 			continue
 		}
 		m := min(n, held-off)
