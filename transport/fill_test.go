@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -158,4 +159,80 @@ func TestFillClosedWhileReadingQueuesNothing(t *testing.T) {
 		t.Fatalf("the session counts %d bytes in flight for a closed stream that sent none", inflight)
 	}
 	echoBeside(t, sess, "a fill closed in its read")
+}
+
+// TestFillWaitingForWindowHoldsNoBuffer proves a copy from a socket into
+// a stream that waits for the stream's window holds no buffer while it
+// waits: fillStream waits for room before it takes a chunk to read into.
+// Through Write, sockcopy read into a 64 KiB buffer first and held it
+// while Write waited, so a bridge with a thousand stalled downloads (apps
+// that stopped reading) held 64 MiB in them.
+func TestFillWaitingForWindowHoldsNoBuffer(t *testing.T) {
+	const n = 64
+	release := make(chan struct{})
+	handler := func(st *Stream) {
+		st.Reply(StatusOK)
+		<-release // reads nothing
+	}
+	b := startBridge(t, newSiteFace(t), handler, nil)
+	defer close(release)
+	sess, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	streams := make([]*clientStream, n)
+	sources := make([]net.Conn, n)
+	for i := range streams {
+		st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		streams[i] = st.(*clientStream)
+		sources[i] = socketFeed(t, make([]byte, 256<<10))
+	}
+	// The bridge granted no more window: each stream's has been used.
+	sc := sess.conn
+	sc.mu.Lock()
+	for _, st := range streams {
+		w := sc.sendWins[st.Stream.ID()]
+		w.window = w.sent - w.consumed
+	}
+	sc.mu.Unlock()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	done := make(chan error, n)
+	for i, st := range streams {
+		go func() {
+			_, err := sockcopy.Copy(st, sources[i], sources[i], nil)
+			done <- err
+		}()
+	}
+	waitUntil(t, "every copy waiting for window", func() bool {
+		for _, st := range streams {
+			if !st.waiting.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	grew := int64(heap()) - int64(before)
+	t.Logf("%d copies waiting for window: heap grew %d KiB", n, grew>>10)
+	if grew > n*16<<10 {
+		t.Fatalf("%d copies waiting for window hold %d KiB of heap, %d KiB each", n, grew>>10, grew/n>>10)
+	}
+	for _, st := range streams {
+		st.Close()
+	}
+	for range streams {
+		if err := <-done; !errors.Is(err, io.ErrClosedPipe) {
+			t.Fatalf("a copy waiting for window ended with %v when its stream was closed, want io.ErrClosedPipe", err)
+		}
+	}
 }
