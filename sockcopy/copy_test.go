@@ -47,14 +47,13 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	return a, b
 }
 
-// TestCopyMovesEverythingAndCountsIt sends a bulk transfer in writes of
-// random sizes, with pauses (so that Copy waits for readability between
-// bursts, and reads without waiting during them), and checks that every
-// byte arrives in order, that Copy returns nil at the end, and that the
-// bytes read through src and those read beneath it add up.
-func TestCopyMovesEverythingAndCountsIt(t *testing.T) {
+// burstySource returns the reading end of a loopback TCP connection and
+// the n random bytes its other end sends, in writes of random sizes with
+// pauses (so that a copy waits for readability between bursts, and reads
+// without waiting during them), then half-closes.
+func burstySource(t *testing.T, n int) (net.Conn, []byte) {
 	src, w := tcpPair(t)
-	data := make([]byte, 8<<20)
+	data := make([]byte, n)
 	for i := range data {
 		data[i] = byte(rand.Uint32())
 	}
@@ -70,6 +69,16 @@ func TestCopyMovesEverythingAndCountsIt(t *testing.T) {
 		}
 		w.(*net.TCPConn).CloseWrite()
 	}()
+	return src, data
+}
+
+// TestCopyMovesEverythingAndCountsIt sends a bulk transfer in writes of
+// random sizes, with pauses (so that Copy waits for readability between
+// bursts, and reads without waiting during them), and checks that every
+// byte arrives in order, that Copy returns nil at the end, and that the
+// bytes read through src and those read beneath it add up.
+func TestCopyMovesEverythingAndCountsIt(t *testing.T) {
+	src, data := burstySource(t, 8<<20)
 	var seen, direct atomic.Int64
 	var got bytes.Buffer
 	n, err := Copy(&got, countingConn{src, &seen}, src, func(k int) { direct.Add(int64(k)) })
@@ -151,23 +160,7 @@ func (f *sliceFiller) Fill(read func([]byte) (int, error)) (int, error) {
 // the end, and count is told of every byte, since none is read through
 // src.
 func TestCopyIntoFillerMovesEverything(t *testing.T) {
-	src, w := tcpPair(t)
-	data := make([]byte, 8<<20)
-	for i := range data {
-		data[i] = byte(rand.Uint32())
-	}
-	go func() {
-		rest := data
-		for len(rest) > 0 {
-			k := min(len(rest), 1+rand.IntN(3*Chunk))
-			w.Write(rest[:k])
-			rest = rest[k:]
-			if rand.IntN(8) == 0 {
-				time.Sleep(time.Millisecond)
-			}
-		}
-		w.(*net.TCPConn).CloseWrite()
-	}()
+	src, data := burstySource(t, 8<<20)
 	var seen, direct atomic.Int64
 	f := &sliceFiller{limit: Chunk}
 	n, err := Copy(f, countingConn{src, &seen}, src, func(k int) { direct.Add(int64(k)) })

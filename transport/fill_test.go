@@ -129,15 +129,7 @@ func TestFilledStreamsArriveWhole(t *testing.T) {
 // reserved: the session's other streams go on as before.
 func TestFillClosedWhileReadingQueuesNothing(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, nil)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess, st := dialAndOpen(t, b)
 	sc := sess.conn
 	sc.mu.Lock()
 	written := sc.written
@@ -176,19 +168,18 @@ func TestFillWaitingForWindowHoldsNoBuffer(t *testing.T) {
 	}
 	b := startBridge(t, newSiteFace(t), handler, nil)
 	defer close(release)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess, first := dialAndOpen(t, b)
 	streams := make([]*clientStream, n)
 	sources := make([]net.Conn, n)
 	for i := range streams {
-		st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
-		if err != nil {
-			t.Fatal(err)
+		st := first
+		if i > 0 {
+			var err error
+			if st, err = sess.OpenStream(context.Background(), Request{Command: CmdDefault}); err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
 		}
-		defer st.Close()
 		streams[i] = st.(*clientStream)
 		sources[i] = socketFeed(t, make([]byte, 256<<10))
 	}

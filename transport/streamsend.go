@@ -149,7 +149,19 @@ func (w *writeWait) before() error {
 	return nil
 }
 
-func (w *writeWait) stop() {
+// beginWrite starts a write of stream d: it locks mu and marks d as
+// waiting (so that a deadline or a close wakes it). The writeWait's end
+// undoes both.
+func (s *sessionConn) beginWrite(d *directStream) *writeWait {
+	s.mu.Lock()
+	d.waiting.Store(true)
+	return &writeWait{d: d, s: s}
+}
+
+// end ends the write beginWrite started.
+func (w *writeWait) end() {
+	w.d.waiting.Store(false)
+	w.s.mu.Unlock()
 	if w.timer != nil {
 		w.timer.Stop()
 	}
@@ -216,12 +228,8 @@ func pshHeader(d *directStream, n int) [smuxHeaderLen]byte {
 // would. It waits for window and for room in the send queue until d's
 // write deadline passes or d is closed.
 func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
-	wait := &writeWait{d: d, s: s}
-	defer wait.stop()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d.waiting.Store(true)
-	defer d.waiting.Store(false)
+	wait := s.beginWrite(d)
+	defer wait.end()
 	sent := 0
 	for len(p) > 0 {
 		n, err := s.frameRoom(d, len(p), wait)
@@ -254,12 +262,8 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 // for it); until the frame is queued, its room counts in the stream's
 // window and the session's bounds as if it were (reserved).
 func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)) (int, error) {
-	wait := &writeWait{d: d, s: s}
-	defer wait.stop()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d.waiting.Store(true)
-	defer d.waiting.Store(false)
+	wait := s.beginWrite(d)
+	defer wait.end()
 	n, err := s.frameRoom(d, sendChunk-smuxHeaderLen, wait)
 	if err == nil {
 		err = s.waitQueueRoom(smuxHeaderLen+n, wait.before)

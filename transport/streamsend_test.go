@@ -54,6 +54,14 @@ func TestDirectWritesKeepToTheWindow(t *testing.T) {
 // with the test.
 func openOneStream(t *testing.T, b *testBridge) net.Conn {
 	t.Helper()
+	_, st := dialAndOpen(t, b)
+	return st
+}
+
+// dialAndOpen dials a session to b and opens a stream on it; both end
+// with the test.
+func dialAndOpen(t *testing.T, b *testBridge) (*Session, net.Conn) {
+	t.Helper()
 	sess, err := Dial(context.Background(), b.clientConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +72,7 @@ func openOneStream(t *testing.T, b *testBridge) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return st
+	return sess, st
 }
 
 // TestWriteWaitingForWindowEndsOnClose proves a write that waits for the
