@@ -255,12 +255,12 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 // the chunk joins the queue with what it read (link). The queue keeps the
 // bytes until the peer acknowledges them anyway; written through Write,
 // each byte was copied into it from the reader's buffer (without that
-// copy, the bridge's CPU per GiB on a download of 8 streams on loopback
-// is 3.7% less, and the client's on an upload 2%). read runs without mu,
-// so that other streams, the flusher and the carriers' readers go on
-// meanwhile (with mu held, the bridge spent more than it saved, waiting
-// for it); until the frame is queued, its room counts in the stream's
-// window and the session's bounds as if it were (reserved).
+// copy, 8 streams on loopback cost the sending side 1-7% less CPU per
+// GiB: the bridge on a download, the client on an upload). read runs
+// without mu, so that other streams, the flusher and the carriers'
+// readers go on meanwhile (with mu held, the bridge spent more than it
+// saved, waiting for it); until the frame is queued, its room counts in
+// the stream's window and the session's bounds as if it were (reserved).
 func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)) (int, error) {
 	wait := s.beginWrite(d)
 	defer wait.end()
