@@ -799,15 +799,20 @@ func (st *Stream) Fill(read func(p []byte) (int, error)) (int, error) {
 		return f.Fill(read)
 	}
 	// A Stream made outside this package: through a buffer and Write.
-	buf := make([]byte, sockcopy.Chunk)
-	n, err := read(buf)
+	buf := fillBuffers.Get().(*[sockcopy.Chunk]byte)
+	defer fillBuffers.Put(buf)
+	n, err := read(buf[:])
 	if n > 0 {
-		if _, werr := st.Conn.Write(buf[:n]); werr != nil {
-			return 0, werr
+		if m, werr := st.Conn.Write(buf[:n]); werr != nil {
+			return m, werr
 		}
 	}
 	return n, err
 }
+
+// fillBuffers holds the buffers of Fill on a Stream whose Conn is not a
+// Filler.
+var fillBuffers = sync.Pool{New: func() any { return new([sockcopy.Chunk]byte) }}
 
 // CloseWrite half-closes the stream: the client reads EOF, and may go on
 // writing.
