@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mirage-pt/mirage/sockcopy"
 )
 
 // longLink is a user-space link between clients and one target: every
@@ -177,7 +179,9 @@ func BenchmarkLongLink(b *testing.B) {
 				return
 			}
 			defer c.Close()
-			io.Copy(st, c)
+			// As the bridge's egress copies a destination: read
+			// straight into the session's send queue (fillStream).
+			sockcopy.Copy(st, c, c, nil)
 			st.CloseWrite()
 			io.Copy(io.Discard, st)
 		}, func(c *ServerConfig) { c.Logger = nil })
