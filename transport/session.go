@@ -673,10 +673,7 @@ func (s *sessionConn) queueUPD(sid, consumed, win uint32) {
 	}
 	f := appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, win)
 	s.sendq.push(f)
-	s.written += uint64(len(f))
-	s.lastSend = monoNow()
-	s.sendCond.Signal()
-	s.wake()
+	s.queued(len(f))
 }
 
 // mayGrowWindows reports whether streams' windows may grow: on a bridge,

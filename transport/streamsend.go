@@ -284,9 +284,10 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	m, err := read(c[smuxHeaderLen : smuxHeaderLen+n])
 	s.mu.Lock()
 	s.reserved -= smuxHeaderLen + n
-	if s.sendWins[sid] == w {
-		// (Else a FIN of the stream was queued meanwhile, which
-		// counted the room as sent, and ended the window.)
+	// A FIN of the stream queued meanwhile counted the room as sent and
+	// ended the window.
+	open := s.sendWins[sid] == w
+	if open {
 		w.sent -= uint32(n - m)
 		s.inflight -= int64(n - m)
 	}
@@ -296,7 +297,7 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	switch {
 	case s.closed:
 		err = s.writeErr()
-	case s.sendWins[sid] != w || d.closed.Load():
+	case !open || d.closed.Load():
 		err = io.ErrClosedPipe
 	case m > 0:
 		hdr := pshHeader(d, m)
