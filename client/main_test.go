@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -29,6 +30,8 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-whatsapp", "localhost", testLink}, false, "IP address"},
 		{[]string{"-whatsapp", "127.0.0.1", "-whatsapp-media-port", "5222", testLink}, false, "different"},
 		{[]string{"-whatsapp", "127.0.0.1", "-whatsapp-chat-port", "0", testLink}, false, "65535"},
+		{[]string{"-procs", "4", testLink}, true, ""},
+		{[]string{"-procs", "-1", testLink}, false, "number of cores"},
 	} {
 		c, err := parseFlags(tt.args, io.Discard, false)
 		if (err == nil) != tt.ok || err != nil && !strings.Contains(err.Error(), tt.want) {
@@ -38,6 +41,35 @@ func TestParseFlags(t *testing.T) {
 		if err == nil && c.stateDir == "" {
 			t.Errorf("%q: no state directory", tt.args)
 		}
+	}
+}
+
+// TestUseCores: the client runs on the cores -procs gives, one unless
+// told otherwise, and leaves $GOMAXPROCS, when a user set it, in charge.
+func TestUseCores(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	c, err := parseFlags([]string{testLink}, io.Discard, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.procs != 1 {
+		t.Fatalf("-procs defaults to %d, want 1", c.procs)
+	}
+	t.Setenv("GOMAXPROCS", "")
+	runtime.GOMAXPROCS(3)
+	useCores(c.procs)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Fatalf("by default the client runs on %d cores, want 1", got)
+	}
+	useCores(0)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Fatalf("-procs 0 changed the cores to %d; want the runtime's own choice kept", got)
+	}
+	t.Setenv("GOMAXPROCS", "3")
+	runtime.GOMAXPROCS(3)
+	useCores(1)
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Fatalf("with GOMAXPROCS=3 set, -procs 1 made it %d cores", got)
 	}
 }
 
