@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -74,13 +75,20 @@ type Options struct {
 	// WhatsApp endpoint on Host (5222 and 7777 are the usual ones); 0
 	// means none.
 	WhatsAppChatPort, WhatsAppMediaPort int
+	// Cores is how many CPU cores the Go code of the app's library may
+	// use at once (GOMAXPROCS: all of it, this package and any other Go
+	// package bound into the same library); 0 leaves the Go runtime's
+	// choice, every core. NewOptions sets 1, as mirage-client's -procs
+	// does: one core carries more than a phone's link, and more costs
+	// CPU, and battery, in wake-ups of idle cores.
+	Cores int
 }
 
 // NewOptions returns options with the defaults: the local proxy on
 // 127.0.0.1 with a port picked at Start, and no WhatsApp endpoint. The
 // app sets Link and the credentials.
 func NewOptions() *Options {
-	return &Options{Host: "127.0.0.1"}
+	return &Options{Host: "127.0.0.1", Cores: 1}
 }
 
 // NewCredentials returns random credentials as "USER:PASS" (user name
@@ -153,6 +161,12 @@ func Start(opts *Options, listener StatusListener) (*Client, error) {
 	}
 	if (opts.WhatsAppChatPort == 0) != (opts.WhatsAppMediaPort == 0) {
 		return nil, errors.New("mobile: set both WhatsApp ports, or neither")
+	}
+	if opts.Cores < 0 {
+		return nil, errors.New("mobile: Cores must be a number of cores, or 0 for all of them")
+	}
+	if opts.Cores > 0 {
+		runtime.GOMAXPROCS(opts.Cores)
 	}
 	tc, err := transport.NewClient(transport.ClientConfig{Address: l.Address, Params: l.Params})
 	if err != nil {

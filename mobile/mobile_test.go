@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -218,6 +219,7 @@ func TestStartErrors(t *testing.T) {
 		{"no link", &Options{}, "link"},
 		{"password only", &Options{Link: l.String(), Pass: "x"}, "user name"},
 		{"one WhatsApp port", &Options{Link: l.String(), WhatsAppChatPort: 5222}, "both"},
+		{"negative cores", &Options{Link: l.String(), Cores: -1}, "number of cores"},
 	} {
 		c, err := Start(tt.opts, nil)
 		if err == nil {
@@ -227,6 +229,36 @@ func TestStartErrors(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want it to mention %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestStartUsesCores: a client started with the defaults runs the Go
+// code on one core; Cores 0 leaves the runtime's choice alone.
+func TestStartUsesCores(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	l := startBridge(t)
+	for _, tt := range []struct {
+		cores, before, want int
+	}{
+		{1, 2, 1}, // NewOptions
+		{0, 2, 2},
+		{3, 2, 3},
+	} {
+		runtime.GOMAXPROCS(tt.before)
+		opts := NewOptions()
+		if tt.cores != 1 {
+			opts.Cores = tt.cores
+		}
+		opts.Link = l.String()
+		opts.User, opts.Pass = "u", "p"
+		c, err := Start(opts, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Stop()
+		if got := runtime.GOMAXPROCS(0); got != tt.want {
+			t.Errorf("Cores %d: the Go code runs on %d cores, want %d", tt.cores, got, tt.want)
 		}
 	}
 }
