@@ -85,8 +85,8 @@ type Options struct {
 }
 
 // NewOptions returns options with the defaults: the local proxy on
-// 127.0.0.1 with a port picked at Start, and no WhatsApp endpoint. The
-// app sets Link and the credentials.
+// 127.0.0.1 with a port picked at Start, no WhatsApp endpoint, and one
+// core. The app sets Link and the credentials.
 func NewOptions() *Options {
 	return &Options{Host: "127.0.0.1", Cores: 1}
 }
