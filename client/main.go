@@ -14,13 +14,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 
 	"github.com/mdp/qrterminal/v3"
 	"golang.org/x/term"
 
+	"github.com/mirage-pt/mirage/cores"
 	"github.com/mirage-pt/mirage/localproxy"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/transport"
@@ -194,7 +194,7 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	useCores(c.procs)
+	cores.Use(c.procs)
 	logger, ownLog, closeLog, err := newLoggers(c, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
@@ -217,23 +217,6 @@ func main() {
 			fmt.Fprintln(os.Stderr, "mirage-client:", err)
 		}
 		os.Exit(1)
-	}
-}
-
-// useCores lets the Go runtime run goroutines on n cores at once (0: its
-// default, every core), unless $GOMAXPROCS chose already.
-//
-// Why one by default: a stream's bytes pass between goroutines (a
-// carrier's reader, smux's receive loop, the stream's copier), and each
-// time one is woken while a core is idle, the scheduler wakes a thread
-// for that core too, which finds nothing to run, spins and sleeps again.
-// With one core the client spent 8-16% less CPU per GiB (8 streams and
-// 1 stream through the SOCKS port on loopback, both ways, medians of 5
-// and 6 interleaved runs) at the same rates, about 900 MiB/s: far more
-// than any link it serves.
-func useCores(n int) {
-	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(n)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -44,32 +43,15 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
-// TestUseCores: the client runs on the cores -procs gives, one unless
-// told otherwise, and leaves $GOMAXPROCS, when a user set it, in charge.
-func TestUseCores(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+// TestProcsDefault: the client runs on one core unless told otherwise
+// (package cores says why).
+func TestProcsDefault(t *testing.T) {
 	c, err := parseFlags([]string{testLink}, io.Discard, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.procs != 1 {
 		t.Fatalf("-procs defaults to %d, want 1", c.procs)
-	}
-	t.Setenv("GOMAXPROCS", "")
-	runtime.GOMAXPROCS(3)
-	useCores(c.procs)
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("by default the client runs on %d cores, want 1", got)
-	}
-	useCores(0)
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("-procs 0 changed the cores to %d; want the runtime's own choice kept", got)
-	}
-	t.Setenv("GOMAXPROCS", "3")
-	runtime.GOMAXPROCS(3)
-	useCores(1)
-	if got := runtime.GOMAXPROCS(0); got != 3 {
-		t.Fatalf("with GOMAXPROCS=3 set, -procs 1 made it %d cores", got)
 	}
 }
 

@@ -23,12 +23,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mirage-pt/mirage/cores"
 	"github.com/mirage-pt/mirage/localproxy"
 	"github.com/mirage-pt/mirage/transport"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -80,7 +80,7 @@ type Options struct {
 	// package bound into the same library); 0 leaves the Go runtime's
 	// choice, every core. NewOptions sets 1, as mirage-client's -procs
 	// does: one core carries more than a phone's link, and more costs
-	// CPU, and battery, in wake-ups of idle cores.
+	// CPU, and battery, in wake-ups of idle cores (package cores).
 	Cores int
 }
 
@@ -165,9 +165,7 @@ func Start(opts *Options, listener StatusListener) (*Client, error) {
 	if opts.Cores < 0 {
 		return nil, errors.New("mobile: Cores must be a number of cores, or 0 for all of them")
 	}
-	if opts.Cores > 0 {
-		runtime.GOMAXPROCS(opts.Cores)
-	}
+	cores.Use(opts.Cores)
 	tc, err := transport.NewClient(transport.ClientConfig{Address: l.Address, Params: l.Params})
 	if err != nil {
 		return nil, fmt.Errorf("mobile: %w", err)

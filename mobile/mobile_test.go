@@ -237,6 +237,7 @@ func TestStartErrors(t *testing.T) {
 // code on one core; Cores 0 leaves the runtime's choice alone.
 func TestStartUsesCores(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	t.Setenv("GOMAXPROCS", "")
 	l := startBridge(t)
 	for _, tt := range []struct {
 		cores, before, want int

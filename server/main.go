@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +23,7 @@ import (
 	goptlib "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 	"golang.org/x/term"
 
+	"github.com/mirage-pt/mirage/cores"
 	"github.com/mirage-pt/mirage/egress"
 	mpt "github.com/mirage-pt/mirage/pt"
 	"github.com/mirage-pt/mirage/stats"
@@ -197,17 +197,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	return c, c.face.check()
 }
 
-// useCores lets the Go runtime run goroutines on n cores at once (0: its
-// default, every core), unless $GOMAXPROCS chose already. Each hand-off
-// between a session's goroutines, while a core is idle, also wakes a
-// thread for that core that finds nothing to do: a bridge with few users
-// saves that on one core, one with many keeps its cores busy anyway.
-func useCores(n int) {
-	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(n)
-	}
-}
-
 func main() {
 	if len(os.Args) > 1 && (os.Args[1] == "users" || os.Args[1] == "stats") {
 		run := runUsers
@@ -236,7 +225,7 @@ func main() {
 		fmt.Println("mirage-server", version)
 		return
 	}
-	useCores(c.procs)
+	cores.Use(c.procs)
 	managed := mpt.ManagedMode()
 	logger, closeLog, err := safelog.NewLogger(c.logFile, c.logLevel, c.unsafeLogging, managed)
 	if err != nil {
