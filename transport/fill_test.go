@@ -20,17 +20,8 @@ import (
 // half-closes: a destination or an app as sockcopy meets it.
 func socketFeed(t *testing.T, data []byte) net.Conn {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	w, r := tcpPair(t)
 	go func() {
-		w, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			return
-		}
-		defer w.Close()
 		rest := data
 		for len(rest) > 0 {
 			k := min(len(rest), 1+rand.IntN(3*sendChunk))
@@ -43,13 +34,8 @@ func socketFeed(t *testing.T, data []byte) net.Conn {
 			}
 		}
 		w.(*net.TCPConn).CloseWrite()
-		io.Copy(io.Discard, w) // until the test closes its end
+		io.Copy(io.Discard, w) // until the test's end closes it
 	}()
-	r, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
 	return r
 }
 
