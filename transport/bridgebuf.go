@@ -62,13 +62,26 @@ type streamAcct struct {
 	// those whose readers are slower than their senders. Their windows
 	// share the session's room (window.go, grantLimit).
 	holding int
+	// read lists the streams whose readers took bytes since the
+	// client last asked for reads (asked); reads is asked's answer,
+	// kept for the next.
+	read  []uint32
+	reads []streamRead
 }
+
+// streamRead is what the reader of stream sid took, all told.
+type streamRead struct{ sid, read uint32 }
 
 // streamCount is one open stream's count.
 type streamCount struct {
 	held int64  // bytes handed smux and not taken
 	read uint32 // bytes its reader took, all told (smux's numRead)
 	cut  bool   // its window is cut: the session announces its reads
+	// owed: its client asked for its reads, and the session announces
+	// them once its reader took them (sessionConn.streamRead).
+	owed bool
+	// listed: it is on the session's list of streams read (read).
+	listed bool
 }
 
 // holdingFrom is what a stream must hold to count as holding: a few
@@ -146,22 +159,75 @@ func (a *streamAcct) setCut(sid uint32, cut bool) {
 	}
 }
 
+// setOwed notes whether the session owes stream sid's client an
+// announcement of its reads.
+func (a *streamAcct) setOwed(sid uint32, owed bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.streams[sid]; ok {
+		c.owed = owed
+	}
+}
+
 // took notes that a stream's reader took n bytes. It returns what the
-// reader took all told, and whether the stream's window is cut: then
-// the session announces the reads itself (sessionConn.cutStreamRead).
-func (a *streamAcct) took(sid uint32, n int) (read uint32, cut bool) {
+// reader took all told; whether the session announces the reads itself
+// (sessionConn.streamRead), because the stream's window is cut or its
+// client asked (owed); and whether the reader took all the stream held.
+func (a *streamAcct) took(sid uint32, n int) (read uint32, cut, owed, drained bool) {
 	if n <= 0 {
-		return 0, false
+		return 0, false, false, false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c, ok := a.streams[sid]
 	if !ok {
-		return 0, false
+		return 0, false, false, false
 	}
 	a.setHeld(c, c.held-min(int64(n), c.held))
 	c.read += uint32(n)
-	return c.read, c.cut
+	if !c.listed {
+		if len(a.read) >= 2*maxStreamsPerSession {
+			a.relist()
+		}
+		c.listed = true
+		a.read = append(a.read, sid)
+	}
+	return c.read, c.cut, c.owed, c.held == 0
+}
+
+// relist drops the closed streams from the list of streams read, which a
+// session whose client never asks for reads would otherwise grow by one
+// entry per stream. Called with mu held.
+func (a *streamAcct) relist() {
+	kept := a.read[:0]
+	for _, sid := range a.read {
+		if _, ok := a.streams[sid]; ok {
+			kept = append(kept, sid)
+		}
+	}
+	a.read = kept
+}
+
+// asked notes that the client asked for stream asker's reads (a NOP
+// naming it): the session owes it an announcement once its reader took
+// them. It returns what the readers of the streams read since the last
+// such ask took, all told, for the session to announce; the slice is
+// reused by the next call.
+func (a *streamAcct) asked(asker uint32) []streamRead {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.streams[asker]; ok {
+		c.owed = true
+	}
+	a.reads = a.reads[:0]
+	for _, sid := range a.read {
+		if c, ok := a.streams[sid]; ok {
+			c.listed = false
+			a.reads = append(a.reads, streamRead{sid, c.read})
+		}
+	}
+	a.read = a.read[:0]
+	return a.reads
 }
 
 // closed lets go of what a stream still held: smux frees it.
@@ -221,10 +287,10 @@ func (c *countedStream) Read(p []byte) (int, error) {
 }
 
 // took counts n bytes the stream's reader took, and has the session
-// announce them if the stream's window is cut.
+// announce them if the stream's window is cut or its client asked.
 func (c *countedStream) took(n int) {
-	if read, cut := c.acct.took(c.Stream.ID(), n); cut {
-		c.sc.cutStreamRead(c.Stream.ID(), read)
+	if read, cut, owed, drained := c.acct.took(c.Stream.ID(), n); cut || owed {
+		c.sc.streamRead(c.Stream.ID(), read, owed, drained)
 	}
 }
 

@@ -189,3 +189,44 @@ func TestBridgeBuffersBounded(t *testing.T) {
 	}
 	st.Close()
 }
+
+// TestAskedReadsListsEachStreamOnce: a client's ask for reads (a NOP
+// naming a stream) is answered with the reads of every open stream read
+// since the last ask, each once, and marks the asker owed; the list of
+// streams read stays bounded in a session whose client never asks, with
+// thousands of streams opened, read and closed.
+func TestAskedReadsListsEachStreamOnce(t *testing.T) {
+	a := newStreamAcct(&bridgeBuffers{limit: DefaultMaxBuffered})
+	for sid := uint32(1); sid <= 5; sid += 2 {
+		a.frame(smuxCmdSYN, sid, 0)
+		a.frame(smuxCmdPSH, sid, 1000)
+	}
+	a.took(1, 100)
+	a.took(1, 200)
+	a.took(3, 50)
+	a.closed(3) // closed: nothing to announce
+	got := a.asked(5)
+	if len(got) != 1 || got[0] != (streamRead{1, 300}) {
+		t.Fatalf("first ask: %v, want stream 1 with 300 read", got)
+	}
+	if _, _, owed, _ := a.took(5, 10); !owed {
+		t.Error("the asker is not owed its reads")
+	}
+	a.setOwed(5, false)
+	if got := a.asked(7); len(got) != 1 || got[0] != (streamRead{5, 10}) {
+		t.Fatalf("second ask: %v, want stream 5 with 10 read", got)
+	}
+	if got := a.asked(7); len(got) != 0 {
+		t.Fatalf("an ask with nothing read since: %v", got)
+	}
+
+	for sid := uint32(9); sid < 9+2*10*maxStreamsPerSession; sid += 2 {
+		a.frame(smuxCmdSYN, sid, 0)
+		a.frame(smuxCmdPSH, sid, 10)
+		a.took(sid, 10)
+		a.closed(sid)
+	}
+	if len(a.read) > 2*maxStreamsPerSession {
+		t.Errorf("the list of streams read grew to %d entries", len(a.read))
+	}
+}

@@ -82,6 +82,7 @@ const (
 	smuxCmdSYN    = 0
 	smuxCmdFIN    = 1
 	smuxCmdPSH    = 2
+	smuxCmdNOP    = 3
 	smuxCmdUPD    = 4
 )
 

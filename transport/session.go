@@ -622,6 +622,10 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 			// The client's stream: smux's window until its UPD.
 			s.sendWin(sid, smuxInitialPeerWindow)
 		}
+	case smuxCmdNOP:
+		if s.acct != nil && sid != 0 {
+			s.readsAsked(sid)
+		}
 	}
 	if s.acct != nil {
 		held, session := s.acct.frame(cmd, sid, n)
@@ -648,30 +652,66 @@ func (s *sessionConn) grantLimit() uint32 {
 	return s.acct.grantLimit()
 }
 
-// cutStreamRead announces the reads of bridge stream sid, whose window
-// is cut, when smux would not (windowTuner.cutRead): read is what its
-// reader took, all told.
-func (s *sessionConn) cutStreamRead(sid, read uint32) {
+// streamRead announces the reads of bridge stream sid when smux would
+// not (windowTuner.sessionRead): when its window is cut, or its client
+// asked for them (owed; drained: its reader took all it held). read is
+// what its reader took, all told.
+func (s *sessionConn) streamRead(sid, read uint32, owed, drained bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	win, send := s.windows.cutRead(sid, read, s.grantLimit(), monoNow())
+	step := uint32(math.MaxUint32)
+	if owed {
+		step = askedStep
+		if drained {
+			step = 1
+		}
+	}
+	if s.announceRead(sid, read, s.grantLimit(), monoNow(), step) && owed {
+		s.acct.setOwed(sid, false)
+	}
+}
+
+// readsAsked answers the client's NOP naming stream asker, which its
+// client's bound holds (streamsend.go, sessionRoom): it announces the
+// reads of every stream read since the last such NOP, and the asker's
+// as soon as its reader takes them. Called with mu held.
+func (s *sessionConn) readsAsked(asker uint32) {
+	limit, now := s.acct.grantLimit(), monoNow()
+	for _, r := range s.acct.asked(asker) {
+		s.announceRead(r.sid, r.read, limit, now, 1)
+	}
+}
+
+// announceRead queues an UPD of the session's own announcing that bridge
+// stream sid's reader took read bytes, all told, if the tuner so decides
+// (windowTuner.sessionRead), and reports whether it did. Called with mu
+// held.
+func (s *sessionConn) announceRead(sid, read, limit uint32, now int64, step uint32) bool {
+	win, send := s.windows.sessionRead(sid, read, limit, now, step)
 	if !send {
-		return
+		return false
 	}
 	s.queueUPD(sid, read, win)
 	if !s.windows.isCut(sid) {
 		s.acct.setCut(sid, false)
 	}
+	return true
 }
 
 // queueUPD queues an UPD of the session's own for the peer's smux
 // (stream sid: consumed bytes read, window win), whole, between the
 // frames already queued. Called with mu held.
 func (s *sessionConn) queueUPD(sid, consumed, win uint32) {
+	s.queueFrame(appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, win))
+}
+
+// queueFrame queues a small smux frame of the session's own, whole,
+// between the frames already queued, whatever the send queue holds.
+// Called with mu held.
+func (s *sessionConn) queueFrame(f []byte) {
 	if s.closed {
 		return
 	}
-	f := appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), consumed, win)
 	s.sendq.push(f)
 	s.queued(len(f))
 }

@@ -117,11 +117,16 @@ func echoBeside(t *testing.T, sess *Session, what string) {
 // (this test failed so: no new stream within 5 s, 32 MiB held). Then each
 // held its initial window, and eight filled the session: with twelve,
 // the ninth stream's request was never answered, and the client, its
-// PINGs unread, dialled 14 carriers in 30 s. Now the windows of the
-// streams that hold a backlog share half the session (window.go).
+// PINGs unread, dialled 14 carriers in 30 s. Then the windows of the
+// streams that hold a backlog shared half the session (window.go), but
+// each stream could still send a quarter of its window and 1.1 MiB before
+// the cuts came back: 64 stuck at the same moment filled the session
+// (this test failed so at 64 and 128: a stream's request unanswered
+// within 30 s). Now the client's streams together keep clear of the
+// bridge's room, however many there are (streamsend.go, sessionRoom).
 func TestStuckUploadsDoNotStallTheSession(t *testing.T) {
 	t.Parallel()
-	for _, stuck := range []int{4, 12} {
+	for _, stuck := range []int{4, 12, 64, 128} {
 		t.Run(fmt.Sprint(stuck), func(t *testing.T) {
 			t.Parallel()
 			stuckUploads(t, stuck)
@@ -131,21 +136,31 @@ func TestStuckUploadsDoNotStallTheSession(t *testing.T) {
 
 // stuckUploads runs n uploads whose destinations do not read through one
 // session, and checks what the bridge holds for them, that a stream
-// beside them echoes, that the client kept its carrier, and that once
-// the destinations read again every upload finishes: a window cut to
-// make room for the others grows again.
+// beside them echoes, that an upload beside them finishes (its reads
+// announced though it is held below smux's step), that the client kept
+// its carrier, and that once the destinations read again every upload
+// finishes: a window cut to make room for the others grows again.
 func stuckUploads(t *testing.T, stuck int) {
 	release := make(chan struct{})
 	released := sync.OnceFunc(func() { close(release) })
 	b, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
-		if cmd == 'U' {
+		switch cmd {
+		case 'U':
 			<-release // the destination stopped reading
 			io.Copy(io.Discard, st)
+		case 'C':
+			// A destination that reads: it answers once it has
+			// read besideUpload bytes.
+			if _, err := io.CopyN(io.Discard, st, besideUpload); err == nil {
+				st.Write([]byte{'k'})
+			}
 		}
-		return cmd == 'U'
+		return cmd == 'U' || cmd == 'C'
 	})
-	t.Cleanup(released)   // before the bridge closes
-	const size = 20 << 20 // more than any window
+	t.Cleanup(released) // before the bridge closes
+	// More than any window a stuck stream may have: its window grows only
+	// as its destination reads.
+	const size = initialWindow + 2<<20
 	upload := append([]byte{'U'}, make([]byte, size)...)
 	done := make(chan error, stuck)
 	for range stuck {
@@ -166,11 +181,12 @@ func stuckUploads(t *testing.T, stuck int) {
 	// Each holds at most its initial window, and all of them together
 	// less than the session's smux holds, which stops reading when
 	// full.
-	most := min(int64(stuck*(initialWindow+2*maxFrameSize)), sessionWindow-1)
+	most := min(int64(stuck*(initialWindow+2*maxFrameSize)), clientMostInflight)
 	if held > most {
 		t.Errorf("the bridge holds %d bytes for %d stuck uploads, want at most %d", held, stuck, most)
 	}
 	echoBeside(t, sess, fmt.Sprintf("%d stuck uploads", stuck))
+	uploadBeside(t, sess, fmt.Sprintf("%d stuck uploads", stuck))
 	if n := sess.nextSeq.Load(); n > 1 {
 		t.Errorf("the client dialled %d carriers beside %d stuck uploads, want 1: it took its carrier for frozen", n, stuck)
 	}
@@ -185,5 +201,25 @@ func stuckUploads(t *testing.T, stuck int) {
 		case <-timeout:
 			t.Fatal("uploads did not finish within 30 s of their destinations reading again")
 		}
+	}
+}
+
+// besideUpload is what uploadBeside sends: more than a stream's floor
+// and smux's step between UPDs.
+const besideUpload = 8 << 20
+
+// uploadBeside checks that an upload of besideUpload bytes through a new
+// stream of sess, whose destination reads, finishes within 20 s beside
+// what (the streams that might hold the session's room).
+func uploadBeside(t *testing.T, sess *Session, what string) {
+	t.Helper()
+	st := openStream(t, sess)
+	st.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := st.Write(append([]byte{'C'}, make([]byte, besideUpload)...)); err != nil {
+		t.Fatalf("an upload beside %s: %v", what, err)
+	}
+	var got [1]byte
+	if _, err := st.Read(got[:]); err != nil || got[0] != 'k' {
+		t.Fatalf("an upload beside %s: answer %q, %v", what, got, err)
 	}
 }

@@ -38,6 +38,16 @@ type sendWindow struct {
 	sent     uint32 // bytes of PSH frames queued for the stream
 	consumed uint32 // bytes the peer last said its app read
 	window   uint32 // the peer's window for the stream
+	// asked is set once the client asked the bridge for the stream's
+	// reads (askReads), until an UPD of the stream comes.
+	asked bool
+}
+
+// addSent counts n more bytes sent on stream w (n < 0: fewer, when a fill
+// read less than its room). Called with mu held.
+func (s *sessionConn) addSent(w *sendWindow, n int) {
+	w.sent += uint32(n)
+	s.inflight += int64(n)
 }
 
 // room returns how many more bytes the peer's window lets the stream
@@ -64,8 +74,7 @@ func (s *sessionConn) queuedFrame(hdr []byte, n int) {
 		s.sendWin(sid, initialWindow)
 	case smuxCmdPSH:
 		if w := s.sendWins[sid]; w != nil {
-			w.sent += uint32(n)
-			s.inflight += int64(n)
+			s.addSent(w, n)
 		}
 	case smuxCmdFIN:
 		// Nothing more is sent on the stream.
@@ -94,6 +103,7 @@ func (s *sessionConn) peerUpdate(sid, consumed, window uint32) {
 			w.consumed = consumed
 		}
 		w.window = window
+		w.asked = false
 		s.spaceCond.Broadcast()
 	}
 }
@@ -104,20 +114,44 @@ func (s *sessionConn) peerUpdate(sid, consumed, window uint32) {
 // (window.go): a client that used every stream's window at once, stuck
 // uploads' included, could fill it before the bridge's UPDs cutting
 // their windows came back. So all the client's streams together keep at
-// most clientInflight sent and not yet announced read by the bridge,
-// though each may always have a quarter of its window and
-// clientStreamFloor in flight: a bridge announces a stream's reads once a
-// quarter of its window was read, at the steps of its smux, and a stream
-// held below that would never hear of them. Only the client bounds
-// itself so: what the bridge sends is bounded by what the client reads.
-// Called with mu held.
+// most clientInflight sent and not yet announced read by the bridge.
+// Beyond that, so that a stream can still send while others are stuck,
+// each stream may have clientStreamFloor in flight while all of them
+// together have less than clientFloorsInflight, and clientStreamLeast (a
+// request, a message) while they have less than clientMostInflight:
+// however many streams there are (a bridge takes at most
+// maxStreamsPerSession of a session), they never hold the bridge's whole
+// room for the session, and however many are stuck, the others go on, if
+// slowly. A stream held by these bounds asks the bridge for its reads
+// (askReads): a bridge announces them only at its smux's steps of 1 MiB
+// otherwise, which a stream held below that would never reach. Only the
+// client bounds itself so: what the bridge sends is bounded by what the
+// client reads. Called with mu held.
 func (s *sessionConn) sessionRoom(w *sendWindow) int {
 	if !s.client {
 		return math.MaxInt
 	}
 	own := int64(int32(w.sent - w.consumed))
-	floor := int64(w.window/4) + clientStreamFloor
-	return int(max(floor-own, clientInflight-s.inflight, 0))
+	room := clientInflight - s.inflight
+	room = max(room, min(clientStreamFloor-own, clientFloorsInflight-s.inflight))
+	room = max(room, min(clientStreamLeast-own, clientMostInflight-s.inflight))
+	return int(max(room, 0))
+}
+
+// askReads asks the bridge for the reads of stream sid, which the
+// client's bound holds (sessionRoom): an smux NOP frame that names the
+// stream. smux takes it for a keepalive; a bridge announces the reads of
+// every stream it has read since (PROTOCOL.md §6.5), and of this one as
+// soon as its reader takes what it was sent. Called with mu held.
+func (s *sessionConn) askReads(sid uint32, w *sendWindow) {
+	if w.asked {
+		return
+	}
+	w.asked = true
+	var f [smuxHeaderLen]byte
+	f[0], f[1] = smuxVersion, smuxCmdNOP
+	binary.LittleEndian.PutUint32(f[4:], sid)
+	s.queueFrame(f[:])
 }
 
 // writeWait is what a stream's write does before it waits: it fails if
@@ -189,7 +223,12 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 		if err != nil {
 			return 0, err
 		}
-		room = min(room, s.sessionRoom(w))
+		if sr := s.sessionRoom(w); sr < room {
+			room = sr
+			if room == 0 {
+				s.askReads(d.Stream.ID(), w)
+			}
+		}
 		if room == 0 {
 			if err := wait.before(); err != nil {
 				return 0, err
@@ -276,8 +315,7 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	}
 	sid := d.Stream.ID()
 	w := s.sendWins[sid]
-	w.sent += uint32(n)
-	s.inflight += int64(n)
+	s.addSent(w, n)
 	s.reserved += smuxHeaderLen + n
 	c := s.sendq.newChunk()
 	s.mu.Unlock()
@@ -288,8 +326,7 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	// ended the window.
 	open := s.sendWins[sid] == w
 	if open {
-		w.sent -= uint32(n - m)
-		s.inflight -= int64(n - m)
+		s.addSent(w, m-n)
 	}
 	if m < n {
 		s.spaceCond.Broadcast() // the unused room is free again

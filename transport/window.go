@@ -63,16 +63,18 @@ import "encoding/binary"
 //
 // The bridge cuts a window with an UPD of its own as soon as a frame of
 // the stream shows the need, and then announces the stream's reads
-// itself (cutRead): smux does only every initialWindow/4 read, more than
-// a cut window, so the stream would never hear of them. What was sent
-// before the cut arrives is held: the other half of the room absorbs it,
-// since the client keeps what all its streams have in flight within
-// clientInflight, each stream's floor aside (streamsend.go,
-// sessionRoom). The client honours every UPD's window, smaller ones too
-// (PROTOCOL.md §6.5). Twelve uploads stuck at the same moment leave the
-// session usable, and their windows grow again once their destinations
-// read (TestStuckUploadsDoNotStallTheSession); many more at the same
-// moment can still fill it, each with its floor, before the cuts arrive.
+// itself (sessionRead): smux does only every initialWindow/4 read, more
+// than a cut window, so the stream would never hear of them. What was
+// sent before the cut arrives is held: the other half of the room
+// absorbs it, since the client keeps what all its streams have in flight
+// within clientInflight, and within clientMostInflight with each
+// stream's floor (streamsend.go, sessionRoom). A stream the client's
+// bound holds asks for its reads (a NOP naming it), and the bridge
+// announces them too (sessionRead, sessionConn.readsAsked). The client
+// honours every UPD's window, smaller ones too (PROTOCOL.md §6.5).
+// However many uploads are stuck at the same moment, the session stays
+// usable, and their windows grow again once their destinations read
+// (TestStuckUploadsDoNotStallTheSession).
 const (
 	grantBudget   = sessionWindow / 2
 	minGrant      = 256 << 10
@@ -81,13 +83,29 @@ const (
 	// that the bridge's streams have not read (streamsend.go,
 	// sessionRoom), so that its uploads cannot outrun the bridge's cuts.
 	clientInflight = grantBudget
-	// clientStreamFloor is what each stream may have in flight beyond a
-	// quarter of its window, whatever the others hold: smux's step
-	// between UPDs (initialWindow/4) and two reads past it, so that
-	// the reads of any bridge are announced (streamsend.go,
-	// sessionRoom).
-	clientStreamFloor = initialWindow/4 + 2*maxFrameSize
+	// clientStreamFloor is what each stream may have in flight while
+	// the others hold clientInflight, and clientFloorsInflight what
+	// all may have so; clientStreamLeast is what each may have in
+	// flight while all hold less than clientMostInflight
+	// (streamsend.go, sessionRoom). A bridge takes maxStreamsPerSession
+	// streams of a session at most, so clientMostInflight stays below
+	// the room of its smux, sessionWindow, and the bridge goes on
+	// reading the session however many streams are stuck.
+	clientStreamFloor    = minGrant
+	clientFloorsInflight = sessionWindow * 3 / 4
+	clientStreamLeast    = 4 << 10
+	clientMostInflight   = clientFloorsInflight + maxStreamsPerSession*clientStreamLeast
+	// askedStep is how much of a stream whose client asked for its
+	// reads (a NOP naming it) the bridge's reader takes before the
+	// bridge announces them, unless it took all it held sooner: half a
+	// stream's floor, so that a stream held at its floor hears of its
+	// reads at least twice per round trip.
+	askedStep = clientStreamFloor / 2
 )
+
+// The client's bounds must leave the bridge's smux room to read the
+// session: a compile-time check (a negative constant overflows uint).
+const _ = uint(sessionWindow - clientMostInflight - 1)
 
 // grantLimit returns the most a stream's window may be while the session
 // holds held bytes and holding of its streams hold a backlog.
@@ -158,7 +176,7 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool,
 	read := consumed - w.consumed // modular, as smux counts
 	if int32(read) < 0 {
 		// The session announced later reads of this stream itself
-		// (cutRead) while smux's UPD was on its way: stale.
+		// (sessionRead) while smux's UPD was on its way: stale.
 		return w.announced, false
 	}
 	if read < w.announced/4 && w.announced >= min(w.win, limit) {
@@ -184,19 +202,21 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool,
 	return w.announced, true
 }
 
-// cutRead decides on an UPD of the session's own for stream sid, whose
-// window is cut, now that its reader has taken read bytes all told:
-// smux announces reads only every initialWindow/4, more than a cut
-// window, so without these a stream cut below that would never hear
-// that its reader went on. It returns the window to announce, and
-// whether to send the UPD at all (a quarter of the window was read).
-func (t *windowTuner) cutRead(sid, read, limit uint32, now int64) (win uint32, send bool) {
+// sessionRead decides on an UPD of the session's own for stream sid, now
+// that its reader has taken read bytes all told: smux announces reads
+// only every initialWindow/4, more than a cut window, so without these a
+// stream cut below that, or held by its client's bound, would never hear
+// that its reader went on. It returns the window to announce, and whether
+// to send the UPD at all: once a quarter of the window was read since the
+// last UPD, or step if less (a stream whose client asked for its reads),
+// and only if anything was.
+func (t *windowTuner) sessionRead(sid, read, limit uint32, now int64, step uint32) (win uint32, send bool) {
 	w, ok := t.streams[sid]
 	if !ok {
 		return 0, false
 	}
 	d := read - w.consumed
-	if int32(d) < 0 || d < w.announced/4 {
+	if int32(d) <= 0 || d < min(w.announced/4, step) {
 		return 0, false
 	}
 	w.consumed, w.at = read, now

@@ -157,7 +157,7 @@ func TestSessionRewritesOurUPDs(t *testing.T) {
 }
 
 // TestCutWindowHearsItsReads: a stream whose window the bridge cut is
-// told of its reads by the session itself (cutRead) each quarter of the
+// told of its reads by the session itself (sessionRead) each quarter of the
 // cut window, not only at smux's 1 MiB steps, and an UPD of smux's that
 // comes later with an older count is dropped, not taken for a huge read
 // (which would have grown the window).
@@ -173,10 +173,10 @@ func TestCutWindowHearsItsReads(t *testing.T) {
 	if !tu.isCut(1) {
 		t.Fatal("the stream is not marked cut")
 	}
-	if _, send := tu.cutRead(1, cut/4-1, cut, ms); send {
+	if _, send := tu.sessionRead(1, cut/4-1, cut, ms, math.MaxUint32); send {
 		t.Error("an UPD before a quarter of the cut window was read")
 	}
-	win, send := tu.cutRead(1, cut/4, cut, ms)
+	win, send := tu.sessionRead(1, cut/4, cut, ms, math.MaxUint32)
 	if !send || win != cut {
 		t.Fatalf("after a quarter of the cut window: UPD %v with window %d, want one with %d", send, win, cut)
 	}
@@ -185,7 +185,7 @@ func TestCutWindowHearsItsReads(t *testing.T) {
 		t.Error("smux's stale UPD was sent")
 	}
 	// Room again: the next UPD restores the reader's window.
-	win, send = tu.cutRead(1, cut/2, math.MaxUint32, 3*ms)
+	win, send = tu.sessionRead(1, cut/2, math.MaxUint32, 3*ms, math.MaxUint32)
 	if !send || win != initialWindow || tu.isCut(1) {
 		t.Errorf("with room again: UPD %v with window %d (cut %v), want %d", send, win, tu.isCut(1), initialWindow)
 	}
