@@ -617,6 +617,7 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 	switch cmd {
 	case smuxCmdFIN:
 		s.windows.ended(sid)
+		s.peerFinished(sid)
 	case smuxCmdSYN:
 		if !s.client {
 			// The client's stream: smux's window until its UPD.

@@ -141,23 +141,7 @@ func TestStuckUploadsDoNotStallTheSession(t *testing.T) {
 // its carrier, and that once the destinations read again every upload
 // finishes: a window cut to make room for the others grows again.
 func stuckUploads(t *testing.T, stuck int) {
-	release := make(chan struct{})
-	released := sync.OnceFunc(func() { close(release) })
-	b, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
-		switch cmd {
-		case 'U':
-			<-release // the destination stopped reading
-			io.Copy(io.Discard, st)
-		case 'C':
-			// A destination that reads: it answers once it has
-			// read besideUpload bytes.
-			if _, err := io.CopyN(io.Discard, st, besideUpload); err == nil {
-				st.Write([]byte{'k'})
-			}
-		}
-		return cmd == 'U' || cmd == 'C'
-	})
-	t.Cleanup(released) // before the bridge closes
+	b, sess, released := dialUploadBridge(t)
 	// More than any window a stuck stream may have: its window grows only
 	// as its destination reads.
 	const size = initialWindow + 2<<20
@@ -202,6 +186,30 @@ func stuckUploads(t *testing.T, stuck int) {
 			t.Fatal("uploads did not finish within 30 s of their destinations reading again")
 		}
 	}
+}
+
+// dialUploadBridge dials a session to a command bridge whose streams
+// take uploads: after 'U', towards a destination that does not read
+// until released is called (at the latest when the test ends); after
+// 'C', towards one that reads besideUpload bytes, then answers 'k'
+// (uploadBeside).
+func dialUploadBridge(t *testing.T) (b *testBridge, sess *Session, released func()) {
+	release := make(chan struct{})
+	released = sync.OnceFunc(func() { close(release) })
+	b, sess = dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+		switch cmd {
+		case 'U':
+			<-release // the destination does not read
+			io.Copy(io.Discard, st)
+		case 'C':
+			if _, err := io.CopyN(io.Discard, st, besideUpload); err == nil {
+				st.Write([]byte{'k'})
+			}
+		}
+		return cmd == 'U' || cmd == 'C'
+	})
+	t.Cleanup(released) // before the bridge closes
+	return b, sess, released
 }
 
 // besideUpload is what uploadBeside sends: more than a stream's floor

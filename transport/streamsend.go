@@ -41,6 +41,22 @@ type sendWindow struct {
 	// asked is set once the client asked the bridge for the stream's
 	// reads (askReads), until an UPD of the stream comes.
 	asked bool
+	// finished: our FIN is queued, and nothing more is sent; peerDone:
+	// the peer's FIN came. A finished stream's window is kept, and what
+	// it sent counted in flight, until the peer read it all or the
+	// peer's FIN came too (its stream is closed, what it held let go):
+	// a bridge holds what a client closed towards a destination that
+	// does not read, and a client that forgot it at its FIN filled the
+	// bridge's room with such streams (TestClosedStuckUploads).
+	finished, peerDone bool
+}
+
+// forgetSendWin drops stream sid's send window: nothing of it is held by
+// the peer any more. Called with mu held.
+func (s *sessionConn) forgetSendWin(sid uint32, w *sendWindow) {
+	s.inflight -= int64(int32(w.sent - w.consumed))
+	delete(s.sendWins, sid)
+	s.spaceCond.Broadcast()
 }
 
 // addSent counts n more bytes sent on stream w (n < 0: fewer, when a fill
@@ -79,9 +95,22 @@ func (s *sessionConn) queuedFrame(hdr []byte, n int) {
 	case smuxCmdFIN:
 		// Nothing more is sent on the stream.
 		if w := s.sendWins[sid]; w != nil {
-			s.inflight -= int64(int32(w.sent - w.consumed))
-			delete(s.sendWins, sid)
-			s.spaceCond.Broadcast()
+			w.finished = true
+			if w.peerDone || w.sent == w.consumed {
+				s.forgetSendWin(sid, w)
+			} else {
+				s.spaceCond.Broadcast() // its writers fail
+			}
+		}
+	}
+}
+
+// peerFinished notes the peer's FIN of stream sid. Called with mu held.
+func (s *sessionConn) peerFinished(sid uint32) {
+	if w := s.sendWins[sid]; w != nil {
+		w.peerDone = true
+		if w.finished {
+			s.forgetSendWin(sid, w)
 		}
 	}
 }
@@ -104,6 +133,9 @@ func (s *sessionConn) peerUpdate(sid, consumed, window uint32) {
 		}
 		w.window = window
 		w.asked = false
+		if w.finished && w.sent == w.consumed {
+			s.forgetSendWin(sid, w)
+		}
 		s.spaceCond.Broadcast()
 	}
 }
@@ -215,7 +247,7 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 			return 0, s.writeErr()
 		}
 		w := s.sendWins[d.Stream.ID()]
-		if w == nil {
+		if w == nil || w.finished {
 			// Closed for writing (our FIN is queued).
 			return 0, io.ErrClosedPipe
 		}
@@ -322,11 +354,18 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	m, err := read(c[smuxHeaderLen : smuxHeaderLen+n])
 	s.mu.Lock()
 	s.reserved -= smuxHeaderLen + n
-	// A FIN of the stream queued meanwhile counted the room as sent and
-	// ended the window.
-	open := s.sendWins[sid] == w
-	if open {
+	// A FIN of the stream queued meanwhile ended the window: nothing
+	// more goes, and if the window was dropped, the room went with it.
+	kept := s.sendWins[sid] == w
+	open := kept && !w.finished
+	switch {
+	case open:
 		s.addSent(w, m-n)
+	case kept:
+		s.addSent(w, -n)
+		if w.sent == w.consumed {
+			s.forgetSendWin(sid, w)
+		}
 	}
 	if m < n {
 		s.spaceCond.Broadcast() // the unused room is free again
