@@ -53,6 +53,15 @@ const (
 	// DefaultUDPIdleTimeout ends a UDP relay that has carried nothing
 	// either way for this long, as a NAT would forget the mapping.
 	DefaultUDPIdleTimeout = 2 * time.Minute
+	// DefaultWriteStallTimeout ends a TCP stream whose destination took
+	// nothing the client sent for this long: a hung server, a tarpit.
+	// Until the stream ends, the bridge holds what the client sent
+	// towards it, and the client counts that against its session's room
+	// (the transport's window bounds), so a destination that never reads
+	// would cost both for as long as it kept the connection open. It is
+	// the transport's own bound the other way, on a client that stops
+	// reading.
+	DefaultWriteStallTimeout = 5 * time.Minute
 	// smtpPort is refused unless Config.AllowSMTP.
 	smtpPort = 25
 	// udpResolveTimeout bounds the lookup of one datagram's destination.
@@ -259,6 +268,10 @@ type Config struct {
 	// UDPIdleTimeout ends a UDP relay idle for this long
 	// (DefaultUDPIdleTimeout if zero).
 	UDPIdleTimeout time.Duration
+	// WriteStallTimeout ends a TCP stream whose destination takes
+	// nothing of what the client sends for this long
+	// (DefaultWriteStallTimeout if zero).
+	WriteStallTimeout time.Duration
 	// Lookup resolves a host name; nil means the system resolver. Tests
 	// set it to answer without DNS.
 	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
@@ -299,6 +312,7 @@ type Handler struct {
 	lookup       func(ctx context.Context, host string) ([]netip.Addr, error)
 	dialTimeout  time.Duration
 	udpIdle      time.Duration
+	writeStall   time.Duration
 	stats        *stats.Counters // nil: no counting
 	streams      *limiter        // every stream
 	udpRelays    *limiter        // UDP relays
@@ -323,6 +337,7 @@ func New(cfg Config) *Handler {
 		lookup:       cfg.Lookup,
 		dialTimeout:  cfg.DialTimeout,
 		udpIdle:      cfg.UDPIdleTimeout,
+		writeStall:   cfg.WriteStallTimeout,
 		stats:        cfg.Stats,
 	}
 	if h.dialTimeout <= 0 {
@@ -330,6 +345,9 @@ func New(cfg Config) *Handler {
 	}
 	if h.udpIdle <= 0 {
 		h.udpIdle = DefaultUDPIdleTimeout
+	}
+	if h.writeStall <= 0 {
+		h.writeStall = DefaultWriteStallTimeout
 	}
 	h.streams = newLimiter(cfg.MaxStreamsPerUser, DefaultMaxStreamsPerUser, cfg.MaxStreams, DefaultMaxStreams)
 	h.udpRelays = newLimiter(cfg.MaxUDPRelaysPerUser, DefaultMaxUDPRelaysPerUser, cfg.MaxUDPRelays, DefaultMaxUDPRelays)
@@ -435,7 +453,7 @@ func (e *Handler) serveTCP(st *transport.Stream, forward string, u *stats.User, 
 	}
 	// The destination side is wrapped for counting, not the stream:
 	// relay needs the stream's own methods (SessionDone, WriteTo).
-	if err := relay(st, u.Conn(conn), conn, u.AddDown); err != nil {
+	if err := relay(st, u.Conn(conn), conn, u.AddDown, e.writeStall); err != nil {
 		log.Debug("relay ended", "error", safelog.Error(err, e.unsafe))
 	}
 	return transport.StatusOK

@@ -821,3 +821,81 @@ func TestEgressRefusesOwnAddresses(t *testing.T) {
 		t.Error("a public address was refused")
 	}
 }
+
+// TestStuckDestinationEndsTheStream: a destination that accepted but
+// takes nothing of what the client sends (a hung server, a tarpit) ends
+// the stream after Config.WriteStallTimeout, so that what the bridge
+// holds for it is let go. Before, the relay waited on it for as long as
+// the destination kept the connection open: the bridge held the stream's
+// bytes, and its client, which counts them until the bridge lets them
+// go, lost that much of its session's room for good.
+func TestStuckDestinationEndsTheStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	e := New(Config{AllowPrivate: true, WriteStallTimeout: 300 * time.Millisecond})
+	client, done := runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
+	held, err := ln.Accept() // and never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed before runHandler's cleanup waits for the handler.
+	t.Cleanup(func() { held.Close() })
+	if got := readStatus(t, client); got != transport.StatusOK {
+		t.Fatalf("status %v", got)
+	}
+	// More than the kernel's buffers on both sides take.
+	go client.Write(make([]byte, 64<<20))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream towards a destination that reads nothing did not end within 10 s")
+	}
+}
+
+// TestSlowDestinationKeepsTheStream: a destination that reads, however
+// slowly, keeps its stream: one write that takes longer than
+// WriteStallTimeout in all, but makes progress, does not end it.
+func TestSlowDestinationKeepsTheStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	e := New(Config{AllowPrivate: true, WriteStallTimeout: 300 * time.Millisecond})
+	client, done := runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
+	slow, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slow.Close() })
+	if got := readStatus(t, client); got != transport.StatusOK {
+		t.Fatalf("status %v", got)
+	}
+	const size = 32 << 20 // more than the kernel's buffers take
+	go client.Write(make([]byte, size))
+	// Read a little every 100 ms for three seconds, ten times the stall
+	// timeout: progress, far slower than the writes' pace.
+	buf := make([]byte, 64<<10)
+	read := int64(0)
+	for range 30 {
+		slow.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := slow.Read(buf)
+		if err != nil {
+			t.Fatalf("the destination's read: %v", err)
+		}
+		read += int64(n)
+		select {
+		case <-done:
+			t.Fatal("the stream ended while its destination was reading")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// And what is left goes through.
+	slow.SetReadDeadline(time.Now().Add(testTimeout))
+	if n, err := io.Copy(io.Discard, io.LimitReader(slow, size-read)); n != size-read {
+		t.Fatalf("the rest of the upload: %d bytes of %d, %v", n, size-read, err)
+	}
+}

@@ -1,8 +1,11 @@
 package egress
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
+	"time"
 
 	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport"
@@ -18,7 +21,8 @@ import (
 // dst is the destination as the handler counts it (stats wrap it); raw is
 // the socket beneath, which relay waits on for readability and reads
 // without waiting while it has bytes queued, counting them with countDown.
-func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int)) error {
+// A write to dst that takes nothing for stall ends the relay.
+func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int), stall time.Duration) error {
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -32,7 +36,7 @@ func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int)) error {
 		}
 	}()
 	errc := make(chan error, 1)
-	go func() { errc <- toDestination(dst, st) }()
+	go func() { errc <- toDestination(dst, st, stall) }()
 	err := fromDestination(st, dst, raw, countDown)
 	if err2 := <-errc; err == nil {
 		err = err2
@@ -40,17 +44,40 @@ func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int)) error {
 	return err
 }
 
-// toDestination copies the client's stream to dst. The transport's
-// streams (smux) write their own buffered frames out through WriteTo, so
-// no buffer of ours is held.
-func toDestination(dst net.Conn, st *transport.Stream) error {
+// toDestination copies the client's stream to dst, failing once a write
+// to dst takes nothing for stall. The transport's streams (smux) write
+// their own buffered frames out through WriteTo, so no buffer of ours is
+// held.
+func toDestination(dst net.Conn, st *transport.Stream, stall time.Duration) error {
+	w := stallWriter{dst, stall}
 	var err error
 	if wt, ok := st.Conn.(io.WriterTo); ok {
-		_, err = wt.WriteTo(dst)
+		_, err = wt.WriteTo(w)
 	} else {
-		_, err = io.Copy(dst, st)
+		_, err = io.Copy(w, st)
 	}
 	return endCopy(dst, st, err)
+}
+
+// stallWriter writes to a connection, failing a write that waits more
+// than stall for the connection to take anything.
+type stallWriter struct {
+	net.Conn
+	stall time.Duration
+}
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	written := 0
+	for {
+		w.SetWriteDeadline(time.Now().Add(w.stall))
+		n, err := w.Conn.Write(p[written:])
+		written += n
+		if err == nil || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return written, err
+		}
+		// It took some: a slow destination, not a stuck one. Go on
+		// with a new deadline.
+	}
 }
 
 // fromDestination copies src to the client's stream with sockcopy: no
