@@ -2,6 +2,7 @@ package transport
 
 import (
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,12 @@ type streamAcct struct {
 	// kept for the next.
 	read  []uint32
 	reads []streamRead
+	// promised is, on a client, what the windows its new streams were
+	// granted with their SYNs let the bridge send that has not come yet:
+	// counted as if held when the next new stream's window is chosen
+	// (newWindow), so that downloads opened at the same moment cannot
+	// each be granted a whole initial window before any of them arrives.
+	promised int64
 }
 
 // streamRead is what the reader of stream sid took, all told.
@@ -82,6 +89,9 @@ type streamCount struct {
 	owed bool
 	// listed: it is on the session's list of streams read (read).
 	listed bool
+	// promised is what of the window the client granted with its SYN
+	// has not come yet (streamAcct.promised).
+	promised int64
 }
 
 // holdingFrom is what a stream must hold to count as holding: a few
@@ -91,6 +101,18 @@ const holdingFrom = 256 << 10
 
 func newStreamAcct(bb *bridgeBuffers) *streamAcct {
 	return &streamAcct{bb: bb, streams: map[uint32]*streamCount{}}
+}
+
+// newClientAcct returns the count of a client's session. A client counts
+// what its streams hold as a bridge does, so that downloads its apps
+// stopped reading share half of sessionWindow and the others go on in
+// the rest (window.go, grantLimit): without it, each held its whole
+// window, for as many as the apps paused, in the memory of a phone. Its
+// smux's own cap stays far above (clientSessionWindow), so that what the
+// bridge sent before a cut came does not stop it. There is no bound of
+// the whole: a client has one session.
+func newClientAcct() *streamAcct {
+	return newStreamAcct(&bridgeBuffers{limit: math.MaxInt64})
 }
 
 // add changes the count by d. Called with mu held.
@@ -135,6 +157,11 @@ func (a *streamAcct) frame(cmd byte, sid uint32, n int) (held, session int64) {
 	case smuxCmdPSH:
 		// Only for open streams: smux drops what comes for a closed one.
 		if c, ok := a.streams[sid]; ok {
+			if c.promised > 0 {
+				d := min(int64(n), c.promised)
+				c.promised -= d
+				a.promised -= d
+			}
 			a.setHeld(c, c.held+int64(n))
 			return c.held, a.held
 		}
@@ -143,11 +170,26 @@ func (a *streamAcct) frame(cmd byte, sid uint32, n int) (held, session int64) {
 }
 
 // grantLimit returns the most the window of any of the session's
-// streams may be now (window.go).
+// streams may be now (window.go): what was promised counts as held.
 func (a *streamAcct) grantLimit() uint32 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return grantLimit(a.held, a.holding)
+	return grantLimit(a.held+a.promised, a.holding)
+}
+
+// newWindow chooses the window a client grants its new stream sid with
+// the SYN (at most initialWindow, less while the session's streams hold,
+// or were promised, much: window.go, grantLimit), and counts it as
+// promised. It returns the window.
+func (a *streamAcct) newWindow(sid uint32) uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	win := min(initialWindow, grantLimit(a.held+a.promised, a.holding))
+	if c, ok := a.streams[sid]; ok {
+		c.promised = int64(win)
+		a.promised += int64(win)
+	}
+	return win
 }
 
 // setCut notes whether stream sid's window is cut (window.go).
@@ -236,6 +278,7 @@ func (a *streamAcct) closed(sid uint32) {
 	defer a.mu.Unlock()
 	if c, ok := a.streams[sid]; ok {
 		a.setHeld(c, 0)
+		a.promised -= c.promised
 		delete(a.streams, sid)
 	}
 }
@@ -247,6 +290,7 @@ func (a *streamAcct) end() {
 	a.ended = true
 	clear(a.streams)
 	a.holding = 0
+	a.promised = 0
 	a.add(-a.held)
 }
 

@@ -127,6 +127,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.budget.Store(int64(cfg.Budget))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.conn = newSessionConn(true, cfg.SessionLinger, s.log)
+	s.conn.acct = newClientAcct()
 	mux, err := smux.Client(s.conn, muxConfig(true))
 	if err != nil {
 		s.conn.Close()
@@ -511,14 +512,21 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		return nil, ctx.Err()
 	}
 	st.SetDeadline(time.Time{})
-	return &clientStream{directStream: newDirectStream(st, s.conn), session: s.mux}, nil
+	cs := s.clientStream(st)
+	return &cs, nil
 }
 
 // clientStream is a stream a Session opened: a smux stream (net.Conn,
-// CloseWrite, WriteTo) that also knows when its session ends.
+// CloseWrite, WriteTo) whose reads are counted (countedStream), that also
+// knows when its session ends.
 type clientStream struct {
-	*directStream
+	*countedStream
 	session *smux.Session
+}
+
+// clientStream wraps smux stream st of s.
+func (s *Session) clientStream(st *smux.Stream) clientStream {
+	return clientStream{&countedStream{directStream: newDirectStream(st, s.conn), acct: s.conn.acct}, s.mux}
 }
 
 // SessionDone returns a channel closed when the stream's session ends.

@@ -35,7 +35,7 @@ func (s *Session) OpenStreamFast(req Request) (net.Conn, error) {
 		st.Close()
 		return nil, fmt.Errorf("transport: sending request: %w", err)
 	}
-	return &earlyStream{clientStream: clientStream{directStream: newDirectStream(st, s.conn), session: s.mux}}, nil
+	return &earlyStream{clientStream: s.clientStream(st)}, nil
 }
 
 // OpenStreamFast opens a fast stream on the shared session (see
@@ -60,7 +60,7 @@ type earlyStream struct {
 func (e *earlyStream) reply() error {
 	e.once.Do(func() {
 		if e.err = readReply(e.Stream); e.err != nil {
-			e.directStream.Close()
+			e.countedStream.Close()
 		}
 	})
 	return e.err
@@ -70,7 +70,7 @@ func (e *earlyStream) Read(p []byte) (int, error) {
 	if err := e.reply(); err != nil {
 		return 0, err
 	}
-	return e.Stream.Read(p)
+	return e.countedStream.Read(p)
 }
 
 // WriteTo keeps io.Copy on smux's fast path, after the reply.
@@ -78,7 +78,7 @@ func (e *earlyStream) WriteTo(w io.Writer) (int64, error) {
 	if err := e.reply(); err != nil {
 		return 0, err
 	}
-	return e.Stream.WriteTo(w)
+	return e.countedStream.WriteTo(w)
 }
 
 var _ net.Conn = (*earlyStream)(nil)

@@ -19,13 +19,15 @@ import (
 // every stream stalls, new ones too. On the bridge that cap is what
 // bounds a client that pushes data towards slow destinations: two
 // largest windows' worth, eight initial ones, which the bridge keeps its
-// streams' windows within (window.go, grantLimit). On the client it would let
-// an app that stops reading two downloads (a browser's paused downloads)
-// freeze every other app's streams, so the client's cap is
-// clientSessionWindow, sixteen largest windows' worth: credit, not
-// memory, which each stream's own window still bounds
-// (TestPausedDownloadsDoNotStallTheSession). The growth of windows is
-// bounded by the same caps (window.go).
+// streams' windows within (window.go, grantLimit). A client keeps the
+// windows of the streams it receives within the same room, so that
+// downloads its apps stopped reading (a browser's paused downloads, a
+// video's full buffer) cost it bounded memory, however many
+// (TestPausedDownloadsDoNotStallTheSession); but its smux's cap is
+// clientSessionWindow, sixteen largest windows' worth, so that what the
+// bridge sent before a cut came back never stops its receive loop, and
+// with it every other app's streams. The growth of windows is bounded
+// by the same caps (window.go).
 const (
 	streamWindow        = 16 << 20
 	initialWindow       = 4 << 20

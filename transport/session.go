@@ -102,8 +102,9 @@ type sessionConn struct {
 	ownFrames []byte
 	ownLeft   int // bytes of the own frame smux is reading
 	inFrame   smuxFrameTracker
-	// acct counts what the bridge's streams hold (bridgebuf.go); nil
-	// on the client.
+	// acct counts what the streams we receive hold (bridgebuf.go): a
+	// bridge's, towards destinations slower than their clients, and a
+	// client's, for apps slower than the bridge.
 	acct *streamAcct
 	// windows tunes the windows of the streams we receive (window.go);
 	// rtt is the newest carrier's round trip, in nanoseconds.
@@ -533,11 +534,26 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		// reply, and a download over a long path lost that round trip
 		// (BenchmarkLongLink: 0.91 of a TCP connection's rate, 0.99
 		// with this). It is the initial window; it grows from there
-		// (window.go).
-		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], 0, initialWindow)
+		// (window.go); while the streams' backlogs fill the session's
+		// room, it is as small as the session can give (grantLimit),
+		// and the session announces the stream's reads itself: each
+		// new download an app does not read would otherwise add a
+		// whole initial window to the client's memory before a cut
+		// could come back.
+		sid := binary.LittleEndian.Uint32(v[0][4:8])
+		win := uint32(initialWindow)
+		if s.acct != nil {
+			// Count what the new stream holds (bridgebuf.go).
+			s.acct.frame(smuxCmdSYN, sid, 0)
+			win = s.acct.newWindow(sid)
+			if win < initialWindow {
+				s.acct.setCut(sid, true)
+			}
+		}
+		s.windows.opened(sid, win, monoNow())
+		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], 0, win)
 		s.sendq.push(upd)
 		queued += len(upd)
-		s.windows.opened(binary.LittleEndian.Uint32(v[0][4:8]), monoNow())
 		// And the other way: tell our smux the bridge's window for the
 		// stream (every bridge of this protocol version grants at least
 		// initialWindow at once, PROTOCOL.md §6.5), as if the bridge had
@@ -545,9 +561,8 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		// the bridge's first UPD, a round trip after the SYN; a
 		// fast-open upload waited for it (BenchmarkLongLinkUpload: 0.91
 		// of TCP's rate). Only our smux reads it; the bridge's own UPD,
-		// later in the session stream, supersedes it. Both windows are
-		// initialWindow, so it is the same frame.
-		s.ownFrames = append(s.ownFrames, upd...)
+		// later in the session stream, supersedes it.
+		s.ownFrames = appendSmuxUPD(s.ownFrames, v[0][0], v[0][4:8], 0, initialWindow)
 		if s.readWaiting {
 			s.readCond.Signal()
 		}
@@ -624,7 +639,7 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 			s.sendWin(sid, smuxInitialPeerWindow)
 		}
 	case smuxCmdNOP:
-		if s.acct != nil && sid != 0 {
+		if !s.client && s.acct != nil && sid != 0 {
 			s.readsAsked(sid)
 		}
 	}
@@ -643,9 +658,8 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 }
 
 // grantLimit returns the most the window of a stream we receive may be
-// now: on a bridge, what the session's room allows (grantLimit); no
-// limit on the client, whose streams' windows are credit, not memory.
-// Called with mu held.
+// now: what the session's room allows (grantLimit), on a bridge and on a
+// client alike. Called with mu held.
 func (s *sessionConn) grantLimit() uint32 {
 	if s.acct == nil {
 		return math.MaxUint32

@@ -75,6 +75,15 @@ import "encoding/binary"
 // However many uploads are stuck at the same moment, the session stays
 // usable, and their windows grow again once their destinations read
 // (TestStuckUploadsDoNotStallTheSession).
+//
+// A client keeps the windows of its downloads within the same room, by
+// the same rules, so that downloads its apps stopped reading take a
+// bounded share of its memory (on a phone, a VPN's whole allowance can
+// be 50 MB): each new stream's window, granted with its SYN, counts as
+// held until its bytes come (streamAcct.newWindow), so that streams
+// opened at the same moment are not each granted initialWindow before
+// any of them arrives. Only its smux's own cap is larger
+// (clientSessionWindow, mux.go).
 const (
 	grantBudget   = sessionWindow / 2
 	minGrant      = 256 << 10
@@ -132,10 +141,10 @@ type windowTuner struct {
 	limit   int64 // the most grown may be
 }
 
-// opened notes that we announced stream sid's initial window at now (the
-// client does, with the SYN).
-func (t *windowTuner) opened(sid uint32, now int64) {
-	t.track(sid, &tunedWindow{win: initialWindow, announced: initialWindow, at: now})
+// opened notes that we announced stream sid's window at now, the initial
+// window or less (the client does, with the SYN).
+func (t *windowTuner) opened(sid, announced uint32, now int64) {
+	t.track(sid, &tunedWindow{win: initialWindow, announced: announced, at: now})
 }
 
 // track keeps w for sid. Past maxTrackedStreams, the tuner starts over:

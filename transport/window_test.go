@@ -36,7 +36,7 @@ func readAt(t *windowTuner, sid, consumed uint32, now int64, n int, rate float64
 func TestWindowGrowsOnlyWhenTheAppReadsFast(t *testing.T) {
 	rtt := 200 * ms
 	fast := windowTuner{limit: math.MaxInt64}
-	fast.opened(1, 0)
+	fast.opened(1, initialWindow, 0)
 	_, _, sent, win := readAt(&fast, 1, 0, 0, 64<<20, 25e6, rtt, true)
 	if win != streamWindow {
 		t.Errorf("a stream read at 25 MB/s on a 200 ms path has a window of %d, want %d", win, streamWindow)
@@ -47,7 +47,7 @@ func TestWindowGrowsOnlyWhenTheAppReadsFast(t *testing.T) {
 	}
 
 	slow := windowTuner{limit: math.MaxInt64}
-	slow.opened(1, 0)
+	slow.opened(1, initialWindow, 0)
 	_, _, sent, win = readAt(&slow, 1, 0, 0, 16<<20, 1e6, rtt, true)
 	if win != initialWindow {
 		t.Errorf("a stream read at 1 MB/s on a 200 ms path has a window of %d, want %d", win, initialWindow)
@@ -68,7 +68,7 @@ func TestWindowGrowthIsBounded(t *testing.T) {
 	var consumed [3]uint32
 	var now [3]int64
 	for sid := range uint32(3) {
-		tu.opened(sid, 0)
+		tu.opened(sid, initialWindow, 0)
 		consumed[sid], now[sid], _, wins[sid] = readAt(&tu, sid, 0, 0, 32<<20, 100e6, rtt, true)
 	}
 	if tu.grown > tu.limit {
@@ -84,13 +84,13 @@ func TestWindowGrowthIsBounded(t *testing.T) {
 	}
 
 	held := windowTuner{limit: math.MaxInt64}
-	held.opened(1, 0)
+	held.opened(1, initialWindow, 0)
 	if _, _, _, w := readAt(&held, 1, 0, 0, 32<<20, 100e6, rtt, false); w != initialWindow {
 		t.Errorf("a window grew to %d while the bridge held too much", w)
 	}
 	// An unknown round trip: no growth, rather than a guess.
 	unknown := windowTuner{limit: math.MaxInt64}
-	unknown.opened(1, 0)
+	unknown.opened(1, initialWindow, 0)
 	if _, _, _, w := readAt(&unknown, 1, 0, 0, 32<<20, 100e6, 0, true); w != initialWindow {
 		t.Errorf("a window grew to %d with no round trip known", w)
 	}
