@@ -252,14 +252,23 @@ func (a *streamAcct) relist() {
 
 // asked notes that the client asked for stream asker's reads (a NOP
 // naming it): the session owes it an announcement once its reader took
-// them. It returns what the readers of the streams read since the last
-// such ask took, all told, for the session to announce; the slice is
-// reused by the next call.
+// them, and owes one to every stream that holds bytes its reader has not
+// taken yet, since the room the asker waits for may be theirs. It
+// returns what the readers of the streams read since the last such ask
+// took, all told, for the session to announce; the slice is reused by
+// the next call.
 func (a *streamAcct) asked(asker uint32) []streamRead {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if c, ok := a.streams[asker]; ok {
 		c.owed = true
+	}
+	if a.held > 0 {
+		for _, c := range a.streams {
+			if c.held > 0 {
+				c.owed = true
+			}
+		}
 	}
 	a.reads = a.reads[:0]
 	for _, sid := range a.read {

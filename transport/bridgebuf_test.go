@@ -209,12 +209,17 @@ func TestAskedReadsListsEachStreamOnce(t *testing.T) {
 	if len(got) != 1 || got[0] != (streamRead{1, 300}) {
 		t.Fatalf("first ask: %v, want stream 1 with 300 read", got)
 	}
+	// Stream 1 still holds bytes its reader has not taken: their reads
+	// are owed too, since the asker may wait for their room.
+	if _, _, owed, _ := a.took(1, 10); !owed {
+		t.Error("a stream holding unread bytes at the ask is not owed its reads")
+	}
 	if _, _, owed, _ := a.took(5, 10); !owed {
 		t.Error("the asker is not owed its reads")
 	}
 	a.setOwed(5, false)
-	if got := a.asked(7); len(got) != 1 || got[0] != (streamRead{5, 10}) {
-		t.Fatalf("second ask: %v, want stream 5 with 10 read", got)
+	if got := a.asked(7); len(got) != 2 || got[0] != (streamRead{1, 310}) || got[1] != (streamRead{5, 10}) {
+		t.Fatalf("second ask: %v, want streams 1 and 5 with 310 and 10 read", got)
 	}
 	if got := a.asked(7); len(got) != 0 {
 		t.Fatalf("an ask with nothing read since: %v", got)

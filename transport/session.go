@@ -688,8 +688,9 @@ func (s *sessionConn) streamRead(sid, read uint32, owed, drained bool) {
 
 // readsAsked answers the client's NOP naming stream asker, which its
 // client's bound holds (streamsend.go, sessionRoom): it announces the
-// reads of every stream read since the last such NOP, and the asker's
-// as soon as its reader takes them. Called with mu held.
+// reads of every stream read since the last such NOP, and those of the
+// asker and of every stream holding unread bytes as soon as their
+// readers take them (streamAcct.asked). Called with mu held.
 func (s *sessionConn) readsAsked(asker uint32) {
 	limit, now := s.acct.grantLimit(), monoNow()
 	for _, r := range s.acct.asked(asker) {
