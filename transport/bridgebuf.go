@@ -69,11 +69,13 @@ type streamAcct struct {
 	read  []uint32
 	reads []streamRead
 	// promised is, on a client, what the windows its new streams were
-	// granted with their SYNs let the bridge send that has not come yet:
-	// counted as if held when the next new stream's window is chosen
-	// (newWindow), so that downloads opened at the same moment cannot
-	// each be granted a whole initial window before any of them arrives.
+	// granted with their SYNs in the last promiseFor let the bridge send
+	// that has not come yet: counted as if held (grantLimit, newWindow),
+	// so that downloads opened at the same moment cannot each be granted
+	// a whole initial window before any of them arrives. promises lists
+	// those streams, oldest first.
 	promised int64
+	promises []uint32
 }
 
 // streamRead is what the reader of stream sid took, all told.
@@ -90,9 +92,19 @@ type streamCount struct {
 	// listed: it is on the session's list of streams read (read).
 	listed bool
 	// promised is what of the window the client granted with its SYN
-	// has not come yet (streamAcct.promised).
-	promised int64
+	// has not come yet, within promiseFor of promisedAt (monoNow)
+	// (streamAcct.promised).
+	promised   int64
+	promisedAt int64
 }
+
+// promiseFor is how long the window a client grants a new stream with its
+// SYN counts as held until its bytes come: a round trip, long enough for
+// the bridge to have sent it, or to have heard of a cut. A stream whose
+// answer takes longer (a long poll, an idle connection) stops counting
+// then, so that it does not shrink the windows of the streams that come
+// after it.
+const promiseFor = int64(time.Second)
 
 // holdingFrom is what a stream must hold to count as holding: a few
 // frames a reader has not taken yet are any upload's, a backlog is a
@@ -174,7 +186,25 @@ func (a *streamAcct) frame(cmd byte, sid uint32, n int) (held, session int64) {
 func (a *streamAcct) grantLimit() uint32 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.expire(monoNow())
 	return grantLimit(a.held+a.promised, a.holding)
+}
+
+// expire ends the promises older than promiseFor at now. Called with mu
+// held.
+func (a *streamAcct) expire(now int64) {
+	for len(a.promises) > 0 {
+		c, ok := a.streams[a.promises[0]]
+		if ok && c.promised > 0 && now-c.promisedAt < promiseFor {
+			return
+		}
+		if ok {
+			a.promised -= c.promised
+			c.promised = 0
+		}
+		a.promises = a.promises[1:]
+	}
+	a.promises = nil // let the list's memory go
 }
 
 // newWindow chooses the window a client grants its new stream sid with
@@ -184,10 +214,13 @@ func (a *streamAcct) grantLimit() uint32 {
 func (a *streamAcct) newWindow(sid uint32) uint32 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	now := monoNow()
+	a.expire(now)
 	win := min(initialWindow, grantLimit(a.held+a.promised, a.holding))
 	if c, ok := a.streams[sid]; ok {
-		c.promised = int64(win)
+		c.promised, c.promisedAt = int64(win), now
 		a.promised += int64(win)
+		a.promises = append(a.promises, sid)
 	}
 	return win
 }
@@ -300,6 +333,7 @@ func (a *streamAcct) end() {
 	clear(a.streams)
 	a.holding = 0
 	a.promised = 0
+	a.promises = nil
 	a.add(-a.held)
 }
 

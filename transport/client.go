@@ -486,7 +486,7 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	fail := func(err error) (net.Conn, error) {
-		st.Close()
+		s.closeStream(st)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -508,7 +508,7 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		return fail(err)
 	}
 	if !stop() {
-		st.Close()
+		s.closeStream(st)
 		return nil, ctx.Err()
 	}
 	st.SetDeadline(time.Time{})
@@ -522,6 +522,14 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 type clientStream struct {
 	*countedStream
 	session *smux.Session
+}
+
+// closeStream closes smux stream st of s that was never handed out, and
+// lets go of what the session counts for it (countedStream.Close does
+// for the others).
+func (s *Session) closeStream(st *smux.Stream) {
+	st.Close()
+	s.conn.acct.closed(st.ID())
 }
 
 // clientStream wraps smux stream st of s.

@@ -32,7 +32,7 @@ func (s *Session) OpenStreamFast(req Request) (net.Conn, error) {
 		return nil, fmt.Errorf("transport: opening stream: %w", err)
 	}
 	if _, err := st.Write(b); err != nil {
-		st.Close()
+		s.closeStream(st)
 		return nil, fmt.Errorf("transport: sending request: %w", err)
 	}
 	return &earlyStream{clientStream: s.clientStream(st)}, nil

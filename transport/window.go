@@ -80,10 +80,10 @@ import "encoding/binary"
 // the same rules, so that downloads its apps stopped reading take a
 // bounded share of its memory (on a phone, a VPN's whole allowance can
 // be 50 MB): each new stream's window, granted with its SYN, counts as
-// held until its bytes come (streamAcct.newWindow), so that streams
-// opened at the same moment are not each granted initialWindow before
-// any of them arrives. Only its smux's own cap is larger
-// (clientSessionWindow, mux.go).
+// held until its bytes come, for promiseFor at most
+// (streamAcct.newWindow), so that streams opened at the same moment are
+// not each granted initialWindow before any of them arrives. Only its
+// smux's own cap is larger (clientSessionWindow, mux.go).
 const (
 	grantBudget   = sessionWindow / 2
 	minGrant      = 256 << 10
