@@ -65,9 +65,11 @@ type streamAcct struct {
 	holding int
 	// read lists the streams whose readers took bytes since the
 	// client last asked for reads (asked); reads is asked's answer,
-	// kept for the next.
-	read  []uint32
-	reads []streamRead
+	// kept for the next. A client's count (unasked) keeps no list: a
+	// bridge never asks.
+	read    []uint32
+	reads   []streamRead
+	unasked bool
 	// promised is, on a client, what the windows its new streams were
 	// granted with their SYNs in the last promiseFor let the bridge send
 	// that has not come yet: counted as if held (grantLimit, newWindow),
@@ -124,7 +126,9 @@ func newStreamAcct(bb *bridgeBuffers) *streamAcct {
 // bridge sent before a cut came does not stop it. There is no bound of
 // the whole: a client has one session.
 func newClientAcct() *streamAcct {
-	return newStreamAcct(&bridgeBuffers{limit: math.MaxInt64})
+	a := newStreamAcct(&bridgeBuffers{limit: math.MaxInt64})
+	a.unasked = true
+	return a
 }
 
 // add changes the count by d. Called with mu held.
@@ -260,7 +264,7 @@ func (a *streamAcct) took(sid uint32, n int) (read uint32, cut, owed, drained bo
 	}
 	a.setHeld(c, c.held-min(int64(n), c.held))
 	c.read += uint32(n)
-	if !c.listed {
+	if !c.listed && !a.unasked {
 		if len(a.read) >= 2*maxStreamsPerSession {
 			a.relist()
 		}
