@@ -830,22 +830,7 @@ func TestEgressRefusesOwnAddresses(t *testing.T) {
 // bytes, and its client, which counts them until the bridge lets them
 // go, lost that much of its session's room for good.
 func TestStuckDestinationEndsTheStream(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	e := New(Config{AllowPrivate: true, WriteStallTimeout: 300 * time.Millisecond})
-	client, done := runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
-	held, err := ln.Accept() // and never read
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Closed before runHandler's cleanup waits for the handler.
-	t.Cleanup(func() { held.Close() })
-	if got := readStatus(t, client); got != transport.StatusOK {
-		t.Fatalf("status %v", got)
-	}
+	client, _, done := stallRelay(t) // the destination never reads
 	// More than the kernel's buffers on both sides take.
 	go client.Write(make([]byte, 64<<20))
 	select {
@@ -855,25 +840,35 @@ func TestStuckDestinationEndsTheStream(t *testing.T) {
 	}
 }
 
-// TestSlowDestinationKeepsTheStream: a destination that reads, however
-// slowly, keeps its stream: one write that takes longer than
-// WriteStallTimeout in all, but makes progress, does not end it.
-func TestSlowDestinationKeepsTheStream(t *testing.T) {
+// stallRelay runs a TCP stream through an egress whose WriteStallTimeout
+// is 300 ms to a destination on loopback, and returns the client's end,
+// the destination's end (closed when the test ends, before the handler
+// is waited for) and a channel closed when the handler has returned.
+func stallRelay(t *testing.T) (client *net.TCPConn, dst net.Conn, done <-chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	e := New(Config{AllowPrivate: true, WriteStallTimeout: 300 * time.Millisecond})
-	client, done := runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
-	slow, err := ln.Accept()
+	client, done = runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
+	dst, err = ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { slow.Close() })
+	t.Cleanup(func() { dst.Close() })
 	if got := readStatus(t, client); got != transport.StatusOK {
 		t.Fatalf("status %v", got)
 	}
+	return client, dst, done
+}
+
+// TestSlowDestinationKeepsTheStream: a destination that reads, however
+// slowly, keeps its stream: one write that takes longer than
+// WriteStallTimeout in all, but makes progress, does not end it.
+func TestSlowDestinationKeepsTheStream(t *testing.T) {
+	client, slow, done := stallRelay(t)
 	const size = 32 << 20 // more than the kernel's buffers take
 	go client.Write(make([]byte, size))
 	// Read a little every 100 ms for three seconds, ten times the stall
