@@ -50,4 +50,5 @@ func TestClosedStuckUploads(t *testing.T) {
 		return b.server.buffers.held.Load() == 0
 	})
 	uploadBeside(t, sess, "closed uploads, once read")
+	waitNothingInFlight(t, sess)
 }

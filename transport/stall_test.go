@@ -58,9 +58,17 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 			if n, err := io.Copy(io.Discard, io.LimitReader(st, size)); n != size {
 				t.Errorf("a paused download, read again: %d bytes of %d, %v", n, size, err)
 			}
+			st.Close()
 		}()
 	}
 	wg.Wait()
+	// Closed, they leave nothing counted.
+	a := sess.conn.acct
+	waitUntil(t, "the client's count to let go of the closed downloads", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.held == 0 && a.promised == 0 && len(a.streams) == 0
+	})
 }
 
 // dialCommandBridge starts a bridge whose streams reply OK and read a
@@ -164,8 +172,9 @@ func TestStuckUploadsDoNotStallTheSession(t *testing.T) {
 // session, and checks what the bridge holds for them, that a stream
 // beside them echoes, that an upload beside them finishes (its reads
 // announced though it is held below smux's step), that the client kept
-// its carrier, and that once the destinations read again every upload
-// finishes: a window cut to make room for the others grows again.
+// its carrier, that once the destinations read again every upload
+// finishes (a window cut to make room for the others grows again), and
+// that once all are closed, the client counts nothing in flight.
 func stuckUploads(t *testing.T, stuck int) {
 	b, sess, released := dialUploadBridge(t)
 	// More than any window a stuck stream may have: its window grows only
@@ -173,8 +182,10 @@ func stuckUploads(t *testing.T, stuck int) {
 	const size = initialWindow + 2<<20
 	upload := append([]byte{'U'}, make([]byte, size)...)
 	done := make(chan error, stuck)
+	var streams []net.Conn
 	for range stuck {
 		st := openStream(t, sess)
+		streams = append(streams, st)
 		go func() {
 			_, err := st.Write(upload)
 			done <- err
@@ -210,6 +221,29 @@ func stuckUploads(t *testing.T, stuck int) {
 			}
 		case <-timeout:
 			t.Fatal("uploads did not finish within 30 s of their destinations reading again")
+		}
+	}
+	for _, st := range streams {
+		st.Close()
+	}
+	waitNothingInFlight(t, sess)
+}
+
+// waitNothingInFlight waits until the client's bound of sess counts
+// nothing in flight and keeps no stream's send window: what every stream
+// sent was read and announced, or the stream ended on both sides. A count
+// left behind would shrink the session's room for good.
+func waitNothingInFlight(t *testing.T, sess *Session) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		sess.conn.mu.Lock()
+		inflight, windows := sess.conn.inflight, len(sess.conn.sendWins)
+		sess.conn.mu.Unlock()
+		if inflight == 0 && windows == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client still counts %d bytes in flight in %d streams' send windows, all of them closed", inflight, windows)
 		}
 	}
 }
@@ -256,6 +290,7 @@ func uploadBeside(t *testing.T, sess *Session, what string) {
 	if _, err := st.Read(got[:]); err != nil || got[0] != 'k' {
 		t.Fatalf("an upload beside %s: answer %q, %v", what, got, err)
 	}
+	st.Close()
 }
 
 // TestRefusedStreamsLeaveNoCount: streams the bridge refuses, or whose
