@@ -211,21 +211,23 @@ func (a *streamAcct) expire(now int64) {
 	a.promises = nil // let the list's memory go
 }
 
-// newWindow chooses the window a client grants its new stream sid with
-// the SYN (at most initialWindow, less while the session's streams hold,
-// or were promised, much: window.go, grantLimit), and counts it as
-// promised. It returns the window.
+// newWindow starts the count of a client's new stream sid, and chooses
+// the window the client grants it with the SYN: at most initialWindow,
+// less while the session's streams hold, or were promised, much
+// (window.go, grantLimit), and then cut, so that the session announces
+// its reads. The window counts as promised. It returns the window.
 func (a *streamAcct) newWindow(sid uint32) uint32 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.ended {
+		return initialWindow
+	}
 	now := monoNow()
 	a.expire(now)
 	win := min(initialWindow, grantLimit(a.held+a.promised, a.holding))
-	if c, ok := a.streams[sid]; ok {
-		c.promised, c.promisedAt = int64(win), now
-		a.promised += int64(win)
-		a.promises = append(a.promises, sid)
-	}
+	a.streams[sid] = &streamCount{cut: win < initialWindow, promised: int64(win), promisedAt: now}
+	a.promised += int64(win)
+	a.promises = append(a.promises, sid)
 	return win
 }
 

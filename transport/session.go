@@ -544,11 +544,7 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		win := uint32(initialWindow)
 		if s.acct != nil {
 			// Count what the new stream holds (bridgebuf.go).
-			s.acct.frame(smuxCmdSYN, sid, 0)
 			win = s.acct.newWindow(sid)
-			if win < initialWindow {
-				s.acct.setCut(sid, true)
-			}
 		}
 		s.windows.opened(sid, win, monoNow())
 		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], 0, win)
