@@ -830,7 +830,7 @@ func TestEgressRefusesOwnAddresses(t *testing.T) {
 // bytes, and its client, which counts them until the bridge lets them
 // go, lost that much of its session's room for good.
 func TestStuckDestinationEndsTheStream(t *testing.T) {
-	client, _, done := stallRelay(t) // the destination never reads
+	client, _, done := stallRelay(t, 300*time.Millisecond) // the destination never reads
 	// More than the kernel's buffers on both sides take.
 	go client.Write(make([]byte, 64<<20))
 	select {
@@ -841,17 +841,17 @@ func TestStuckDestinationEndsTheStream(t *testing.T) {
 }
 
 // stallRelay runs a TCP stream through an egress whose WriteStallTimeout
-// is 300 ms to a destination on loopback, and returns the client's end,
+// is stall to a destination on loopback, and returns the client's end,
 // the destination's end (closed when the test ends, before the handler
 // is waited for) and a channel closed when the handler has returned.
-func stallRelay(t *testing.T) (client *net.TCPConn, dst net.Conn, done <-chan struct{}) {
+func stallRelay(t *testing.T, stall time.Duration) (client *net.TCPConn, dst net.Conn, done <-chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	e := New(Config{AllowPrivate: true, WriteStallTimeout: 300 * time.Millisecond})
+	e := New(Config{AllowPrivate: true, WriteStallTimeout: stall})
 	client, done = runHandler(t, e, connectTo(ln.Addr().(*net.TCPAddr).AddrPort()))
 	dst, err = ln.Accept()
 	if err != nil {
@@ -868,16 +868,19 @@ func stallRelay(t *testing.T) (client *net.TCPConn, dst net.Conn, done <-chan st
 // slowly, keeps its stream: one write that takes longer than
 // WriteStallTimeout in all, but makes progress, does not end it.
 func TestSlowDestinationKeepsTheStream(t *testing.T) {
-	client, slow, done := stallRelay(t)
+	// A second: TCP itself may wait a few hundred milliseconds to tell
+	// a sender that a full window opened again (its persist timer), and
+	// more under a loaded CI machine.
+	client, slow, done := stallRelay(t, time.Second)
 	const size = 32 << 20 // more than the kernel's buffers take
 	go client.Write(make([]byte, size))
-	// Read a little every 100 ms for three seconds, ten times the stall
+	// Read 256 KiB every 100 ms for four seconds, four times the stall
 	// timeout: progress, far slower than the writes' pace.
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, 256<<10)
 	read := int64(0)
-	for range 30 {
+	for range 40 {
 		slow.SetReadDeadline(time.Now().Add(time.Second))
-		n, err := slow.Read(buf)
+		n, err := io.ReadFull(slow, buf)
 		if err != nil {
 			t.Fatalf("the destination's read: %v", err)
 		}
