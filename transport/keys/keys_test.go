@@ -2,6 +2,7 @@ package keys
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -140,40 +141,67 @@ func TestParsePublicKeyErrors(t *testing.T) {
 	}
 }
 
-// TestGoodKeysMemory proves the memory of checked keys skips the check
-// only for keys that passed it, and stays bounded: after more good keys
-// than it holds, a low-order point is still refused and every good key
-// still accepted.
-func TestGoodKeysMemory(t *testing.T) {
-	lowOrder := fromHex(t, "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
-	var good []PublicKey
-	for range 2 * maxGoodKeys {
+// TestLowOrderPointsAreExactlyTheZeroOutputs proves the list of low-order
+// points refuses exactly the keys that the scalar multiplication it
+// replaced refused: those X25519 sends to zero under a clamped scalar that
+// is a multiple of 8 but of neither prime subgroup's order (2^254 + 8).
+// It checks the listed points, every small value and every value just
+// below p, values next to each listed point, and random keys and strings.
+func TestLowOrderPointsAreExactlyTheZeroOutputs(t *testing.T) {
+	scalar := [KeySize]byte{8}
+	scalar[31] = 0x40
+	zeroOutput := func(k PublicKey) bool {
+		_, err := curve25519.X25519(scalar[:], k[:])
+		return err != nil
+	}
+	listed := func(k PublicKey) bool {
+		err := checkPublic(k)
+		return err != nil && strings.Contains(err.Error(), "low-order")
+	}
+	var cases []PublicKey
+	for _, low := range lowOrderPoints {
+		if !zeroOutput(low) {
+			t.Errorf("%x is listed but X25519 does not send it to zero", low[:])
+		}
+		for d := -3; d <= 3; d++ {
+			k := low
+			k[0] += byte(d)
+			cases = append(cases, k)
+		}
+	}
+	for i := range 4096 {
+		var small PublicKey
+		small[0], small[1] = byte(i), byte(i>>8)
+		below := PublicKey{0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}
+		// p-1-i, little-endian: subtract from p's low bytes.
+		v := uint16(below[0]) | uint16(below[1])<<8 - uint16(i) - 1
+		below[0], below[1] = byte(v), byte(v>>8)
+		cases = append(cases, small, below)
+	}
+	for range 2000 {
+		var r PublicKey
+		if _, err := rand.Read(r[:]); err != nil {
+			t.Fatal(err)
+		}
+		r[31] &= 0x7f
+		cases = append(cases, r)
 		k, err := GenerateKey(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		good = append(good, k.Public())
+		cases = append(cases, k.Public())
 	}
-	for range 2 {
-		for _, k := range good {
-			if err := checkPublic(k); err != nil {
-				t.Fatalf("good key %x refused: %v", k, err)
-			}
+	for _, k := range cases {
+		if k[31] == 0x7f && k[0] >= 0xed && bytes.Count(k[1:31], []byte{0xff}) == 30 {
+			continue // at or above p: refused as non-canonical first
 		}
-		if err := checkPublic(PublicKey(lowOrder)); err == nil {
-			t.Fatal("a low-order point was accepted")
+		if k == (PublicKey{}) {
+			continue // refused as all zeros first
 		}
-	}
-	n := 0
-	goodKeys.Range(func(k, _ any) bool {
-		if err := checkPublicAnew(k.(PublicKey)); err != nil {
-			t.Errorf("remembered key %x fails the check: %v", k, err)
+		if got, want := listed(k), zeroOutput(k); got != want {
+			t.Errorf("key %x: refused as low-order %v, X25519 sends it to zero %v", k[:], got, want)
 		}
-		n++
-		return true
-	})
-	if n > maxGoodKeys {
-		t.Fatalf("%d keys remembered, want at most %d", n, maxGoodKeys)
 	}
 }
 
