@@ -635,7 +635,12 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 			s.sendWin(sid, smuxInitialPeerWindow)
 		}
 	case smuxCmdNOP:
-		if !s.client && s.acct != nil && sid != 0 {
+		switch {
+		case sid == 0: // a keepalive
+		case s.client:
+			// The bridge ended the stream abortively.
+			s.peerAborted(sid)
+		case s.acct != nil:
 			s.readsAsked(sid)
 		}
 	}

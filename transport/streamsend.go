@@ -49,6 +49,9 @@ type sendWindow struct {
 	// does not read, and a client that forgot it at its FIN filled the
 	// bridge's room with such streams (TestClosedStuckUploads).
 	finished, peerDone bool
+	// aborted: the bridge ended the stream abortively (its NOP naming
+	// it, abortStream): writes fail with ErrStreamAborted.
+	aborted bool
 }
 
 // forgetSendWin drops stream sid's send window: nothing of it is held by
@@ -113,6 +116,28 @@ func (s *sessionConn) peerFinished(sid uint32) {
 			s.forgetSendWin(sid, w)
 		}
 	}
+}
+
+// peerAborted notes that the bridge ended stream sid abortively: its
+// writers fail. Called with mu held.
+func (s *sessionConn) peerAborted(sid uint32) {
+	if w := s.sendWins[sid]; w != nil {
+		w.aborted = true
+		s.spaceCond.Broadcast()
+	}
+}
+
+// abortStream tells the client that the bridge ends stream sid
+// abortively, as a reset would (PROTOCOL.md §7): an smux NOP frame that
+// names the stream, which smux takes for a keepalive. It goes before the
+// stream's FIN, which follows as the stream closes.
+func (s *sessionConn) abortStream(sid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var f [smuxHeaderLen]byte
+	f[0], f[1] = smuxVersion, smuxCmdNOP
+	binary.LittleEndian.PutUint32(f[4:], sid)
+	s.queueFrame(f[:])
 }
 
 // sendWin starts the send window of a new stream. Called with mu held.
@@ -250,6 +275,9 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 		if w == nil || w.finished {
 			// Closed for writing (our FIN is queued).
 			return 0, io.ErrClosedPipe
+		}
+		if w.aborted {
+			return 0, ErrStreamAborted
 		}
 		room, err := w.room()
 		if err != nil {
@@ -467,6 +495,15 @@ func (d *directStream) CloseWrite() error {
 func (d *directStream) Close() error {
 	d.stopWriting()
 	return d.Stream.Close()
+}
+
+// Abort closes the stream as a reset would: a bridge tells its client
+// first (abortStream), whose writes to the stream then fail.
+func (d *directStream) Abort() error {
+	if !d.sc.client {
+		d.sc.abortStream(d.Stream.ID())
+	}
+	return d.Close()
 }
 
 func (d *directStream) stopWriting() {
