@@ -2,6 +2,7 @@ package egress
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -38,10 +39,21 @@ func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int), stall t
 	errc := make(chan error, 1)
 	go func() { errc <- toDestination(dst, st, stall) }()
 	err := fromDestination(st, dst, raw, countDown)
-	if err2 := <-errc; err == nil {
+	// The first direction to fail closes the other, whose error then
+	// says only that: the log gets the first.
+	if err2 := <-errc; err2 != nil && (err == nil || errors.Is(err, net.ErrClosed)) {
 		err = err2
 	}
 	return err
+}
+
+// abort closes c, abortively if it is the client's stream.
+func abort(c net.Conn) {
+	if st, ok := c.(*transport.Stream); ok {
+		st.Abort()
+		return
+	}
+	c.Close()
 }
 
 // toDestination copies the client's stream to dst, failing once a write
@@ -72,8 +84,13 @@ func (w stallWriter) Write(p []byte) (int, error) {
 		w.SetWriteDeadline(time.Now().Add(w.stall))
 		n, err := w.Conn.Write(p[written:])
 		written += n
-		if err == nil || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return written, err
+		}
+		if n == 0 {
+			// Said so in the bridge's debug log ("relay ended"): an
+			// operator then knows the stream ended on the destination.
+			return written, fmt.Errorf("the destination took nothing of what the client sent for %v (a hung server; -dest-stall-timeout): %w", w.stall, err)
 		}
 		// It took some: a slow destination, not a stuck one. Go on
 		// with a new deadline.
@@ -91,11 +108,12 @@ func fromDestination(st *transport.Stream, src, raw net.Conn, count func(int)) e
 
 // endCopy ends one direction as transport.Relay does: after a clean end of
 // src, half-close dst; after an error, close both so the other direction
-// ends too.
+// ends too, the client's stream abortively (transport.Stream.Abort), so
+// that the client ends its app's connection as a reset would.
 func endCopy(dst, src net.Conn, err error) error {
 	if err != nil {
-		dst.Close()
-		src.Close()
+		abort(dst)
+		abort(src)
 		return err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {

@@ -395,3 +395,50 @@ func TestServerUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestHungDestination proves mirage-server's -dest-stall-timeout: curl
+// uploading through the tunnel to a server that accepts and never reads
+// (a hung server, a tarpit) has its connection ended once the bridge's
+// writes to that server have taken nothing for the timeout, and the
+// bridge's debug log says why. Without the flag the bridge would wait
+// five minutes, holding the upload's bytes.
+func TestHungDestination(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // kept open, never read
+		}
+	}()
+	defer func() {
+		for len(held) > 0 {
+			(<-held).Close()
+		}
+	}()
+	upload := filepath.Join(t.TempDir(), "upload")
+	if err := os.WriteFile(upload, make([]byte, 64<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := startServer(t, "", "-allow-private", "-dest-stall-timeout", "2s")
+	_, proxy := startClient(t, b.link, "-auth", "none")
+	start := time.Now()
+	out, err := runCmd(t, 90*time.Second, curl, append(append([]string{"-sS", "--max-time", "60", "-T", upload}, proxy.curlSOCKS()...), "http://"+ln.Addr().String()+"/")...)
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("curl's upload to a server that never reads succeeded: %s", out)
+	}
+	if took > 40*time.Second {
+		t.Fatalf("the upload ended after %v (curl: %v); want the 2 s stall timeout and the buffers' filling", took, err)
+	}
+	t.Logf("upload to a hung server ended after %v: %v", took.Round(time.Millisecond), err)
+	b.waitOutput(t, regexp.MustCompile(`relay ended.*the destination took nothing of what the client sent for 2s`), 10*time.Second)
+}

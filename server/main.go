@@ -64,6 +64,7 @@ type config struct {
 	maxHandshakes int
 	handshakeWait time.Duration
 	idleTimeout   time.Duration
+	destStall     time.Duration
 	sessionLinger time.Duration
 	metrics       string // -metrics: "" is off
 	metricsPublic bool
@@ -146,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxHandshakes, "max-handshakes", transport.DefaultMaxPendingHandshakes, "maximum connections being identified at once")
 	fs.DurationVar(&c.handshakeWait, "handshake-timeout", transport.DefaultHandshakeTimeout, "how long a connection may take to send its ClientHello and finish the TLS handshake")
 	fs.DurationVar(&c.sessionLinger, "session-linger", transport.DefaultSessionLinger, "how long a client's session waits for it to come back after its connections are lost (a network change, an outage), holding its streams")
+	fs.DurationVar(&c.destStall, "dest-stall-timeout", egress.DefaultWriteStallTimeout, "end a client's stream when its destination takes nothing of what the client sends for this long (a hung server, a tarpit): until then the bridge holds those bytes and the client counts them against its session; a slow destination that takes some bytes is kept")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "close a client session with no open stream for this long (0: never); the client redials when it needs to")
 	fs.StringVar(&c.metrics, "metrics", "", "serve per-user counters as Prometheus text at http://ADDR/metrics on this loopback address, e.g. 127.0.0.1:9100 (off by default)")
 	fs.BoolVar(&c.metricsPublic, "metrics-public", false, "let -metrics listen on an address other than loopback (only behind a firewall: the metrics name every user)")
@@ -183,6 +185,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.handshakeWait <= 0 || c.idleTimeout < 0 {
 		return nil, errors.New("-handshake-timeout must be positive and -idle-timeout not negative")
+	}
+	if c.destStall <= 0 {
+		return nil, errors.New("-dest-stall-timeout must be positive (e.g. 5m): a stream to a destination that never reads would otherwise hold its bytes forever")
 	}
 	if c.sessionLinger <= 0 {
 		return nil, errors.New("-session-linger must be positive (e.g. 2m): a session needs some time to move to a new connection")
@@ -331,6 +336,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 		// memory and sockets the others need.
 		MaxStreamsPerUser:   c.userStreams,
 		MaxUDPRelaysPerUser: c.userUDP,
+		WriteStallTimeout:   c.destStall,
 	})
 	srv, err := transport.NewServer(transport.ServerConfig{
 		PrivateKey:           state.PrivateKey,
