@@ -376,6 +376,9 @@ type countedStream struct {
 func (c *countedStream) Read(p []byte) (int, error) {
 	n, err := c.Stream.Read(p)
 	c.took(n)
+	if err == io.EOF && c.sc.abortedByPeer(c.Stream.ID()) {
+		err = ErrStreamAborted
+	}
 	return n, err
 }
 
@@ -389,7 +392,11 @@ func (c *countedStream) took(n int) {
 
 // WriteTo hands smux's buffers to w as smux does, counting what w took.
 func (c *countedStream) WriteTo(w io.Writer) (int64, error) {
-	return c.Stream.WriteTo(&tookWriter{w: w, c: c})
+	n, err := c.Stream.WriteTo(&tookWriter{w: w, c: c})
+	if err == nil && c.sc.abortedByPeer(c.Stream.ID()) {
+		err = ErrStreamAborted
+	}
+	return n, err
 }
 
 func (c *countedStream) Close() error {

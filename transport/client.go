@@ -476,7 +476,7 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.mux.OpenStream()
+	st, err := s.openStream()
 	if err != nil {
 		s.mux.Close()
 		return nil, fmt.Errorf("transport: opening stream: %w", err)
@@ -514,6 +514,24 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 	st.SetDeadline(time.Time{})
 	cs := s.clientStream(st)
 	return &cs, nil
+}
+
+// openStream opens an smux stream. A stream whose id has streamAbortFlag
+// set could not be told from an abort (PROTOCOL.md §7); smux numbers a
+// client's streams 1, 3, 5, …, so only a session that opened a billion
+// streams meets one, and it is then closed, for the client to dial a new
+// one.
+func (s *Session) openStream() (*smux.Stream, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	if st.ID()&streamAbortFlag != 0 {
+		st.Close()
+		s.mux.Close()
+		return nil, errors.New("transport: the session has used up its stream numbers: a new one is needed")
+	}
+	return st, nil
 }
 
 // clientStream is a stream a Session opened: a smux stream (net.Conn,

@@ -27,11 +27,12 @@ var (
 	// was made. The error wrapping it says which.
 	ErrCertificate = errors.New("transport: the bridge's certificate is not valid")
 
-	// ErrStreamAborted is returned by writes to a stream the bridge ended
-	// abortively: its destination reset the connection, failed, or took
-	// nothing of what the app sent for the bridge's stall timeout. The
-	// app's connection should end as a reset would end it.
-	ErrStreamAborted = errors.New("transport: the bridge ended this connection: its destination reset it, failed or stopped reading")
+	// ErrStreamAborted is returned by reads and writes of a stream the
+	// other end aborted (Abort): on a bridge, its destination reset the
+	// connection, failed, or took nothing for the stall timeout; on a
+	// client, its app reset or dropped the connection. The connection
+	// this end relays should end as a reset would end it.
+	ErrStreamAborted = errors.New("transport: the other end aborted the stream (its app or destination reset the connection, failed or stopped reading)")
 
 	// ErrClosed is returned by operations on a closed Client or Server.
 	ErrClosed = errors.New("transport: closed")

@@ -27,7 +27,7 @@ func (s *Session) OpenStreamFast(req Request) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.mux.OpenStream()
+	st, err := s.openStream()
 	if err != nil {
 		return nil, fmt.Errorf("transport: opening stream: %w", err)
 	}

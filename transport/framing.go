@@ -86,6 +86,12 @@ const (
 	smuxCmdUPD    = 4
 )
 
+// streamAbortFlag, set in the stream id of an smux NOP frame, makes the
+// NOP an abort of the stream the other bits name, either way (PROTOCOL.md
+// §7): smux takes any NOP for a keepalive. Streams never have it in their
+// own ids (Session.openStream).
+const streamAbortFlag uint32 = 1 << 31
+
 // appendSmuxUPD appends an smux UPD frame of protocol version ver for the
 // stream whose id (4 bytes, little-endian, as in a frame header) is sid:
 // the bytes of the stream its receiver has read, and its window.

@@ -54,12 +54,39 @@ func copyThenCloseWrite(dst, src net.Conn) error {
 	}
 	if err != nil {
 		// Unblock the other direction: it cannot finish cleanly now.
-		dst.Close()
-		src.Close()
+		// A stream ends abortively, so that the peer ends its side as
+		// a reset would (PROTOCOL.md §7).
+		Abort(dst)
+		Abort(src)
 		return err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// Abort closes c as a reset would. A stream of a session is aborted (its
+// Abort method): the peer's reads and writes of it then fail, where after
+// a close the peer would take the stream for half-closed and go on sending
+// into it. A TCP connection, or a wrapper of one that has NetConn, is
+// closed with a reset instead of a FIN, so that the app or destination
+// knows its transfer was cut, not finished: a download whose end is the
+// connection's would otherwise look complete.
+func Abort(c net.Conn) error {
+	if a, ok := c.(interface{ Abort() error }); ok {
+		return a.Abort()
+	}
+	for u := c; ; {
+		if l, ok := u.(interface{ SetLinger(int) error }); ok {
+			l.SetLinger(0)
+			break
+		}
+		w, ok := u.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		u = w.NetConn()
+	}
+	return c.Close()
 }

@@ -773,11 +773,12 @@ func (st *Stream) Reply(status Status) error {
 func (st *Stream) SessionDone() <-chan struct{} { return st.sessionDone }
 
 // writeStallTimeout bounds how long one Write may wait for the client to
-// take data. smux has no stream reset: when a client closes a stream
-// while the bridge still sends, the client drops what comes and grants no
-// more window, and without this bound the bridge's write would wait for
-// the rest of the session's life. An app that stops reading for this long
-// loses the stream.
+// take data. A client that drops a stream aborts it (PROTOCOL.md §7), and
+// the bridge's writes fail at once; but one from before aborts were
+// specified only closes it, drops what comes and grants no more window,
+// and without this bound the bridge's write would wait for the rest of
+// the session's life. An app that stops reading for this long loses the
+// stream.
 // (Tests shorten it per server with ServerConfig.writeStallTimeout.)
 const writeStallTimeout = 5 * time.Minute
 

@@ -636,11 +636,9 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 		}
 	case smuxCmdNOP:
 		switch {
-		case sid == 0: // a keepalive
-		case s.client:
-			// The bridge ended the stream abortively.
-			s.peerAborted(sid)
-		case s.acct != nil:
+		case sid&streamAbortFlag != 0:
+			s.peerAborted(sid &^ streamAbortFlag)
+		case sid != 0 && !s.client && s.acct != nil:
 			s.readsAsked(sid)
 		}
 	}

@@ -49,8 +49,8 @@ type sendWindow struct {
 	// does not read, and a client that forgot it at its FIN filled the
 	// bridge's room with such streams (TestClosedStuckUploads).
 	finished, peerDone bool
-	// aborted: the bridge ended the stream abortively (its NOP naming
-	// it, abortStream): writes fail with ErrStreamAborted.
+	// aborted: the peer ended the stream abortively (its NOP naming it,
+	// abortStream): writes fail with ErrStreamAborted.
 	aborted bool
 }
 
@@ -118,8 +118,9 @@ func (s *sessionConn) peerFinished(sid uint32) {
 	}
 }
 
-// peerAborted notes that the bridge ended stream sid abortively: its
-// writers fail. Called with mu held.
+// peerAborted notes that the peer ended stream sid abortively: its
+// writers fail, and its reader gets ErrStreamAborted where it would have
+// read EOF (countedStream). Called with mu held.
 func (s *sessionConn) peerAborted(sid uint32) {
 	if w := s.sendWins[sid]; w != nil {
 		w.aborted = true
@@ -127,17 +128,26 @@ func (s *sessionConn) peerAborted(sid uint32) {
 	}
 }
 
-// abortStream tells the client that the bridge ends stream sid
-// abortively, as a reset would (PROTOCOL.md §7): an smux NOP frame that
-// names the stream, which smux takes for a keepalive. It goes before the
-// stream's FIN, which follows as the stream closes.
+// abortStream tells the peer that stream sid ends abortively, as a reset
+// would (PROTOCOL.md §7): an smux NOP frame naming the stream with
+// streamAbortFlag set, which smux takes for a keepalive. It goes before
+// the stream's FIN, which follows as the stream closes.
 func (s *sessionConn) abortStream(sid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var f [smuxHeaderLen]byte
 	f[0], f[1] = smuxVersion, smuxCmdNOP
-	binary.LittleEndian.PutUint32(f[4:], sid)
+	binary.LittleEndian.PutUint32(f[4:], sid|streamAbortFlag)
 	s.queueFrame(f[:])
+}
+
+// abortedByPeer reports whether the peer aborted stream sid, as far as
+// its send window, kept until both ends closed, remembers.
+func (s *sessionConn) abortedByPeer(sid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.sendWins[sid]
+	return w != nil && w.aborted
 }
 
 // sendWin starts the send window of a new stream. Called with mu held.
@@ -497,10 +507,10 @@ func (d *directStream) Close() error {
 	return d.Stream.Close()
 }
 
-// Abort closes the stream as a reset would: a bridge tells its client
-// first (abortStream), whose writes to the stream then fail.
+// Abort closes the stream as a reset would: the peer is told first
+// (abortStream), and its reads and writes of the stream then fail.
 func (d *directStream) Abort() error {
-	if !d.sc.client {
+	if !d.sc.abortedByPeer(d.Stream.ID()) { // else the peer knows
 		d.sc.abortStream(d.Stream.ID())
 	}
 	return d.Close()
