@@ -47,15 +47,6 @@ func relay(st *transport.Stream, dst, raw net.Conn, countDown func(int), stall t
 	return err
 }
 
-// abort closes c, abortively if it is the client's stream.
-func abort(c net.Conn) {
-	if st, ok := c.(*transport.Stream); ok {
-		st.Abort()
-		return
-	}
-	c.Close()
-}
-
 // toDestination copies the client's stream to dst, failing once a write
 // to dst takes nothing for stall. The transport's streams (smux) write
 // their own buffered frames out through WriteTo, so no buffer of ours is
@@ -112,8 +103,8 @@ func fromDestination(st *transport.Stream, src, raw net.Conn, count func(int)) e
 // that the client ends its app's connection as a reset would.
 func endCopy(dst, src net.Conn, err error) error {
 	if err != nil {
-		abort(dst)
-		abort(src)
+		transport.Abort(dst)
+		transport.Abort(src)
 		return err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {

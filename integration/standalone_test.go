@@ -442,3 +442,86 @@ func TestHungDestination(t *testing.T) {
 	t.Logf("upload to a hung server ended after %v: %v", took.Round(time.Millisecond), err)
 	b.waitOutput(t, regexp.MustCompile(`relay ended.*the destination took nothing of what the client sent for 2s`), 10*time.Second)
 }
+
+// TestCancelledDownloadEndsAtTheOrigin proves an app's dropped download
+// ends at the origin too: curl gives up on an endless download through the
+// tunnel (--max-time), and the origin's connection is closed within
+// seconds, as it would be without a proxy. The client aborts the stream
+// (PROTOCOL.md §7), and the bridge closes its connection to the origin.
+// Before, the bridge took the client's close for a half-close: it went on
+// sending the download, a window's worth through the link for nobody, and
+// held the origin's connection for five minutes (its stall timeout).
+func TestCancelledDownloadEndsAtTheOrigin(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	failed := make(chan time.Time, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				failed <- time.Now()
+				return
+			}
+		}
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	b := startServer(t, "", "-allow-private")
+	_, proxy := startClient(t, b.link, "-auth", "none")
+	_, err = runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "-o", "/dev/null", "--max-time", "2"}, proxy.curlSOCKS()...), "http://"+ln.Addr().String()+"/endless")...)
+	gaveUp := time.Now()
+	if err == nil {
+		t.Fatal("curl finished an endless download")
+	}
+	select {
+	case at := <-failed:
+		t.Logf("the origin's connection ended %v after curl gave up", at.Sub(gaveUp).Round(time.Millisecond))
+	case <-time.After(15 * time.Second):
+		t.Fatal("the origin still sends 15 s after curl gave up on the download")
+	}
+}
+
+// TestDestinationResetReachesTheApp proves a download that a destination
+// cuts with a reset is cut for the app too, not ended as if complete: the
+// origin answers with a body whose end is the connection's (no length),
+// sends part of it and resets the connection, and curl through the tunnel
+// must fail. Before, the bridge closed the stream (a FIN) and the client
+// closed the app's connection cleanly, so curl took the cut body for the
+// whole one and succeeded.
+func TestDestinationResetReachesTheApp(t *testing.T) {
+	curl := requirePeer(t, "curl")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				buf := make([]byte, 4096)
+				c.Read(buf) // the request
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+				c.Write(make([]byte, 256<<10))
+				// Let the part reach the bridge, then reset.
+				time.Sleep(300 * time.Millisecond)
+				c.(*net.TCPConn).SetLinger(0)
+			}()
+		}
+	}()
+	b := startServer(t, "", "-allow-private")
+	_, proxy := startClient(t, b.link, "-auth", "none")
+	out, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "20"}, proxy.curlSOCKS()...), "http://"+ln.Addr().String()+"/")...)
+	if err == nil {
+		t.Fatalf("curl took a download its origin reset for a whole one (%s bytes)", out)
+	}
+	t.Logf("curl: %v (%s bytes)", err, out)
+}

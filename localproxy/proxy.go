@@ -389,6 +389,9 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
+// NetConn returns the app's connection (transport.Abort resets it).
+func (c *bufferedConn) NetConn() net.Conn { return c.Conn }
+
 // WriteTo moves the app's bytes to w (a stream, when relaying): first
 // those r holds, then the rest from the connection beneath, through
 // sockcopy, which holds no buffer while the app is idle and moves a whole

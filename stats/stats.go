@@ -93,6 +93,10 @@ type countingConn struct {
 	u *User
 }
 
+// NetConn returns the destination's connection (transport.Abort resets
+// it).
+func (c *countingConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.u.AddDown(n)
