@@ -816,10 +816,11 @@ func (st *Stream) Fill(read func(p []byte) (int, error)) (int, error) {
 var fillBuffers = sync.Pool{New: func() any { return new([sockcopy.Chunk]byte) }}
 
 // Abort closes the stream as a reset would, for a handler whose
-// destination failed (reset, stalled): the client's writes to the stream
-// then fail (ErrStreamAborted), and it ends the app's connection, where
-// after Close the client would take the stream for half-closed and its
-// app could go on sending into it. Clients from before ignore the signal.
+// destination failed (reset, stalled): the client's reads and writes of
+// the stream then fail (ErrStreamAborted), and it resets the app's
+// connection, where after Close the client would take the stream for
+// half-closed, its app could go on sending into it, and a download cut
+// short would end as if complete. Clients from before ignore the signal.
 func (st *Stream) Abort() error {
 	if a, ok := st.Conn.(interface{ Abort() error }); ok {
 		return a.Abort()
