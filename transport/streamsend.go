@@ -150,6 +150,17 @@ func (s *sessionConn) abortedByPeer(sid uint32) bool {
 	return w != nil && w.aborted
 }
 
+// closedHere forgets the send window and the tuned receive window of
+// stream sid, which this end closed.
+func (s *sessionConn) closedHere(sid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.sendWins[sid]; w != nil {
+		s.forgetSendWin(sid, w)
+	}
+	s.windows.ended(sid)
+}
+
 // sendWin starts the send window of a new stream. Called with mu held.
 func (s *sessionConn) sendWin(sid uint32, window uint32) {
 	if s.sendWins == nil {
@@ -501,10 +512,18 @@ func (d *directStream) CloseWrite() error {
 	return d.Stream.CloseWrite()
 }
 
-// Close closes the stream.
+// Close closes the stream. A bridge forgets the stream's send window then:
+// only a client counts what its closed streams have in flight (the
+// client's bound, sessionRoom), and a window kept until the client's FIN
+// was kept for good when none came (a client that opens streams and never
+// closes them grew the bridge's memory by one window a stream).
 func (d *directStream) Close() error {
 	d.stopWriting()
-	return d.Stream.Close()
+	err := d.Stream.Close()
+	if !d.sc.client {
+		d.sc.closedHere(d.Stream.ID())
+	}
+	return err
 }
 
 // Abort closes the stream as a reset would: the peer is told first
