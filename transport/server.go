@@ -591,7 +591,7 @@ func (s *Server) serveSession(ss *serverSession) {
 		select {
 		case slots <- struct{}{}:
 		default:
-			go refuseStream(st, ss.conn.acct)
+			go refuseStream(st, ss.conn)
 			continue
 		}
 		wg.Add(1)
@@ -612,12 +612,14 @@ func (s *Server) serveSession(ss *serverSession) {
 }
 
 // refuseStream answers a stream the session has no room for, without
-// reading its request, and closes it.
-func refuseStream(st *smux.Stream, acct *streamAcct) {
+// reading its request, and closes it, forgetting what the session counts
+// for it.
+func refuseStream(st *smux.Stream, conn *sessionConn) {
 	st.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	st.Write(marshalReply(StatusGeneralFailure))
 	st.Close()
-	acct.closed(st.ID())
+	conn.acct.closed(st.ID())
+	conn.closedHere(st.ID())
 }
 
 // bridgeTick is how often the bridge looks at a busy session's carriers.

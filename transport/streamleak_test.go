@@ -7,16 +7,38 @@ import (
 )
 
 // TestClosedStreamsLeaveNothingOnTheBridge proves a client cannot grow a
-// bridge's memory with streams it never closes: it opens 3000 streams
-// whose requests the bridge refuses, and never reads the refusals or
-// closes the streams. Once the bridge has closed them, its session keeps
-// no send window, no count and no tuned window of any. Before, it kept
-// every stream's send window until the client's FIN, which never came:
-// 3000 windows, for good.
+// bridge's memory with streams it never closes. It opens streams and
+// never reads what the bridge answers or closes them: 3000 whose requests
+// the bridge refuses, then, on a bridge whose session takes 8 streams at
+// once, 8 that the handler holds and 300 more refused for want of room.
+// Once the bridge has closed them all, its session keeps no send window,
+// no count and no tuned window of any. Before, it kept every stream's
+// send window until the client's FIN, which never came: 3000 windows, for
+// good, and 300 more.
 func TestClosedStreamsLeaveNothingOnTheBridge(t *testing.T) {
-	b := startBridge(t, newSiteFace(t), func(st *Stream) {
-		st.Reply(StatusConnectionRefused)
-	}, nil)
+	t.Run("refused by the handler", func(t *testing.T) {
+		b := startBridge(t, newSiteFace(t), func(st *Stream) {
+			st.Reply(StatusConnectionRefused)
+		}, nil)
+		openNeverClosed(t, b, 3000)
+		bridgeKeepsNothing(t, b)
+	})
+	t.Run("refused for want of room", func(t *testing.T) {
+		release := make(chan struct{})
+		b := startBridge(t, newSiteFace(t), func(st *Stream) {
+			<-release
+			st.Reply(StatusConnectionRefused)
+		}, func(c *ServerConfig) { c.maxStreamsPerSession = 8 })
+		openNeverClosed(t, b, 8+300)
+		close(release)
+		bridgeKeepsNothing(t, b)
+	})
+}
+
+// openNeverClosed dials a session to b and opens n bare smux streams with
+// a request each, which nobody reads or closes.
+func openNeverClosed(t *testing.T, b *testBridge, n int) {
+	t.Helper()
 	sess, err := Dial(context.Background(), b.clientConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -26,9 +48,8 @@ func TestClosedStreamsLeaveNothingOnTheBridge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const n = 3000
 	for range n {
-		st, err := sess.mux.OpenStream() // a bare smux stream: nobody reads or closes it
+		st, err := sess.mux.OpenStream()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,6 +57,12 @@ func TestClosedStreamsLeaveNothingOnTheBridge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// bridgeKeepsNothing waits until b's sessions keep no send window,
+// counted stream, tuned window or open stream.
+func bridgeKeepsNothing(t *testing.T, b *testBridge) {
+	t.Helper()
 	var windows, counted, tuned, open int
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		windows, counted, tuned, open = 0, 0, 0, 0
@@ -56,6 +83,6 @@ func TestClosedStreamsLeaveNothingOnTheBridge(t *testing.T) {
 		}
 	}
 	if windows+counted+tuned+open != 0 {
-		t.Fatalf("after %d refused streams the client never closed, the bridge keeps %d send windows, %d counted streams, %d tuned windows, %d open streams; want none", n, windows, counted, tuned, open)
+		t.Fatalf("the bridge keeps %d send windows, %d counted streams, %d tuned windows, %d open streams of streams it closed; want none", windows, counted, tuned, open)
 	}
 }
