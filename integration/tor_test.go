@@ -93,18 +93,37 @@ func TestTorVanillaBridge(t *testing.T) {
 		// on the host's own loopback must be out of its reach. (The kernel
 		// completes the handshake from the backlog, so a reachable
 		// listener would show as a successful CONNECT.)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if conn, err := c.dial(ctx, ln.Addr().String()); err == nil {
+		// The namespace has a loopback of its own, whose ports are not
+		// the host's: a CONNECT that succeeds may have reached a server
+		// of the test network that happens to listen on the same port
+		// number there (CI met one). Only a connection the host's
+		// listener accepts came out of the namespace; on a collision the
+		// test tries another port.
+		for try := 0; ; try++ {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			conn, err := c.dial(ctx, ln.Addr().String())
+			cancel()
+			if err != nil {
+				ln.Close()
+				t.Logf("as expected, outside the namespace: %v", err)
+				break
+			}
 			conn.Close()
-			t.Fatalf("tor connected to %s outside the network namespace", ln.Addr())
-		} else {
-			t.Logf("as expected, outside the namespace: %v", err)
+			ln.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Second))
+			reached, aerr := ln.Accept()
+			ln.Close()
+			if aerr == nil {
+				reached.Close()
+				t.Fatalf("tor connected to %s outside the network namespace", ln.Addr())
+			}
+			if try == 2 {
+				t.Fatalf("three CONNECTs to host ports succeeded without reaching them: %s was the last", ln.Addr())
+			}
+			t.Logf("CONNECT to %s reached a server inside the namespace on the same port; trying another", ln.Addr())
 		}
 	}
 }
