@@ -193,6 +193,31 @@ type bridge struct {
 	link  string
 }
 
+// serveEach listens on a free loopback port until the test ends, runs
+// handle on each connection it accepts in a goroutine of its own and
+// closes the connection after; it returns the address.
+func serveEach(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // startServer runs mirage-server on a free loopback port with a fresh
 // state directory and extra flags, and waits for its link.
 func startServer(t *testing.T, state string, args ...string) *bridge {

@@ -379,47 +379,33 @@ func TestManagedBadOption(t *testing.T) {
 // counts the connections it carried.
 func startSOCKS5Proxy(t *testing.T) (string, *atomic.Int32) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var carried atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				buf := make([]byte, 262)
-				if _, err := io.ReadFull(c, buf[:2]); err != nil {
-					return
-				}
-				io.ReadFull(c, buf[:buf[1]])
-				c.Write([]byte{5, 0})
-				if _, err := io.ReadFull(c, buf[:4]); err != nil || buf[1] != 1 || buf[3] != 1 {
-					return
-				}
-				io.ReadFull(c, buf[:6])
-				target := net.JoinHostPort(net.IP(buf[:4]).String(), fmt.Sprint(binary.BigEndian.Uint16(buf[4:6])))
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Write([]byte{5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
-					return
-				}
-				defer up.Close()
-				c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
-				c.SetDeadline(time.Time{})
-				carried.Add(1)
-				go io.Copy(up, c)
-				io.Copy(c, up)
-			}()
+	addr := serveEach(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 262)
+		if _, err := io.ReadFull(c, buf[:2]); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String(), &carried
+		io.ReadFull(c, buf[:buf[1]])
+		c.Write([]byte{5, 0})
+		if _, err := io.ReadFull(c, buf[:4]); err != nil || buf[1] != 1 || buf[3] != 1 {
+			return
+		}
+		io.ReadFull(c, buf[:6])
+		target := net.JoinHostPort(net.IP(buf[:4]).String(), fmt.Sprint(binary.BigEndian.Uint16(buf[4:6])))
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			c.Write([]byte{5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
+			return
+		}
+		defer up.Close()
+		c.Write([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0})
+		c.SetDeadline(time.Time{})
+		carried.Add(1)
+		go io.Copy(up, c)
+		io.Copy(c, up)
+	})
+	return addr, &carried
 }
 
 // TestManagedUpstreamProxy proves the client honours TOR_PT_PROXY: it

@@ -133,41 +133,27 @@ func stripDate(s string) string {
 // bytes the client sent (its ClientHello).
 func recordingProxy(t *testing.T, target string) (addr string, hello func() []byte) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	var first []byte
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				buf := make([]byte, 16384)
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				n, _ := c.Read(buf)
-				c.SetReadDeadline(time.Time{})
-				mu.Lock()
-				if first == nil {
-					first = bytes.Clone(buf[:n])
-				}
-				mu.Unlock()
-				up.Write(buf[:n])
-				transport.Relay(c, up)
-			}()
+	addr = serveEach(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String(), func() []byte {
+		defer up.Close()
+		buf := make([]byte, 16384)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := c.Read(buf)
+		c.SetReadDeadline(time.Time{})
+		mu.Lock()
+		if first == nil {
+			first = bytes.Clone(buf[:n])
+		}
+		mu.Unlock()
+		up.Write(buf[:n])
+		transport.Relay(c, up)
+	})
+	return addr, func() []byte {
 		mu.Lock()
 		defer mu.Unlock()
 		return first

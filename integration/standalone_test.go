@@ -404,26 +404,10 @@ func TestServerUsers(t *testing.T) {
 // five minutes, holding the upload's bytes.
 func TestHungDestination(t *testing.T) {
 	curl := requirePeer(t, "curl")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	held := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held <- c // kept open, never read
-		}
-	}()
-	defer func() {
-		for len(held) > 0 {
-			(<-held).Close()
-		}
-	}()
+	// A server that accepts and never reads, until the test ends.
+	ended := make(chan struct{})
+	defer close(ended)
+	hung := serveEach(t, func(net.Conn) { <-ended })
 	upload := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(upload, make([]byte, 64<<20), 0o600); err != nil {
 		t.Fatal(err)
@@ -431,7 +415,7 @@ func TestHungDestination(t *testing.T) {
 	b := startServer(t, "", "-allow-private", "-dest-stall-timeout", "2s")
 	_, proxy := startClient(t, b.link, "-auth", "none")
 	start := time.Now()
-	out, err := runCmd(t, 90*time.Second, curl, append(append([]string{"-sS", "--max-time", "60", "-T", upload}, proxy.curlSOCKS()...), "http://"+ln.Addr().String()+"/")...)
+	out, err := runCmd(t, 90*time.Second, curl, append(append([]string{"-sS", "--max-time", "60", "-T", upload}, proxy.curlSOCKS()...), "http://"+hung+"/")...)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatalf("curl's upload to a server that never reads succeeded: %s", out)
@@ -493,33 +477,19 @@ func TestCancelledDownloadEndsAtTheOrigin(t *testing.T) {
 // whole one and succeeded.
 func TestDestinationResetReachesTheApp(t *testing.T) {
 	curl := requirePeer(t, "curl")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				buf := make([]byte, 4096)
-				c.Read(buf) // the request
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
-				c.Write(make([]byte, 256<<10))
-				// Let the part reach the bridge, then reset.
-				time.Sleep(300 * time.Millisecond)
-				c.(*net.TCPConn).SetLinger(0)
-			}()
-		}
-	}()
+	origin := serveEach(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		buf := make([]byte, 4096)
+		c.Read(buf) // the request
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+		c.Write(make([]byte, 256<<10))
+		// Let the part reach the bridge, then reset.
+		time.Sleep(300 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+	})
 	b := startServer(t, "", "-allow-private")
 	_, proxy := startClient(t, b.link, "-auth", "none")
-	out, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "20"}, proxy.curlSOCKS()...), "http://"+ln.Addr().String()+"/")...)
+	out, err := runCmd(t, 30*time.Second, curl, append(append([]string{"-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "20"}, proxy.curlSOCKS()...), "http://"+origin+"/")...)
 	if err == nil {
 		t.Fatalf("curl took a download its origin reset for a whole one (%s bytes)", out)
 	}

@@ -66,25 +66,10 @@ func waitLink(t *testing.T, what, l string, works bool) string {
 // connection open until the peer closes it.
 func startHoldingEcho(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(2 * time.Minute))
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serveEach(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		io.Copy(c, c)
+	})
 }
 
 // socksDial connects to target (an IPv4 address and port) through the
