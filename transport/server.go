@@ -823,12 +823,7 @@ var fillBuffers = sync.Pool{New: func() any { return new([sockcopy.Chunk]byte) }
 // connection, where after Close the client would take the stream for
 // half-closed, its app could go on sending into it, and a download cut
 // short would end as if complete. Clients from before ignore the signal.
-func (st *Stream) Abort() error {
-	if a, ok := st.Conn.(interface{ Abort() error }); ok {
-		return a.Abort()
-	}
-	return st.Conn.Close()
-}
+func (st *Stream) Abort() error { return Abort(st.Conn) }
 
 // CloseWrite half-closes the stream: the client reads EOF, and may go on
 // writing.

@@ -131,10 +131,14 @@ func (s *sessionConn) peerAborted(sid uint32) {
 // abortStream tells the peer that stream sid ends abortively, as a reset
 // would (PROTOCOL.md §7): an smux NOP frame naming the stream with
 // streamAbortFlag set, which smux takes for a keepalive. It goes before
-// the stream's FIN, which follows as the stream closes.
+// the stream's FIN, which follows as the stream closes. A stream the peer
+// aborted needs none: the peer knows.
 func (s *sessionConn) abortStream(sid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if w := s.sendWins[sid]; w != nil && w.aborted {
+		return
+	}
 	var f [smuxHeaderLen]byte
 	f[0], f[1] = smuxVersion, smuxCmdNOP
 	binary.LittleEndian.PutUint32(f[4:], sid|streamAbortFlag)
@@ -529,9 +533,7 @@ func (d *directStream) Close() error {
 // Abort closes the stream as a reset would: the peer is told first
 // (abortStream), and its reads and writes of the stream then fail.
 func (d *directStream) Abort() error {
-	if !d.sc.abortedByPeer(d.Stream.ID()) { // else the peer knows
-		d.sc.abortStream(d.Stream.ID())
-	}
+	d.sc.abortStream(d.Stream.ID())
 	return d.Close()
 }
 
