@@ -28,6 +28,15 @@ const (
 	// session's queue, and in the carrier's socket, take to send.
 	unsentTime = 10 * time.Millisecond
 	lowatTime  = 5 * time.Millisecond
+	// writeTime: how long one write of the flusher takes to send, from
+	// minWriteChunk up to maxWriteChunk. Each write costs both ends a
+	// round of wake-ups whatever its size: on loopback, writes of up to
+	// 256 KiB instead of 64 KiB cost client and bridge together 4% less
+	// CPU per GiB of one download, and 7% less of 8 (medians of 21
+	// interleaved runs). A write is handed to the socket whole, ahead of
+	// any stream's later bytes, so on a slower path it stays small: below
+	// 210 Mbit/s, the floor.
+	writeTime = 2500 * time.Microsecond
 	// The floors keep a carrier busy between two wake-ups of the
 	// flusher, whose writes are up to 64 KiB.
 	minUnsent = 64 << 10
@@ -88,6 +97,7 @@ func (s *sessionConn) noteSent(c *carrier) {
 	bps := float64(r.busyBytes) / (float64(r.busy) / float64(time.Second))
 	r.busy, r.busyBytes = 0, 0
 	s.maxUnsent = min(max(int(bps*unsentTime.Seconds()), minUnsent), maxUnsentBound)
+	s.writeChunk = min(max(int(bps*writeTime.Seconds()), minWriteChunk), maxWriteChunk)
 	lowat := max(int(bps*lowatTime.Seconds()), minLowat)
 	if lowat > maxLowat {
 		lowat = 0 // no bound

@@ -61,6 +61,47 @@ func TestBulkDataFillsRecords(t *testing.T) {
 	}
 }
 
+// TestWriteSizeFollowsTheSendRate: one write to a carrier takes more of
+// the queue only on a fast path. A write goes to the socket whole, ahead
+// of every stream's later bytes: at 20 Mbit/s a 256 KiB write would hold
+// a new stream's first bytes back 100 ms, so a slow path's writes stay at
+// the 64 KiB floor; on loopback they grow to 256 KiB, which costs both
+// ends fewer wake-ups per byte.
+func TestWriteSizeFollowsTheSendRate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bps  float64 // bytes per second the carrier was measured sending
+		want int     // bytes of data in one write
+	}{
+		{"before the rate is known", 0, minWriteChunk},
+		{"20 Mbit/s", 20e6 / 8, minWriteChunk},
+		{"200 Mbit/s", 200e6 / 8, minWriteChunk},
+		{"400 Mbit/s", 400e6 / 8, 400e6 / 8 * 2500 / 1e6},
+		{"loopback, 30 Gbit/s", 30e9 / 8, maxWriteChunk},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSessionConn(false, time.Minute, testLogger(t))
+			defer s.Close()
+			c := &carrier{raw: &countingConn{}}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if tc.bps > 0 {
+				c.rate.busy = int64(rateInterval)
+				c.rate.busyBytes = int64(tc.bps * rateInterval.Seconds())
+				s.noteSent(c)
+			}
+			s.sendq.push(make([]byte, 4<<20))
+			s.written += 4 << 20
+			s.compose(nil, c)
+			// Whole DATA frames only, while more is queued.
+			want := tc.want - tc.want%maxFrameBody
+			if got := int(s.next); got != want {
+				t.Fatalf("one write took %d bytes of the queue, want %d (%d whole frames of the %d a write may carry)", got, want, want/maxFrameBody, tc.want)
+			}
+		})
+	}
+}
+
 // pipeCarrier attaches to s a carrier over one end of a synchronous pipe
 // (no TLS: the session only reads and writes frames) and returns the
 // other end, the peer's.

@@ -65,6 +65,7 @@ type sessionConn struct {
 	// handed to a carrier, and unsentWaiters counts the writers waiting
 	// for them to shrink (backlog.go).
 	maxUnsent     int
+	writeChunk    int // the most data in one write to a carrier (backlog.go)
 	unsentWaiters int
 	lowat         int  // the bound of carriers' sockets; 0: none
 	rateKnown     bool // the bounds follow a measured rate
@@ -160,8 +161,11 @@ const (
 	// interactive traffic) the copy is cheaper (BenchmarkSession: opening
 	// a stream took 10% longer with every body offered).
 	minOffer = 8 << 10
-	// maxWriteChunk bounds the data in one write to a carrier.
-	maxWriteChunk = 64 << 10
+	// minWriteChunk and maxWriteChunk bound the data in one write to a
+	// carrier: the floor on any path, the cap on a fast one (backlog.go,
+	// writeChunk).
+	minWriteChunk = 64 << 10
+	maxWriteChunk = 256 << 10
 	// defaultAckEvery and ackDelay: an ACK goes out once this many bytes
 	// arrived since the last, or ackDelay after the first of them, or with
 	// any frame going the other way. An ACK only frees the sender's queue
@@ -229,7 +233,19 @@ const fullRecord = 1 << 14
 // batchPool holds the buffers of kept records: a carrier holds one only
 // while it writes.
 var batchPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, maxWriteChunk+maxWriteChunk/maxFrameBody*tlsRecordOverhead+1024)
+	b := make([]byte, 0, maxWriteWire)
+	return &b
+}}
+
+// maxWriteWire is the most a flusher's write puts on the wire: its frames
+// and their records' overhead.
+const maxWriteWire = maxWriteChunk + maxWriteChunk/maxFrameBody*tlsRecordOverhead + 1024
+
+// composePool holds the buffers the flusher composes its writes in: a
+// session holds one only while it writes, so that a bridge's idle
+// sessions hold none.
+var composePool = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxWriteWire)
 	return &b
 }}
 
@@ -285,7 +301,7 @@ func (c *countingConn) writePendingLocked() error {
 	p := c.pending
 	c.pending = nil
 	_, err := c.Conn.Write(*p)
-	if cap(*p) <= 2*maxWriteChunk {
+	if cap(*p) <= 2*maxWriteWire {
 		*p = (*p)[:0]
 		batchPool.Put(p)
 	}
@@ -364,6 +380,7 @@ func newSessionConn(client bool, linger time.Duration, log *slog.Logger) *sessio
 		linger:      orDefault(linger, DefaultSessionLinger),
 		ackEvery:    defaultAckEvery,
 		maxUnsent:   minUnsent,
+		writeChunk:  minWriteChunk,
 		lowat:       minLowat,
 		done:        make(chan struct{}),
 		ended:       make(chan struct{}),
@@ -837,7 +854,6 @@ func (s *sessionConn) hasWork(c *carrier) bool {
 
 func (s *sessionConn) flushLoop() {
 	defer close(s.flusherDone)
-	var out []byte
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for !s.closed {
@@ -846,13 +862,15 @@ func (s *sessionConn) flushLoop() {
 			s.sendCond.Wait()
 			continue
 		}
-		out = s.compose(out[:0], c)
+		buf := composePool.Get().(*[]byte)
+		out := s.compose((*buf)[:0], c)
 		if s.unsentWaiters > 0 {
 			// compose took bytes from the queue: writers waiting for
 			// it to shrink may go on, while this write goes out.
 			s.spaceCond.Broadcast()
 		}
 		if len(out) == 0 {
+			composePool.Put(buf)
 			continue
 		}
 		s.mu.Unlock()
@@ -869,8 +887,9 @@ func (s *sessionConn) flushLoop() {
 		} else {
 			s.noteSent(c)
 		}
-		if cap(out) > 4*maxWriteChunk {
-			out = nil
+		if cap(out) <= 2*maxWriteWire {
+			*buf = out[:0]
+			composePool.Put(buf)
 		}
 	}
 }
@@ -958,7 +977,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	if c.budget > 0 && avail < minBudgetChunk {
 		return retire()
 	}
-	n := int(min(s.written-s.next, uint64(maxWriteChunk), uint64(max(avail, 0))))
+	n := int(min(s.written-s.next, uint64(s.writeChunk), uint64(max(avail, 0))))
 	if n > maxFrameBody && n < avail {
 		// Whole frames only, while more than one is queued: each is one
 		// full TLS record. Cut by smux's 32 KiB writes instead, every
