@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +56,17 @@ func startLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond
 // too. 0: unbounded.
 func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond float64, queue time.Duration) string {
 	l := &longLink{delay: rtt / 2, rate: bitsPerSecond / 8}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// With a bounded queue, the link's sockets get a receive buffer of
+	// the queue's size, set before they connect: the kernel's own,
+	// which grows to hundreds of KiB on loopback, was a second queue in
+	// front of the reader's, one that a busy connection filled and a new
+	// one beside it skipped (the bench harness's delay line had the same
+	// flaw: integration/bench/delay.go, queueBuffer).
+	var control func(network, address string, rc syscall.RawConn) error
+	if queue > 0 && l.rate > 0 {
+		control = receiveBuffer(max(int(l.rate*queue.Seconds()), 16<<10))
+	}
+	ln, err := (&net.ListenConfig{Control: control}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,14 +107,16 @@ func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPer
 			}
 		}
 	}
-	serveRelay(ln, target, &wg, pipe)
+	serveRelay(ln, target, &wg, pipe, control)
 	return ln.Addr().String()
 }
 
 // serveRelay accepts clients on ln until it is closed, connects each to
 // target, and copies with pipe both ways (dir 0: client to target, 1:
-// back), each pipe counted in wg (which it must mark done).
-func serveRelay(ln net.Listener, target string, wg *sync.WaitGroup, pipe func(dst, src net.Conn, dir int)) {
+// back), each pipe counted in wg (which it must mark done). control, if
+// not nil, is the dialer's socket Control function.
+func serveRelay(ln net.Listener, target string, wg *sync.WaitGroup, pipe func(dst, src net.Conn, dir int), control func(network, address string, rc syscall.RawConn) error) {
+	dialer := net.Dialer{Control: control}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -112,7 +125,7 @@ func serveRelay(ln net.Listener, target string, wg *sync.WaitGroup, pipe func(ds
 			if err != nil {
 				return
 			}
-			up, err := net.Dial("tcp", target)
+			up, err := dialer.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				continue

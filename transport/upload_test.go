@@ -52,7 +52,7 @@ func startGatedLink(t testing.TB, target string) (*gatedLink, string) {
 			}
 		}
 	}
-	serveRelay(ln, target, &wg, func(dst, src net.Conn, dir int) { pipe(dst, src, dir == 1) })
+	serveRelay(ln, target, &wg, func(dst, src net.Conn, dir int) { pipe(dst, src, dir == 1) }, nil)
 	return g, ln.Addr().String()
 }
 
