@@ -33,14 +33,19 @@ const (
 	// round of wake-ups whatever its size: on loopback, writes of up to
 	// 256 KiB instead of 64 KiB cost client and bridge together 4% less
 	// CPU per GiB of one download, and 7% less of 8 (medians of 21
-	// interleaved runs). A write is handed to the socket whole, ahead of
-	// any stream's later bytes, so on a slower path it stays small: below
-	// 210 Mbit/s, the floor.
+	// interleaved runs). A write goes to the socket whole, ahead of any
+	// stream's later bytes, so on a slower path it stays small: below
+	// 52 Mbit/s, the floor.
 	writeTime = 2500 * time.Microsecond
-	// The floors keep a carrier busy between two wake-ups of the
-	// flusher, whose writes are up to 64 KiB.
-	minUnsent = 64 << 10
-	minLowat  = 16 << 10
+	// The floors: what a slow path has waiting in front of a new
+	// stream, besides the flusher's write (minWriteChunk). They keep a
+	// carrier busy between two wake-ups of the flusher (each write takes
+	// 26 ms at 5 Mbit/s), and let a write fill a TLS record. At 64 KiB
+	// and 16 KiB (and writes of 64 KiB), a new stream at 5 Mbit/s waited
+	// behind 230 ms of a download, where direct TCP's waited 8 ms
+	// (TestSlowLinkNewStreamWaitsLittle).
+	minUnsent = 16 << 10
+	minLowat  = 8 << 10
 	// maxUnsentBound caps the session's queue bound; sendLimit bounds
 	// all of it anyway.
 	maxUnsentBound = sendLimit / 2

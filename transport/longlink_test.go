@@ -56,15 +56,17 @@ func startLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond
 // too. 0: unbounded.
 func startQueuedLongLink(t testing.TB, target string, rtt time.Duration, bitsPerSecond float64, queue time.Duration) string {
 	l := &longLink{delay: rtt / 2, rate: bitsPerSecond / 8}
-	// With a bounded queue, the link's sockets get a receive buffer of
-	// the queue's size, set before they connect: the kernel's own,
-	// which grows to hundreds of KiB on loopback, was a second queue in
-	// front of the reader's, one that a busy connection filled and a new
-	// one beside it skipped (the bench harness's delay line had the same
-	// flaw: integration/bench/delay.go, queueBuffer).
+	// With a bounded queue, the link's sockets get a small receive
+	// buffer, set before they connect: 1 ms of the link's rate, at least
+	// 4 KiB (Linux doubles either). The reader's read-ahead is the
+	// link's queue, shared by its connections as a bottleneck's is; the
+	// kernel's own buffer, which grows to hundreds of KiB on loopback,
+	// was a second queue in front of it, one that a busy connection
+	// filled and a new one beside it skipped (the bench harness's delay
+	// line had the same flaw: integration/bench/delay.go, queueBuffer).
 	var control func(network, address string, rc syscall.RawConn) error
 	if queue > 0 && l.rate > 0 {
-		control = receiveBuffer(max(int(l.rate*queue.Seconds()), 16<<10))
+		control = receiveBuffer(max(int(l.rate*time.Millisecond.Seconds()), 4<<10))
 	}
 	ln, err := (&net.ListenConfig{Control: control}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {

@@ -65,8 +65,8 @@ func TestBulkDataFillsRecords(t *testing.T) {
 // the queue only on a fast path. A write goes to the socket whole, ahead
 // of every stream's later bytes: at 20 Mbit/s a 256 KiB write would hold
 // a new stream's first bytes back 100 ms, so a slow path's writes stay at
-// the 64 KiB floor; on loopback they grow to 256 KiB, which costs both
-// ends fewer wake-ups per byte.
+// the 16 KiB floor (one full TLS record); on loopback they grow to 256
+// KiB, which costs both ends fewer wake-ups per byte.
 func TestWriteSizeFollowsTheSendRate(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -75,7 +75,8 @@ func TestWriteSizeFollowsTheSendRate(t *testing.T) {
 	}{
 		{"before the rate is known", 0, minWriteChunk},
 		{"20 Mbit/s", 20e6 / 8, minWriteChunk},
-		{"200 Mbit/s", 200e6 / 8, minWriteChunk},
+		{"50 Mbit/s", 50e6 / 8, minWriteChunk},
+		{"200 Mbit/s", 200e6 / 8, 200e6 / 8 * 2500 / 1e6},
 		{"400 Mbit/s", 400e6 / 8, 400e6 / 8 * 2500 / 1e6},
 		{"loopback, 30 Gbit/s", 30e9 / 8, maxWriteChunk},
 	} {

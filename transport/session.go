@@ -162,9 +162,9 @@ const (
 	// a stream took 10% longer with every body offered).
 	minOffer = 8 << 10
 	// minWriteChunk and maxWriteChunk bound the data in one write to a
-	// carrier: the floor on any path, the cap on a fast one (backlog.go,
-	// writeChunk).
-	minWriteChunk = 64 << 10
+	// carrier: the floor (a full TLS record) on any path, the cap on a
+	// fast one (backlog.go, writeTime).
+	minWriteChunk = 16 << 10
 	maxWriteChunk = 256 << 10
 	// defaultAckEvery and ackDelay: an ACK goes out once this many bytes
 	// arrived since the last, or ackDelay after the first of them, or with

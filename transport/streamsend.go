@@ -321,7 +321,9 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 			s.spaceCond.Wait()
 			continue
 		}
-		n := min(want, room, maxFrameSize)
+		// A frame is at most the bound itself, so that a stream alone
+		// cannot put more than the bound in front of everyone else.
+		n := min(want, room, maxFrameSize, s.maxUnsent)
 		if u := int(s.written-s.next) + s.reserved; u > 0 && u+n > s.maxUnsent {
 			// Enough waits to be sent (backlog.go): this stream's
 			// bytes wait here, not in the queue ahead of everyone
