@@ -46,6 +46,13 @@ const (
 	// (TestSlowLinkNewStreamWaitsLittle).
 	minUnsent = 16 << 10
 	minLowat  = 8 << 10
+	// startUnsent, startLowat and startWriteChunk are the bounds until
+	// the rate is first measured (firstRateInterval of busy time: 12 KB
+	// at 5 Mbit/s, 8 MB on loopback, which writes of one record each
+	// made a system call a record).
+	startUnsent     = 64 << 10
+	startLowat      = 16 << 10
+	startWriteChunk = 64 << 10
 	// maxUnsentBound caps the session's queue bound; sendLimit bounds
 	// all of it anyway.
 	maxUnsentBound = sendLimit / 2

@@ -73,7 +73,7 @@ func TestWriteSizeFollowsTheSendRate(t *testing.T) {
 		bps  float64 // bytes per second the carrier was measured sending
 		want int     // bytes of data in one write
 	}{
-		{"before the rate is known", 0, minWriteChunk},
+		{"before the rate is known", 0, startWriteChunk},
 		{"20 Mbit/s", 20e6 / 8, minWriteChunk},
 		{"50 Mbit/s", 50e6 / 8, minWriteChunk},
 		{"200 Mbit/s", 200e6 / 8, 200e6 / 8 * 2500 / 1e6},
