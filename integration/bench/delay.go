@@ -116,23 +116,25 @@ func (d *delayLine) serve() {
 const readAhead = 5 * time.Millisecond
 
 // queueBuffer returns a socket Control function that sets the receive
-// buffer of the delay line's side of a connection to readAhead of link
-// time at rate (bytes a second; at least 16 KiB), before it connects. The
-// reader's read-ahead is meant to be the connection's whole bottleneck
-// queue, but the kernel's receive buffer in front of it, which grows to
-// hundreds of KiB on loopback, was a second one: a FIFO of its own that a
-// busy connection filled and that a new connection beside it skipped. On
-// a real path a sender's bytes wait in the bottleneck's queue and no other
-// (what is in flight beyond it does not hold later bytes back). A system
-// that carries all its streams in one connection paid that extra queue on
-// every new stream behind a download: 100 ms more at 60 ms and 20 Mbit/s.
+// buffer of the delay line's side of a connection to 1 ms of link time at
+// rate (bytes a second; at least 4 KiB; Linux doubles either), before it
+// connects. The reader's read-ahead is meant to be the connection's whole
+// bottleneck queue, but the kernel's receive buffer in front of it, which
+// grows to hundreds of KiB on loopback, was a second one: a FIFO of its
+// own that a busy connection filled and that a new connection beside it
+// skipped. On a real path a sender's bytes wait in the bottleneck's queue
+// and no other (what is in flight beyond it does not hold later bytes
+// back). A system that carries all its streams in one connection paid
+// that extra queue on every new stream behind a download: 100 ms more at
+// 60 ms and 20 Mbit/s, and still 52 ms at 5 Mbit/s with a buffer of 16
+// KiB (doubled: 32 KiB).
 // With no rate (unlimited), the buffer is left to the kernel.
 func queueBuffer(rate float64) func(network, address string, rc syscall.RawConn) error {
 	return func(network, address string, rc syscall.RawConn) error {
 		if rate <= 0 {
 			return nil
 		}
-		n := max(int(rate*readAhead.Seconds()), 16<<10)
+		n := max(int(rate*time.Millisecond.Seconds()), 4<<10)
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
 			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
