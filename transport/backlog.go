@@ -97,7 +97,7 @@ func (s *sessionConn) noteSent(c *carrier) {
 		r.busyBytes += written - r.lastBytes
 	}
 	r.last, r.lastBytes = now, written
-	r.backlog = s.next < s.written || s.held.n > 0 || s.unsentWaiters > 0
+	r.backlog = s.next < s.written || s.unsentWaiters > 0
 	need := rateInterval
 	if !s.rateKnown {
 		need = firstRateInterval

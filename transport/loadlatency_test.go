@@ -253,9 +253,8 @@ func TestNewStreamGoesAheadOfADownload(t *testing.T) {
 // for every new stream while a download ran (the bench harness, TTFB
 // under load at 5 Mbit/s: 291 ms against 65 unloaded; direct TCP's 131
 // and 122). A stream could also queue 64 KiB in one frame, past the
-// bound. Now: 28 to 44 KB more, the floors (a 16 KiB write, 8 KiB in
-// the socket), with a young stream's frames ahead of the 16 KiB a
-// download keeps queued (priority.go).
+// bound. Now: 41 KB more, the floors (16 KiB queued, a 16 KiB write, 8
+// KiB in the socket).
 func TestSlowLinkNewStreamWaitsLittle(t *testing.T) {
 	const (
 		rtt  = 60 * time.Millisecond

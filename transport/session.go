@@ -72,10 +72,9 @@ type sessionConn struct {
 	acked         uint64
 	written       uint64
 	next          uint64
-	padDue        bool      // a young stream's bytes are queued: pad the next flush
-	held          heldQueue // bulk streams' frames, not yet queued (priority.go)
-	lastSend      int64     // monoNow when smux last wrote
-	lastRecv      int64     // monoNow when DATA last arrived
+	padDue        bool  // a young stream's bytes are queued: pad the next flush
+	lastSend      int64 // monoNow when smux last wrote
+	lastRecv      int64 // monoNow when DATA last arrived
 	pad           padPolicy
 
 	// Receiving. rbuf[rstart:] are received bytes smux has not read;
@@ -529,16 +528,6 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	if err := s.waitQueueRoom(total, abort); err != nil {
 		return 0, err
 	}
-	size := 0
-	for _, b := range v {
-		size += len(b)
-	}
-	hold := false
-	if len(v) > 0 {
-		if sid, ok := frameSID(v[0]); ok {
-			hold = s.held.holds(sid) || (v[0][1] == smuxCmdPSH && s.bulk(sid))
-		}
-	}
 	if len(v) > 0 {
 		hdr := v[0]
 		if len(v) == 1 && len(hdr) >= smuxHeaderLen {
@@ -547,11 +536,6 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		if s.pad.young(hdr, total-smuxHeaderLen) {
 			s.padDue = true
 		}
-	}
-	if hold {
-		s.holdFrame(v, size)
-		s.queuedFrame(v[0], total-smuxHeaderLen)
-		return total, nil
 	}
 	for _, b := range v {
 		s.sendq.push(b)
@@ -605,7 +589,7 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 // is asked after each wake-up, and a non-nil answer ends the wait with
 // that error. Called with mu held.
 func (s *sessionConn) waitQueueRoom(total int, abort func() error) error {
-	for !s.closed && s.unacked()+s.held.n+s.reserved > 0 && s.unacked()+s.held.n+s.reserved+total > sendLimit {
+	for !s.closed && s.unacked()+s.reserved > 0 && s.unacked()+s.reserved+total > sendLimit {
 		if abort != nil {
 			if err := abort(); err != nil {
 				return err
@@ -760,11 +744,6 @@ func (s *sessionConn) queueFrame(f []byte) {
 	if s.closed {
 		return
 	}
-	if sid, ok := frameSID(f); ok && s.held.holds(sid) {
-		// Behind the stream's frames held (an abort).
-		s.holdFrame([][]byte{f}, len(f))
-		return
-	}
 	s.sendq.push(f)
 	s.queued(len(f))
 }
@@ -870,7 +849,7 @@ func (s *sessionConn) sendCarrier() *carrier {
 
 func (s *sessionConn) hasWork(c *carrier) bool {
 	return s.ackDue || s.pingDue || s.resendDue || len(s.drops) > 0 ||
-		s.next < s.written || s.held.n > 0 || c.peerRetired
+		s.next < s.written || c.peerRetired
 }
 
 func (s *sessionConn) flushLoop() {
@@ -961,7 +940,6 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	if c.peerRetired || room < 64 {
 		return retire()
 	}
-	s.releaseHeld()
 	pinging := s.pongDue || s.pingDue
 	if s.ackDue || (s.recvd > s.ackSent && s.next < s.written) {
 		// Due (a PING, a timer, enough bytes), or free to piggyback.
@@ -1610,7 +1588,7 @@ func (s *sessionConn) carrierNeeds() (usable int, spent float64, open int) {
 func (s *sessionConn) unusedWithoutCarrier() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.owes() {
+	if s.closed || s.written > s.acked {
 		return false
 	}
 	for _, c := range s.carriers {
@@ -1648,7 +1626,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// out, data came in, this carrier is new): a reply may be on
 		// its way. A long-idle stream is checked only by keepalives.
 		lastMove := s.lastMove(rc)
-		owed := s.owes() || (streams && time.Duration(mono-lastMove) < activeFor)
+		owed := s.written > s.acked || (streams && time.Duration(mono-lastMove) < activeFor)
 		// Keepalives are the client's, as an HTTP/2 client's PINGs
 		// would be; the bridge only checks what it is owed.
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
@@ -1724,7 +1702,7 @@ const maxQuietWait = keepAliveIdle / 6
 func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || !s.pingAt.IsZero() || s.owes() || s.recvd > s.ackSent || s.ackTimer {
+	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer {
 		return 0
 	}
 	rc := s.watchedCarrier()
@@ -1773,7 +1751,7 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.owes() || s.recvd > s.ackSent {
+	if s.closed || s.written > s.acked || s.recvd > s.ackSent {
 		return
 	}
 	ended := false

@@ -324,9 +324,7 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 		// A frame is at most the bound itself, so that a stream alone
 		// cannot put more than the bound in front of everyone else.
 		n := min(want, room, maxFrameSize, s.maxUnsent)
-		// A young stream's frames go ahead of what bulk streams
-		// have waiting (priority.go), and do not wait for it.
-		if u := int(s.written-s.next) + s.held.n + s.reserved; u > 0 && u+n > s.maxUnsent && s.bulk(d.Stream.ID()) {
+		if u := int(s.written-s.next) + s.reserved; u > 0 && u+n > s.maxUnsent {
 			// Enough waits to be sent (backlog.go): this stream's
 			// bytes wait here, not in the queue ahead of everyone
 			// else's.
@@ -435,17 +433,11 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	case m > 0:
 		hdr := pshHeader(d, m)
 		copy(c[:], hdr[:])
-		hold := s.bulk(sid)
 		if s.pad.young(hdr[:], m) {
 			s.padDue = true
 		}
-		if hold {
-			s.held.push(heldFrame{c: c, n: smuxHeaderLen + m, sid: sid})
-			s.heldMore()
-		} else {
-			s.sendq.link(c, smuxHeaderLen+m)
-			s.queued(smuxHeaderLen + m)
-		}
+		s.sendq.link(c, smuxHeaderLen+m)
+		s.queued(smuxHeaderLen + m)
 		return m, err
 	}
 	s.sendq.freeChunk(c)
