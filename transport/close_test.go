@@ -30,13 +30,16 @@ func TestCloseIsPrompt(t *testing.T) {
 	for range 100 {
 		// On a loaded machine a session's carriers may be redialled
 		// meanwhile, and a newcomer from the same address may then evict
-		// a dial still silent (TestSilentFlood...): try again.
+		// a dial still silent (TestSilentFlood...): try again, after a
+		// pause that lets the machine catch up (CI, with every package's
+		// tests under -race at once, saw three dials in a row cut so).
 		var s *Session
 		var err error
-		for try := 0; try < 3; try++ {
+		for try := 0; try < 8; try++ {
 			if s, err = Dial(context.Background(), b.clientConfig()); err == nil {
 				break
 			}
+			time.Sleep(time.Duration(try+1) * 100 * time.Millisecond)
 		}
 		if err != nil {
 			t.Fatal(err)
