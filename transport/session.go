@@ -223,16 +223,18 @@ type countingConn struct {
 
 	mu       sync.Mutex // held while writing
 	batching bool
-	pending  *[]byte // full records kept, from batchPool
+	pending  *[]byte // full records kept, from writeBufs
 }
 
 // fullRecord is the wire size from which a record is full: a TLS 1.3
 // record of 16 KiB of plaintext is 16,406 bytes.
 const fullRecord = 1 << 14
 
-// batchPool holds the buffers of kept records: a carrier holds one only
-// while it writes.
-var batchPool = sync.Pool{New: func() any {
+// writeBufs holds the buffers of one write to a carrier: the frames the
+// flusher composes, and the full records its carrier keeps (batch). A
+// session holds them only while it writes, so a bridge's idle sessions
+// hold none.
+var writeBufs = sync.Pool{New: func() any {
 	b := make([]byte, 0, maxWriteWire)
 	return &b
 }}
@@ -241,13 +243,14 @@ var batchPool = sync.Pool{New: func() any {
 // and their records' overhead.
 const maxWriteWire = maxWriteChunk + maxWriteChunk/maxFrameBody*tlsRecordOverhead + 1024
 
-// composePool holds the buffers the flusher composes its writes in: a
-// session holds one only while it writes, so that a bridge's idle
-// sessions hold none.
-var composePool = sync.Pool{New: func() any {
-	b := make([]byte, 0, maxWriteWire)
-	return &b
-}}
+// putWriteBuf returns b, holding buf's bytes, to writeBufs, unless it grew
+// past twice the usual size.
+func putWriteBuf(buf *[]byte, b []byte) {
+	if cap(b) <= 2*maxWriteWire {
+		*buf = b[:0]
+		writeBufs.Put(buf)
+	}
+}
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -260,7 +263,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if c.batching && len(p) >= fullRecord {
 		if c.pending == nil {
-			c.pending = batchPool.Get().(*[]byte)
+			c.pending = writeBufs.Get().(*[]byte)
 		}
 		*c.pending = append(*c.pending, p...)
 		c.written.Add(int64(len(p)))
@@ -301,10 +304,7 @@ func (c *countingConn) writePendingLocked() error {
 	p := c.pending
 	c.pending = nil
 	_, err := c.Conn.Write(*p)
-	if cap(*p) <= 2*maxWriteWire {
-		*p = (*p)[:0]
-		batchPool.Put(p)
-	}
+	putWriteBuf(p, *p)
 	return err
 }
 
@@ -862,7 +862,7 @@ func (s *sessionConn) flushLoop() {
 			s.sendCond.Wait()
 			continue
 		}
-		buf := composePool.Get().(*[]byte)
+		buf := writeBufs.Get().(*[]byte)
 		out := s.compose((*buf)[:0], c)
 		if s.unsentWaiters > 0 {
 			// compose took bytes from the queue: writers waiting for
@@ -870,7 +870,7 @@ func (s *sessionConn) flushLoop() {
 			s.spaceCond.Broadcast()
 		}
 		if len(out) == 0 {
-			composePool.Put(buf)
+			putWriteBuf(buf, out)
 			continue
 		}
 		s.mu.Unlock()
@@ -887,10 +887,7 @@ func (s *sessionConn) flushLoop() {
 		} else {
 			s.noteSent(c)
 		}
-		if cap(out) <= 2*maxWriteWire {
-			*buf = out[:0]
-			composePool.Put(buf)
-		}
+		putWriteBuf(buf, out)
 	}
 }
 
