@@ -21,8 +21,11 @@ import "time"
 // 16 KiB made an 8-stream download on loopback a fifth slower and a third
 // dearer in CPU (wake-ups of the flusher), and even 512 KiB and 256 KiB
 // cost it 8%. So the bounds follow the carrier's send rate, measured
-// over rateInterval, from the floors up; on loopback they cap at 4 MiB
-// and none, and a new stream there waits about 5 ms behind a download.
+// over rateInterval, from the floors up to 1 MiB each, the caps from
+// 840 Mbit/s (the queue) and 1.7 Gbit/s (the socket). With caps of 4
+// MiB and none (loopback, a LAN), a new stream on loopback waited 25 ms
+// behind a download for its first byte; with 1 MiB and 1 MiB, 9 to 15
+// ms, at the same speed and CPU per byte (the bench harness).
 const (
 	// unsentTime and lowatTime: how long the bytes waiting in the
 	// session's queue, and in the carrier's socket, take to send.
@@ -53,13 +56,12 @@ const (
 	startUnsent     = 64 << 10
 	startLowat      = 16 << 10
 	startWriteChunk = 64 << 10
-	// maxUnsentBound caps the session's queue bound; sendLimit bounds
-	// all of it anyway.
-	maxUnsentBound = sendLimit / 2
-	// maxLowat: past it, a socket's unsent bytes are not bounded at all
-	// (a fast path: loopback, a LAN).
-	maxLowat     = 1 << 20
-	rateInterval = 100 * time.Millisecond
+	// maxUnsentBound and maxLowat cap the session's queue bound and the
+	// socket's. Half a MiB each cost uploads on loopback 4-7% more CPU
+	// per GiB (the client, on one core, woke more often).
+	maxUnsentBound = 1 << 20
+	maxLowat       = 1 << 20
+	rateInterval   = 100 * time.Millisecond
 	// firstRateInterval is the busy time the first measure of a
 	// session's rate takes: until then the bounds are the floors,
 	// which cost a fast path a fifth of its speed. 100 ms of it was
@@ -81,7 +83,7 @@ type sendRate struct {
 	backlog   bool  // something waited to be sent then
 	busy      int64 // time counted since the bounds were last set
 	busyBytes int64 // bytes written in that time
-	lowat     int   // the socket's bound now; 0: none
+	lowat     int   // the socket's bound now
 }
 
 // noteSent updates the bounds from c's send rate, once rateInterval of
@@ -110,12 +112,9 @@ func (s *sessionConn) noteSent(c *carrier) {
 	r.busy, r.busyBytes = 0, 0
 	s.maxUnsent = min(max(int(bps*unsentTime.Seconds()), minUnsent), maxUnsentBound)
 	s.writeChunk = min(max(int(bps*writeTime.Seconds()), minWriteChunk), maxWriteChunk)
-	lowat := max(int(bps*lowatTime.Seconds()), minLowat)
-	if lowat > maxLowat {
-		lowat = 0 // no bound
-	}
+	lowat := min(max(int(bps*lowatTime.Seconds()), minLowat), maxLowat)
 	s.lowat = lowat
-	if lowat != r.lowat && (lowat == 0 || r.lowat == 0 || lowat > r.lowat*5/4 || lowat < r.lowat*4/5) {
+	if lowat != r.lowat && (r.lowat == 0 || lowat > r.lowat*5/4 || lowat < r.lowat*4/5) {
 		r.lowat = lowat
 		limitUnsent(c.raw, lowat)
 	}

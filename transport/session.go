@@ -67,7 +67,7 @@ type sessionConn struct {
 	maxUnsent     int
 	writeChunk    int // the most data in one write to a carrier (backlog.go)
 	unsentWaiters int
-	lowat         int  // the bound of carriers' sockets; 0: none
+	lowat         int  // the bound of carriers' sockets
 	rateKnown     bool // the bounds follow a measured rate
 	acked         uint64
 	written       uint64
