@@ -37,49 +37,13 @@ func BenchmarkThinLink(b *testing.B) {
 		total  = 8 << 20 // bytes of each round, all streams together
 		rounds = 5
 	)
-	src := make([]byte, 64<<10)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	// The source sends each connection the number of bytes it asks for
-	// (4 bytes, big-endian), then closes.
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var ask [4]byte
-				if _, err := io.ReadFull(c, ask[:]); err != nil {
-					return
-				}
-				for left := int(binary.BigEndian.Uint32(ask[:])); left > 0; left -= len(src) {
-					if _, err := c.Write(src[:min(left, len(src))]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	source := startSizedSource(b)
 	// The session outlives the TCP rounds: the face keeps idle
 	// connections for a minute (the tests' face, for two seconds).
 	face := newSiteFace(b)
 	face.Server.IdleTimeout = time.Minute
-	br := startBridge(b, face, func(st *Stream) {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			st.Reply(StatusConnectionRefused)
-			return
-		}
-		st.Reply(StatusOK)
-		Relay(st, c) // as the bridge's egress does
-		c.Close()
-	}, func(c *ServerConfig) { c.Logger = nil })
-	tcpLink := startQueuedLongLink(b, ln.Addr().String(), rtt, rate, queue)
+	br := startBridge(b, face, relayTo(source), func(c *ServerConfig) { c.Logger = nil })
+	tcpLink := startQueuedLongLink(b, source, rtt, rate, queue)
 	sess := br.dialVia(b, startQueuedLongLink(b, br.addr, rtt, rate, queue))
 	// all runs n downloads at once and returns their total rate in MB/s,
 	// from the first byte of any to the last of all.
@@ -148,4 +112,36 @@ func BenchmarkThinLink(b *testing.B) {
 			}
 		})
 	}
+}
+
+// startSizedSource serves each connection the number of bytes it asks
+// for (4 bytes, big-endian), then closes it, and returns its address.
+func startSizedSource(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	src := make([]byte, 64<<10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var ask [4]byte
+				if _, err := io.ReadFull(c, ask[:]); err != nil {
+					return
+				}
+				for left := int(binary.BigEndian.Uint32(ask[:])); left > 0; left -= len(src) {
+					if _, err := c.Write(src[:min(left, len(src))]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
