@@ -41,12 +41,12 @@ var errPeerWindow = errors.New("transport: the peer acknowledged more of a strea
 // sendWindow is the flow-control state of one stream we send on, as smux
 // v2 keeps it: counts modulo 2^32, as the frames carry them.
 type sendWindow struct {
-	sent uint32 // bytes of PSH frames queued for the stream
-	// total is sent without the wrap: a stream is young (frameRoom)
-	// until it reaches youngStreamBytes.
-	total    int64
+	sent     uint32 // bytes of PSH frames queued for the stream
 	consumed uint32 // bytes the peer last said its app read
 	window   uint32 // the peer's window for the stream
+	// total is sent without the wrap: a stream is young (frameRoom)
+	// until it reaches youngStreamBytes.
+	total int64
 	// asked is set once the client asked the bridge for the stream's
 	// reads (askReads), until an UPD of the stream comes.
 	asked bool
