@@ -114,7 +114,9 @@ func (s *sessionConn) noteSent(c *carrier) {
 	s.writeChunk = min(max(int(bps*writeTime.Seconds()), minWriteChunk), maxWriteChunk)
 	lowat := min(max(int(bps*lowatTime.Seconds()), minLowat), maxLowat)
 	s.lowat = lowat
-	if lowat != r.lowat && (r.lowat == 0 || lowat > r.lowat*5/4 || lowat < r.lowat*4/5) {
+	// The socket's option is set again only on a change of a quarter or
+	// more (a carrier's first bound, r.lowat 0, is always one).
+	if lowat > r.lowat*5/4 || lowat < r.lowat*4/5 {
 		r.lowat = lowat
 		limitUnsent(c.raw, lowat)
 	}

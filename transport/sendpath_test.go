@@ -91,9 +91,7 @@ func TestWriteSizeFollowsTheSendRate(t *testing.T) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if tc.bps > 0 {
-				c.rate.busy = int64(rateInterval)
-				c.rate.busyBytes = int64(tc.bps * rateInterval.Seconds())
-				s.noteSent(c)
+				measured(s, c, tc.bps)
 			}
 			s.sendq.push(make([]byte, 4<<20))
 			s.written += 4 << 20
@@ -105,6 +103,14 @@ func TestWriteSizeFollowsTheSendRate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// measured sets s's bounds as if carrier c had been measured sending bps
+// bytes a second for a whole rateInterval. Called with s.mu held.
+func measured(s *sessionConn, c *carrier, bps float64) {
+	c.rate.busy = int64(rateInterval)
+	c.rate.busyBytes = int64(bps * rateInterval.Seconds())
+	s.noteSent(c)
 }
 
 // pipeCarrier attaches to s a carrier over one end of a synchronous pipe
@@ -341,9 +347,7 @@ func TestFastPathBoundsStayBounded(t *testing.T) {
 		s := newSessionConn(false, time.Minute, testLogger(t))
 		c := &carrier{raw: &countingConn{}}
 		s.mu.Lock()
-		c.rate.busy = int64(rateInterval)
-		c.rate.busyBytes = int64(gbps * 1e9 / 8 * rateInterval.Seconds())
-		s.noteSent(c)
+		measured(s, c, gbps*1e9/8)
 		unsent, lowat := s.maxUnsent, s.lowat
 		s.mu.Unlock()
 		s.Close()
