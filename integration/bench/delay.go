@@ -17,6 +17,7 @@ type link struct {
 	rate     float64 // bytes per second; 0 means unlimited
 	oneWay   time.Duration
 	nextFree time.Time
+	moved    int64 // bytes that crossed, TCP payload only
 }
 
 // schedule returns when the last bit of n bytes leaves the serializer. The
@@ -25,6 +26,7 @@ type link struct {
 func (l *link) schedule(n int) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.moved += int64(n)
 	now := time.Now()
 	start := l.nextFree
 	if start.Before(now) {
@@ -78,6 +80,19 @@ func newDelayLine(upstream string, rtt time.Duration, bitsPerSec float64, handsh
 func (d *delayLine) Addr() string { return d.ln.Addr().String() }
 
 func (d *delayLine) Close() { d.ln.Close() }
+
+// moved returns the bytes that crossed the delay line so far, both ways:
+// what the system puts on the wire (TCP payload: its handshakes,
+// framing, padding and the data it carries).
+func (d *delayLine) moved() int64 {
+	var n int64
+	for _, l := range []*link{d.up, d.down} {
+		l.mu.Lock()
+		n += l.moved
+		l.mu.Unlock()
+	}
+	return n
+}
 
 func (d *delayLine) serve() {
 	for {

@@ -222,7 +222,11 @@ type result struct {
 	cpuCli, cpuSrv         float64 // s/GiB, -1 when unknown
 	rssCli, rssSrv         float64 // MiB, -1 when unknown
 	cold, coldReady        float64 // ms, -1 when not measured
-	err                    error
+	// On the delay line: the bytes on the wire, both ways, per byte
+	// downloaded and uploaded in the bulk figures, and per new stream
+	// of the TTFB figure (-1 when not measured).
+	wireDown, wireUp, wireStream float64
+	err                          error
 }
 
 // bulk moves n bytes on each of k streams at once and returns MiB/s of the
@@ -349,6 +353,23 @@ func (e *env) measure(s *system) result {
 	var r result
 	limit := 10 * time.Minute
 	c0, s0 := cpuSeconds(s.client), cpuSeconds(s.server)
+	r.wireDown, r.wireUp, r.wireStream = -1, -1, -1
+	// wire reads what crossed the delay line so far; per divides what
+	// crossed since w0 by n.
+	wire := func() int64 {
+		if s.delay == nil {
+			return -1
+		}
+		return s.delay.moved()
+	}
+	per := func(w0 int64, n int64) float64 {
+		if w0 < 0 || n <= 0 {
+			return -1
+		}
+		return float64(wire()-w0) / float64(n)
+	}
+	bulkBytes := int64(1+e.o.streams) * e.o.size
+	w0 := wire()
 	var moved int64
 	var err error
 	if r.down1, err = bulk(s, e.target, 1, e.o.size, true, limit); err != nil {
@@ -357,15 +378,18 @@ func (e *env) measure(s *system) result {
 	if r.down8, err = bulk(s, e.target, e.o.streams, e.o.size, true, limit); err != nil {
 		return result{err: fmt.Errorf("%d streams down: %w", e.o.streams, err)}
 	}
-	moved += int64(1+e.o.streams) * e.o.size
+	moved += bulkBytes
+	r.wireDown = per(w0, bulkBytes)
 	if e.o.upload {
+		w0 = wire()
 		if r.up1, err = bulk(s, e.target, 1, e.o.size, false, limit); err != nil {
 			return result{err: fmt.Errorf("1 stream up: %w", err)}
 		}
 		if r.up8, err = bulk(s, e.target, e.o.streams, e.o.size, false, limit); err != nil {
 			return result{err: fmt.Errorf("%d streams up: %w", e.o.streams, err)}
 		}
-		moved += int64(1+e.o.streams) * e.o.size
+		moved += bulkBytes
+		r.wireUp = per(w0, bulkBytes)
 	}
 	gib := float64(moved) / (1 << 30)
 	r.cpuCli, r.cpuSrv = -1, -1
@@ -376,9 +400,11 @@ func (e *env) measure(s *system) result {
 		r.cpuSrv = (s1 - s0) / gib
 	}
 	r.rssCli, r.rssSrv = procMiB(s.client, "VmHWM"), procMiB(s.server, "VmHWM")
+	w0 = wire()
 	if r.ttfb50, r.ttfb99, err = ttfb(s, e.target, e.o.samples); err != nil {
 		return result{err: fmt.Errorf("TTFB: %w", err)}
 	}
+	r.wireStream = per(w0, int64(e.o.samples+1)) // and the warm-up stream
 	if r.loaded50, err = ttfbLoaded(s, e.target, max(e.o.samples/5, 5), 2*time.Second); err != nil {
 		return result{err: fmt.Errorf("TTFB under load: %w", err)}
 	}
@@ -487,6 +513,7 @@ func run(o options) error {
 			}
 		}
 		t := summarize(title, systems, res, idle)
+		t.wire = delayed
 		tables = append(tables, t)
 		fmt.Println(t.markdown(o))
 		if bar := t.coldBar(delayRTT(o, delayed)); bar != "" {
@@ -511,6 +538,9 @@ func run(o options) error {
 	}
 	if o.rtt > 0 {
 		fmt.Println("- Delay line: a user-space TCP relay per system between its client side and server side (direct TCP: between the relay and the target), adding RTT/2 each way behind one rate-limited serializer per direction shared by all the system's connections; its queue holds 5 ms of link time per connection, and it never drops. It terminates TCP on both sides and holds up to 64 MiB in flight per direction and connection, so TCP's own window, slow start and loss recovery never see the delay: it measures the round trips and windows of each system's own protocol (handshakes, stream windows), not TCP congestion control.")
+	}
+	if o.rtt > 0 {
+		fmt.Println("- Wire bytes (delay line only): the TCP payload that crossed the delay line, both ways, during the bulk downloads (or uploads) per byte they moved, and during the TTFB figure per new stream (its 1-byte request and answer, plus the warm-up stream). Direct TCP's figures are the data alone; each other system's excess is what it puts on the wire besides: handshakes (for systems with a connection per stream, one per stream), framing, acknowledgements and padding (Mirage pads its young streams' writes and bulk writes' last records: PROTOCOL.md §6.2).")
 	}
 	fmt.Println("- Ratios are to direct TCP and to the Go TLS relay of the same run; throughput ratio > 1 is faster, TTFB/CPU ratio < 1 is better.")
 	for _, n := range e.notes {

@@ -19,6 +19,7 @@ type row struct {
 type table struct {
 	title string
 	rows  []row
+	wire  bool // the wire bytes were measured (the delay line's pass)
 }
 
 func median(xs []float64) float64 {
@@ -70,6 +71,8 @@ func summarize(title string, systems []*system, res [][]result, idle map[string]
 				cpuCli:   f(func(r result) float64 { return r.cpuCli }), cpuSrv: f(func(r result) float64 { return r.cpuSrv }),
 				rssCli: f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
 				cold: f(func(r result) float64 { return r.cold }), coldReady: f(func(r result) float64 { return r.coldReady }),
+				wireDown: f(func(r result) float64 { return r.wireDown }), wireUp: f(func(r result) float64 { return r.wireUp }),
+				wireStream: f(func(r result) float64 { return r.wireStream }),
 			}
 		}
 		t.rows = append(t.rows, rw)
@@ -131,6 +134,9 @@ func (t table) markdown(o options) string {
 	if o.idle > 0 {
 		cols = append(cols, fmt.Sprintf("%d idle streams: peak RSS MiB client / server", o.idle), "KiB per idle stream client / server")
 	}
+	if t.wire {
+		cols = append(cols, "wire bytes per byte down", "wire bytes per byte up", "wire bytes per new stream")
+	}
 	b.WriteString("| " + strings.Join(cols, " | ") + " |\n|" + strings.Repeat("---|", len(cols)) + "\n")
 	for _, rw := range t.rows {
 		if rw.err != nil {
@@ -138,9 +144,9 @@ func (t table) markdown(o options) string {
 			continue
 		}
 		r := rw.r
-		c := []string{rw.name, ratio(r.down1, d.down1, tl.down1, okD, okT, 0), ratio(r.down8, d.down8, tl.down8, okD, okT, 0)}
+		c := []string{rw.name, ratio(r.down1, d.down1, tl.down1, okD, okT, rateDecimals(r.down1)), ratio(r.down8, d.down8, tl.down8, okD, okT, rateDecimals(r.down8))}
 		if o.upload {
-			c = append(c, ratio(r.up1, d.up1, tl.up1, okD, okT, 0), ratio(r.up8, d.up8, tl.up8, okD, okT, 0))
+			c = append(c, ratio(r.up1, d.up1, tl.up1, okD, okT, rateDecimals(r.up1)), ratio(r.up8, d.up8, tl.up8, okD, okT, rateDecimals(r.up8)))
 		}
 		c = append(c,
 			ratio(r.ttfb50, d.ttfb50, tl.ttfb50, okD, okT, 2), ratio(r.ttfb99, d.ttfb99, tl.ttfb99, okD, okT, 2),
@@ -159,9 +165,25 @@ func (t table) markdown(o options) string {
 					fmt.Sprintf("%s / %s", signed(rw.idle.perCli), signed(rw.idle.perSrv)))
 			}
 		}
+		if t.wire {
+			c = append(c, ratio(r.wireDown, d.wireDown, tl.wireDown, okD, okT, 4), ratio(r.wireUp, d.wireUp, tl.wireUp, okD, okT, 4),
+				ratio(r.wireStream, d.wireStream, tl.wireStream, okD, okT, 0))
+		}
 		b.WriteString("| " + strings.Join(c, " | ") + " |\n")
 	}
 	return b.String()
+}
+
+// rateDecimals returns the decimals a throughput of x MiB/s is shown with: none
+// on loopback's hundreds, two at a slow link's few (2.38, not 2).
+func rateDecimals(x float64) int {
+	switch {
+	case x >= 100:
+		return 0
+	case x >= 10:
+		return 1
+	}
+	return 2
 }
 
 // signed formats a growth that may be negative (-1 is a real value here,
