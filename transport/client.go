@@ -524,6 +524,9 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 func (s *Session) openStream() (*smux.Stream, error) {
 	st, err := s.mux.OpenStream()
 	if err != nil {
+		if s.mux.IsClosed() {
+			return nil, s.endedErr()
+		}
 		return nil, err
 	}
 	if st.ID()&streamAbortFlag != 0 {
@@ -532,6 +535,24 @@ func (s *Session) openStream() (*smux.Stream, error) {
 		return nil, errors.New("transport: the session has used up its stream numbers: a new one is needed")
 	}
 	return st, nil
+}
+
+// endedErr is what opening a stream on the ended session s returns:
+// ErrSessionEnded, with why it ended. smux says "io: read/write on closed
+// pipe", which tells a program holding a Session neither.
+func (s *Session) endedErr() error {
+	s.conn.mu.Lock()
+	why := s.conn.err
+	s.conn.mu.Unlock()
+	switch why {
+	case nil:
+		// smux's own end: its keepalive, or the carrier's bytes it
+		// could not read.
+		return ErrSessionEnded
+	case errSessionClosed:
+		why = ErrClosed // closed here
+	}
+	return fmt.Errorf("%w (why: %w)", ErrSessionEnded, why)
 }
 
 // clientStream is a stream a Session opened: a smux stream (net.Conn,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,28 @@ func TestCloseTellsClients(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("client session %d still open after the bridge closed", i)
 		}
+		if _, err := s.OpenStreamFast(Request{Command: CmdDefault}); !errors.Is(err, ErrSessionEnded) {
+			t.Errorf("OpenStreamFast on client session %d, ended by the bridge: %v; want ErrSessionEnded", i, err)
+		}
+	}
+}
+
+// TestOpenOnClosedSession: a stream asked of a session closed here fails
+// saying so, and what to do, not with smux's "io: read/write on closed
+// pipe".
+func TestOpenOnClosedSession(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	s, err := Dial(context.Background(), b.clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = s.OpenStream(context.Background(), Request{Command: CmdDefault})
+	if !errors.Is(err, ErrSessionEnded) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("OpenStream on a closed session: %v; want ErrSessionEnded and ErrClosed", err)
+	}
+	if strings.Contains(err.Error(), "closed pipe") {
+		t.Errorf("OpenStream on a closed session: %q speaks of a pipe", err)
 	}
 }
 

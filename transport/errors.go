@@ -36,4 +36,11 @@ var (
 
 	// ErrClosed is returned by operations on a closed Client or Server.
 	ErrClosed = errors.New("transport: closed")
+
+	// ErrSessionEnded is returned by a Session's OpenStream and
+	// OpenStreamFast once the session has ended: closed here or by the
+	// bridge, or out of connections to the bridge (the error wrapping
+	// it says which). A session does not come back; a Client dials a
+	// new one by itself.
+	ErrSessionEnded = errors.New("transport: the session has ended: dial a new one (a Client does so by itself)")
 )

@@ -518,6 +518,12 @@ func TestIdleSessionDoesNotReconnect(t *testing.T) {
 	if !first.IsClosed() {
 		t.Error("the idle session outlived its last carrier")
 	}
+	// A program that holds the Session itself learns what happened, and
+	// what to do, where it got "io: read/write on closed pipe".
+	_, err = first.OpenStream(ctx, Request{Command: CmdDefault})
+	if !errors.Is(err, ErrSessionEnded) || !errors.Is(err, errIdleNoCarrier) {
+		t.Errorf("OpenStream on the ended session: %v; want ErrSessionEnded, saying it had no stream open when it lost its last connection", err)
+	}
 	openAndEcho(t, ctx, client, 5) // a new session
 	if s, _ := client.Session(ctx); s == first {
 		t.Error("the next stream went on the ended session")
