@@ -546,8 +546,9 @@ func (s *Session) endedErr() error {
 	s.conn.mu.Unlock()
 	switch why {
 	case nil:
-		// smux's own end: its keepalive, or the carrier's bytes it
-		// could not read.
+		// smux ended by itself (its keepalive, or a session it could
+		// not read), or OpenStream ended it after a failed request:
+		// no reason was recorded.
 		return ErrSessionEnded
 	case errSessionClosed:
 		why = ErrClosed // closed here

@@ -538,8 +538,6 @@ func run(o options) error {
 	}
 	if o.rtt > 0 {
 		fmt.Println("- Delay line: a user-space TCP relay per system between its client side and server side (direct TCP: between the relay and the target), adding RTT/2 each way behind one rate-limited serializer per direction shared by all the system's connections; its queue holds 5 ms of link time per connection, and it never drops. It terminates TCP on both sides and holds up to 64 MiB in flight per direction and connection, so TCP's own window, slow start and loss recovery never see the delay: it measures the round trips and windows of each system's own protocol (handshakes, stream windows), not TCP congestion control.")
-	}
-	if o.rtt > 0 {
 		fmt.Println("- Wire bytes (delay line only): the TCP payload that crossed the delay line, both ways, during the bulk downloads (or uploads) per byte they moved, and during the TTFB figure per new stream (its 1-byte request and answer, plus the warm-up stream). Direct TCP's figures are the data alone; each other system's excess is what it puts on the wire besides: handshakes (for systems with a connection per stream, one per stream), framing, acknowledgements and padding (Mirage pads its young streams' writes and bulk writes' last records: PROTOCOL.md §6.2).")
 	}
 	fmt.Println("- Ratios are to direct TCP and to the Go TLS relay of the same run; throughput ratio > 1 is faster, TTFB/CPU ratio < 1 is better.")
