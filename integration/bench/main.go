@@ -8,7 +8,9 @@
 // start (a freshly started client's first stream), CPU per GiB and peak RSS
 // of each side from /proc, and RSS with 1,000 idle streams. With -rtt it
 // measures again through a user-space delay line placed between each
-// system's client side and server side. Output: Markdown tables with ratios
+// system's client side and server side, which also counts what each
+// system puts on the wire (its handshakes, framing and padding) per byte
+// and per new stream. Output: Markdown tables with ratios
 // to the direct and TLS baselines of the same run, and a PNG chart.
 //
 //	go run ./integration/bench -size 16MiB -rounds 1 -rtt 60ms -rate 100mbit -png bench.png
