@@ -144,6 +144,14 @@ func ParseCapturedHello(captures ...[]byte) (*CapturedHello, error) {
 		if err != nil {
 			return nil, fmt.Errorf("transport: captured hello %d: %w", i+1, err)
 		}
+		if len(msg) > hello.MaxRecordPayload {
+			// Browsers' hellos are a few KiB. The client's own grows
+			// past the capture (its server name; another capture's ECH
+			// payload length): bounded so, it stays within what a
+			// bridge reads, and in one record. A hello near 64 KiB
+			// made one over it, which the bridge took for a stranger's.
+			return nil, fmt.Errorf("transport: captured hello %d is %d bytes, more than a browser's hello (at most %d): capture a browser's first visit", i+1, len(msg), hello.MaxRecordPayload)
+		}
 		if err := checkCapture(ch); err != nil {
 			return nil, fmt.Errorf("transport: captured hello %d: %w", i+1, err)
 		}

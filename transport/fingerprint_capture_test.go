@@ -459,12 +459,37 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		c[6], c[7], c[8] = byte(n>>16), byte(n>>8), byte(n)
 		return c
 	}
+	// huge returns chrome's hello grown past a record by an unknown
+	// extension of zeros, carried in records of 16 KiB: the client's
+	// own hello, larger again (its server name, the ECH payload), went
+	// past what a bridge reads, and every dial failed as a wrong key.
+	huge := func() []byte {
+		m := bytes.Clone(msg)
+		off := 4 + 2 + 32
+		off += 1 + int(m[off])
+		off += 2 + int(binary.BigEndian.Uint16(m[off:]))
+		off += 1 + int(m[off])
+		const extra = 20 << 10
+		binary.BigEndian.PutUint16(m[off:], binary.BigEndian.Uint16(m[off:])+4+extra)
+		m = append(m, 0x12, 0x34, extra>>8, extra&0xff)
+		m = append(m, make([]byte, extra)...)
+		n := len(m) - 4
+		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
+		var c []byte
+		for len(m) > 0 {
+			k := min(len(m), hello.MaxRecordPayload)
+			c = append(c, 22, 3, 1, byte(k>>8), byte(k))
+			c, m = append(c, m[:k]...), m[k:]
+		}
+		return c
+	}
 	for _, tc := range []struct {
 		name     string
 		captures [][]byte
 		want     string
 	}{
 		{"nothing", nil, "no captures"},
+		{"larger than a record", [][]byte{huge()}, "more than a browser's hello"},
 		{"not TLS", [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n")}, ""},
 		{"trailing bytes", [][]byte{append(bytes.Clone(chrome), 0x17)}, "after the ClientHello"},
 		{"no session_id", [][]byte{shortSession()}, "session_id"},
