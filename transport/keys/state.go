@@ -118,6 +118,9 @@ func (e *newerVersionError) Error() string {
 // a public key that does not match the private key all mean the file is not
 // what this code wrote, and guessing would risk a different identity.
 func parseState(data []byte) (*State, error) {
+	if err := exactFields(data); err != nil {
+		return nil, err
+	}
 	var f stateFile
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -160,6 +163,41 @@ func parseState(data []byte) (*State, error) {
 		st.ShortIDs = append(st.ShortIDs, id)
 	}
 	return st, nil
+}
+
+// stateFields are the state file's field names, as written.
+var stateFields = map[string]bool{"version": true, "private_key": true, "public_key": true, "short_ids": true}
+
+// exactFields refuses a state file whose object names a field in another
+// spelling than this code writes, or twice: encoding/json matches field
+// names whatever their case and keeps the last of a repeated one, so
+// {"PRIVATE_KEY": …, "private_key": …} loaded, with one of the two keys.
+// What is not an object is left to the decoder, which says so.
+func exactFields(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil // the decoder says what is wrong
+		}
+		name, _ := t.(string)
+		switch {
+		case !stateFields[name]:
+			return fmt.Errorf("not valid JSON: unknown field %q (field names are written in lower case)", name)
+		case seen[name]:
+			return fmt.Errorf("not valid JSON: %q twice", name)
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 // marshal returns the state file's contents, indented for the operator who

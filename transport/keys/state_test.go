@@ -141,6 +141,10 @@ func TestStateDamaged(t *testing.T) {
 		{"bad short id", edit("0102030405060708", "01020304"), "short_ids: id:"},
 		{"zero short id", edit("0102030405060708", "0000000000000000"), "not a short id"},
 		{"wrong type", edit(`"version": 1`, `"version": "1"`), "not valid JSON"},
+		// encoding/json matches names whatever their case and keeps the
+		// last of a repeated name: neither is what this code writes.
+		{"field name in capitals", edit(`"private_key"`, `"PRIVATE_KEY"`), "unknown field"},
+		{"field twice", edit(`"version": 1,`, `"version": 1, "version": 1,`), `"version" twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
