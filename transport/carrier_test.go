@@ -532,6 +532,25 @@ func TestIdleSessionSleeps(t *testing.T) {
 // the push waited for the manager's 5-second safety wake-up.
 func TestPushToASleepingSessionSurvivesAFreeze(t *testing.T) {
 	t.Parallel()
+	// Past activeFor with nothing moving: the manager sleeps.
+	pushAcrossAFreeze(t, activeFor+1500*time.Millisecond)
+}
+
+// TestPushInTheWindowSurvivesAFreeze: a push that comes while the client's
+// PINGs have backed off (TestActiveWindowPingsBackOff), and freezes on
+// the way, is found in the detector's time too: its first bytes moved,
+// so the next PING goes after 1 s of silence again, not the gap.
+func TestPushInTheWindowSurvivesAFreeze(t *testing.T) {
+	t.Parallel()
+	// Two PINGs answered (at 1 and 3 s): the next would wait 4 s.
+	pushAcrossAFreeze(t, 4500*time.Millisecond)
+}
+
+// pushAcrossAFreeze opens a stream through a relay that freezes its first
+// connection partway through a 48 KiB push, leaves the stream idle for
+// idle, then has the bridge push, and checks the push arrives whole
+// within 4 s (the freeze detector's 2 s and a new carrier).
+func pushAcrossAFreeze(t *testing.T, idle time.Duration) {
 	const push = 48 << 10
 	trigger := make(chan struct{})
 	b := startBridge(t, newSiteFace(t), func(st *Stream) {
@@ -565,17 +584,16 @@ func TestPushToASleepingSessionSurvivesAFreeze(t *testing.T) {
 	if _, err := st.Write([]byte{'W'}); err != nil {
 		t.Fatal(err)
 	}
-	// Past activeFor with nothing moving: the manager sleeps.
-	time.Sleep(activeFor + 1500*time.Millisecond)
+	time.Sleep(idle)
 	start := time.Now()
 	close(trigger)
 	st.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got := make([]byte, push)
 	if _, err := io.ReadFull(st, got); err != nil {
-		t.Fatalf("the push after the stream slept: %v", err)
+		t.Fatalf("the push after %v idle: %v", idle, err)
 	}
 	took := time.Since(start)
-	t.Logf("48 KiB pushed to a sleeping session in %v, over %d connections", took.Round(time.Millisecond), len(r.Stats()))
+	t.Logf("48 KiB pushed after %v idle in %v, over %d connections", idle, took.Round(time.Millisecond), len(r.Stats()))
 	if !bytes.Equal(got, payload(push, 7)) {
 		t.Fatal("the push arrived damaged")
 	}
@@ -639,5 +657,51 @@ func TestFreezesBeforeDataTeachNoBudget(t *testing.T) {
 	waitUntil(t, "the second carrier frozen", func() bool { return strings.Count(logs.String(), "carrier ended") >= 2 })
 	if got := sess.Budget(); got != 0 {
 		t.Fatalf("learned a budget of %d bytes from carriers that froze before any DATA", got)
+	}
+}
+
+// TestActiveWindowPingsBackOff: after a reply, with its stream left open
+// (a chat app's connection after a message), the freeze detector makes
+// sure for activeFor that the carrier is still there, as a reply may be
+// on its way; but once its PINGs are answered, it asks less and less
+// often. Each PING and its answer wake the phone's radio and both ends:
+// before, one went every second of the window.
+func TestActiveWindowPingsBackOff(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{}, func(c *ServerConfig) {
+		c.Site.Server.IdleTimeout = time.Minute // no idle close in the window
+	})
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	_, sess := dialForAMinute(t, cfg)
+	st := openStream(t, sess)
+	var hdr [17]byte
+	hdr[0] = 'D'
+	binary.BigEndian.PutUint64(hdr[1:], 4096)
+	if _, err := st.Write(hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(st, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	// The reply's ACKs go first.
+	time.Sleep(300 * time.Millisecond)
+	moved := func() (up, down int64) {
+		for _, c := range r.Stats() {
+			up, down = up+c.Up, down+c.Down
+		}
+		return up, down
+	}
+	up0, down0 := moved()
+	time.Sleep(activeFor)
+	up, down := moved()
+	up, down = up-up0, down-down0
+	// A PING, and its answer, is one record of 39 bytes (an h2 PING's
+	// 17 and a record's 22).
+	const record = 39
+	t.Logf("in the %v after a reply: %d bytes up, %d down (%d and %d PING-sized records)", activeFor, up, down, up/record, down/record)
+	if up > 4*record || down > 4*record {
+		t.Errorf("%d bytes up and %d down in the %v after a reply, with nothing to carry: more than 4 PINGs and their answers", up, down, activeFor)
 	}
 }

@@ -97,6 +97,15 @@ type sessionConn struct {
 	resendFrom    uint64
 	resendAskedAt time.Time
 	drops         []uint32 // DROP frames to send
+	// pingGap is the silence after which the client's PING asks
+	// whether the carrier is still there while a reply may be on its
+	// way (checkFrozen): pingAfter at first, twice as long each time
+	// one is answered with nothing moved since (pingForMove: the
+	// outstanding PING is such a one), back to pingAfter when
+	// something moves (gapMove: lastMove when it was set).
+	pingGap     time.Duration
+	gapMove     int64
+	pingForMove bool
 	// Frames of our own for our smux to read, never sent: a new
 	// stream's window at the bridge (WriteBuffers). inFrame tracks where
 	// smux is in the frames it reads, so that ours go between two.
@@ -1618,23 +1627,39 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	last := rc.lastRecv.Load()
 	silence := time.Duration(mono - last)
 	if s.pingAt.IsZero() {
-		// The bridge owes us bytes if it has not acknowledged ours, or,
-		// with streams open, if anything moved lately (a request went
-		// out, data came in, this carrier is new): a reply may be on
-		// its way. A long-idle stream is checked only by keepalives.
+		// The peer owes us bytes if it has not acknowledged ours: a
+		// PING after pingAfter of silence. A client also expects a
+		// reply, with streams open, if anything moved lately (a
+		// request went out, data came in, this carrier is new): a
+		// PING after pingGap of silence, which grows while they are
+		// answered. A long-idle stream is checked only by keepalives.
+		// Both are the client's, as an HTTP/2 client's PINGs would
+		// be; the bridge only checks what it is owed (with its own
+		// PINGs beside the client's, a PING and its answer went every
+		// second of the window: TestActiveWindowPingsBackOff).
 		lastMove := s.lastMove(rc)
-		owed := s.written > s.acked || (streams && time.Duration(mono-lastMove) < activeFor)
-		// Keepalives are the client's, as an HTTP/2 client's PINGs
-		// would be; the bridge only checks what it is owed.
+		if lastMove != s.gapMove {
+			s.pingGap, s.gapMove = pingAfter, lastMove
+		}
+		unacked := s.written > s.acked && silence >= pingAfter
+		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.nextPingGap()
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
-		if (owed && silence >= pingAfter) || idle {
+		if unacked || awaited || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil
+			s.pingForMove = awaited && !unacked
 			s.sendCond.Signal()
 		}
 		return nil
 	}
 	if last > monoAt(s.pingAt) {
 		s.pingAt = time.Time{} // answered
+		if s.pingForMove {
+			// The carrier is there, and nothing moved: ask later next
+			// time. A freeze in the window is still found within the
+			// gap (1, 2, then 4 s) and freezeWait; one while bytes are
+			// owed, or with data coming in, within pingAfter's.
+			s.pingGap = min(2*s.nextPingGap(), activeFor)
+		}
 		return nil
 	}
 	if now.Sub(s.pingAt) < freezeWait+2*rc.rtt {
@@ -1656,6 +1681,12 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	}
 	s.pingVia = nil
 	return frozen
+}
+
+// nextPingGap returns the silence after which the client's next PING
+// goes while a reply may be on its way (pingGap). Called with mu held.
+func (s *sessionConn) nextPingGap() time.Duration {
+	return max(s.pingGap, pingAfter)
 }
 
 // watchedCarrier returns the carrier the freeze detector watches: the
@@ -1688,9 +1719,11 @@ const maxQuietWait = keepAliveIdle / 6
 // quietWait returns how long the client's manager (or the bridge's check
 // of a session) may sleep before the session needs it again, or 0 while
 // it must look every tick: something is owed either way or a PING is out
-// (the freeze detector), data moved lately with streams open (a reply may
-// be on its way), a client's keepalive may be due, the buffers are not
-// let go yet, or there is no carrier. On a bridge, idleClose is when
+// (the freeze detector), a client's PING for a reply that may be on its
+// way (data moved lately with streams open) or its keepalive may be due,
+// the buffers are not let go yet, or there is no carrier. Until such a
+// PING is due it may sleep: before, it looked every tick for the whole
+// window, ten times a second. On a bridge, idleClose is when
 // closeIdle ends a carrier no DATA moved on (0: never): it wakes for
 // that too. When it may sleep, the session's next write or DATA in wakes
 // it (quiet): an idle session costs no wake-ups but every few seconds,
@@ -1715,13 +1748,25 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 			}
 		}
 	}
-	if streams {
-		if time.Duration(mono-s.lastMove(rc)) < activeFor {
-			return 0
-		}
-		// checkFrozen draws the keepalive's silence between
-		// keepAliveEarliest and keepAliveIdle: look every tick from then.
-		if s.client {
+	if streams && s.client {
+		lastMove := s.lastMove(rc)
+		if since := time.Duration(mono - lastMove); since < activeFor {
+			// A reply may be on its way: look when checkFrozen's next
+			// PING is due, or the window ends. Data in, or a write,
+			// wakes the manager before then.
+			gap := pingAfter
+			if lastMove == s.gapMove {
+				gap = s.nextPingGap()
+			}
+			due := time.Duration(rc.lastRecv.Load()-mono) + gap
+			if due <= 0 {
+				return 0
+			}
+			wait = min(wait, due, activeFor-since)
+		} else {
+			// checkFrozen draws the keepalive's silence between
+			// keepAliveEarliest and keepAliveIdle: look every tick
+			// from then.
 			due := time.Duration(rc.lastRecv.Load()+int64(keepAliveEarliest)-mono) - time.Millisecond
 			if due <= 0 {
 				return 0
