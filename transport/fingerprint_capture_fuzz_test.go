@@ -40,6 +40,12 @@ func reframe(f *testing.F, c []byte, size int) []byte {
 	if err != nil {
 		f.Fatal(err)
 	}
+	return inRecords(msg, size)
+}
+
+// inRecords returns the handshake message msg carried in handshake
+// records of at most size bytes each.
+func inRecords(msg []byte, size int) []byte {
 	var out []byte
 	for len(msg) > 0 {
 		n := min(size, len(msg))

@@ -475,13 +475,7 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		m = append(m, make([]byte, extra)...)
 		n := len(m) - 4
 		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
-		var c []byte
-		for len(m) > 0 {
-			k := min(len(m), hello.MaxRecordPayload)
-			c = append(c, 22, 3, 1, byte(k>>8), byte(k))
-			c, m = append(c, m[:k]...), m[k:]
-		}
-		return c
+		return inRecords(m, hello.MaxRecordPayload)
 	}
 	for _, tc := range []struct {
 		name     string

@@ -1638,11 +1638,11 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// PINGs beside the client's, a PING and its answer went every
 		// second of the window: TestActiveWindowPingsBackOff).
 		lastMove := s.lastMove(rc)
-		if lastMove != s.gapMove {
+		if lastMove != s.gapMove || s.pingGap == 0 {
 			s.pingGap, s.gapMove = pingAfter, lastMove
 		}
 		unacked := s.written > s.acked && silence >= pingAfter
-		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.nextPingGap()
+		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.pingGap
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
 		if unacked || awaited || idle {
 			s.pingDue, s.pingAt, s.pingVia = true, now, nil
@@ -1658,7 +1658,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 			// time. A freeze in the window is still found within the
 			// gap (1, 2, then 4 s) and freezeWait; one while bytes are
 			// owed, or with data coming in, within pingAfter's.
-			s.pingGap = min(2*s.nextPingGap(), activeFor)
+			s.pingGap = min(2*s.pingGap, activeFor)
 		}
 		return nil
 	}
@@ -1683,10 +1683,15 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	return frozen
 }
 
-// nextPingGap returns the silence after which the client's next PING
-// goes while a reply may be on its way (pingGap). Called with mu held.
-func (s *sessionConn) nextPingGap() time.Duration {
-	return max(s.pingGap, pingAfter)
+// pingGapAfter returns the silence after which the client's next PING
+// goes while a reply may be on its way, lastMove being when something
+// last moved: pingGap, or pingAfter if something moved since it was set
+// (checkFrozen then starts it again). Called with mu held.
+func (s *sessionConn) pingGapAfter(lastMove int64) time.Duration {
+	if lastMove != s.gapMove || s.pingGap == 0 {
+		return pingAfter
+	}
+	return s.pingGap
 }
 
 // watchedCarrier returns the carrier the freeze detector watches: the
@@ -1754,11 +1759,7 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 			// A reply may be on its way: look when checkFrozen's next
 			// PING is due, or the window ends. Data in, or a write,
 			// wakes the manager before then.
-			gap := pingAfter
-			if lastMove == s.gapMove {
-				gap = s.nextPingGap()
-			}
-			due := time.Duration(rc.lastRecv.Load()-mono) + gap
+			due := time.Duration(rc.lastRecv.Load()-mono) + s.pingGapAfter(lastMove)
 			if due <= 0 {
 				return 0
 			}
