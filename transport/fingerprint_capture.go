@@ -447,6 +447,20 @@ func parseGREASEECH(d []byte) (*echChoice, error) {
 		KdfId:  binary.BigEndian.Uint16(d[1:]),
 		AeadId: binary.BigEndian.Uint16(d[3:]),
 	}}
+	// The suites HPKE defines (RFC 9180 §7.2, §7.3), which utls can
+	// send: it panics building a payload for an AEAD it has no tag
+	// length for. utls checks the first capture's; this checks every
+	// capture's, since any one's suite may be drawn.
+	switch c.suite.KdfId {
+	case 1, 2, 3: // HKDF-SHA256, -SHA384, -SHA512
+	default:
+		return nil, fmt.Errorf("encrypted_client_hello names HPKE KDF %d, which no browser sends", c.suite.KdfId)
+	}
+	switch c.suite.AeadId {
+	case 1, 2, 3: // AES-128-GCM, AES-256-GCM, ChaCha20Poly1305
+	default:
+		return nil, fmt.Errorf("encrypted_client_hello names HPKE AEAD %d, which no browser sends", c.suite.AeadId)
+	}
 	encLen := int(binary.BigEndian.Uint16(d[6:]))
 	if len(d) < 8+encLen+2 {
 		return nil, bad

@@ -431,23 +431,40 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// retype returns chrome with extension from's type set to to.
-	retype := func(from, to uint16) []byte {
-		c := bytes.Clone(chrome)
+	// extAt returns the offset in c, a copy of chrome, of extension
+	// typ's header.
+	extAt := func(c []byte, typ uint16) int {
 		off := hello.RecordHeaderLen + 4 + 2 + 32
 		off += 1 + int(c[off])
 		off += 2 + int(binary.BigEndian.Uint16(c[off:]))
 		off += 1 + int(c[off])
 		off += 2
 		for off+4 <= len(c) {
-			if binary.BigEndian.Uint16(c[off:]) == from {
-				binary.BigEndian.PutUint16(c[off:], to)
-				return c
+			if binary.BigEndian.Uint16(c[off:]) == typ {
+				return off
 			}
 			off += 4 + int(binary.BigEndian.Uint16(c[off+2:]))
 		}
-		t.Fatalf("no extension %04x", from)
-		return nil
+		t.Fatalf("no extension %04x", typ)
+		return 0
+	}
+	// retype returns chrome with extension from's type set to to.
+	retype := func(from, to uint16) []byte {
+		c := bytes.Clone(chrome)
+		binary.BigEndian.PutUint16(c[extAt(c, from):], to)
+		return c
+	}
+	// echSuite returns chrome with its GREASE ECH's HPKE KDF and AEAD
+	// set. utls checks the first capture's; a later capture's went
+	// unchecked into the choices, and utls panicked building a hello
+	// for an AEAD it has no tag length for (found by
+	// FuzzParseCapturedHello in CI).
+	echSuite := func(kdf, aead uint16) []byte {
+		c := bytes.Clone(chrome)
+		d := extAt(c, 0xfe0d) + 4
+		binary.BigEndian.PutUint16(c[d+1:], kdf)
+		binary.BigEndian.PutUint16(c[d+3:], aead)
+		return c
 	}
 	shortSession := func() []byte {
 		// Drop the session_id: length 0, 32 bytes fewer.
@@ -490,6 +507,10 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		{"no server_name", [][]byte{retype(0x0000, 0x00fe)}, "server_name"},
 		{"resumed", [][]byte{retype(0x0023, 0x0029)}, "resumed"},
 		{"two browsers", [][]byte{chrome, firefox}, "not of the same browser"},
+		{"unknown ECH AEAD", [][]byte{echSuite(1, 0xffff)}, "AEAD"},
+		{"unknown ECH KDF", [][]byte{echSuite(0x1234, 1)}, "KDF"},
+		{"unknown ECH AEAD second", [][]byte{chrome, echSuite(1, 0xffff)}, "AEAD"},
+		{"unknown ECH KDF second", [][]byte{chrome, echSuite(0x1234, 1)}, "KDF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseCapturedHello(tc.captures...)
