@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -340,6 +341,30 @@ func TestClientCheck(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "FAILED") || !strings.Contains(string(out), "key=") {
 		t.Fatalf("check of a wrong key does not say what is wrong:\n%s", out)
+	}
+}
+
+// TestClientProcs: mirage-client runs on as many cores as -procs says
+// (one by default), once its proxy serves. It starts on all of them, so
+// that its first dial runs beside the proxy's start; this proves it does
+// not stay there. The Go runtime's scheduler trace says how many it uses.
+func TestClientProcs(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one core: -procs 1 cannot be told from the default")
+	}
+	b := startServer(t, "")
+	p, _ := startClientEnv(t, []string{"GODEBUG=schedtrace=50"}, b.link, "-auth", "none")
+	procs := regexp.MustCompile(`SCHED \d+ms: gomaxprocs=(\d+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m := procs.FindAllStringSubmatch(p.out.String(), -1)
+		if len(m) > 0 && m[len(m)-1][1] == "1" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirage-client still runs on more than one core (-procs 1 by default):\n%s", tail(p.out.String(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
