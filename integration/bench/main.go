@@ -222,6 +222,7 @@ type result struct {
 	ttfb50, ttfb99         float64 // ms
 	loaded50               float64 // ms: TTFB p50 while a download runs
 	cpuCli, cpuSrv         float64 // s/GiB, -1 when unknown
+	cpuMachine             float64 // the whole machine's busy s/GiB, -1 when unknown
 	rssCli, rssSrv         float64 // MiB, -1 when unknown
 	cold, coldReady        float64 // ms, -1 when not measured
 	// On the delay line: the bytes on the wire, both ways, per byte
@@ -354,7 +355,7 @@ func ttfbLoaded(s *system, target string, samples int, settle time.Duration) (fl
 func (e *env) measure(s *system) result {
 	var r result
 	limit := 10 * time.Minute
-	c0, s0 := cpuSeconds(s.client), cpuSeconds(s.server)
+	c0, s0, m0 := cpuSeconds(s.client), cpuSeconds(s.server), machineBusySeconds()
 	r.wireDown, r.wireUp, r.wireStream = -1, -1, -1
 	// wire reads what crossed the delay line so far; per divides what
 	// crossed since w0 by n.
@@ -400,6 +401,10 @@ func (e *env) measure(s *system) result {
 	}
 	if s1 := cpuSeconds(s.server); s0 >= 0 && s1 >= 0 {
 		r.cpuSrv = (s1 - s0) / gib
+	}
+	r.cpuMachine = -1
+	if m1 := machineBusySeconds(); m0 >= 0 && m1 >= 0 {
+		r.cpuMachine = (m1 - m0) / gib
 	}
 	r.rssCli, r.rssSrv = procMiB(s.client, "VmHWM"), procMiB(s.server, "VmHWM")
 	w0 = wire()
@@ -531,6 +536,7 @@ func run(o options) error {
 	fmt.Println()
 	fmt.Println("Notes:")
 	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; peak RSS after bulk is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (a copy of the bench binary), so their figures exclude the load generator; direct TCP has no server side.")
+	fmt.Println("- Machine CPU is the whole machine's busy time from /proc/stat (user, nice, system, irq, softirq) over the same transfers, per GiB: every process, the harness's own load generator (the same bytes for every system) and the kernel's packet work included. On loopback the kernel does a connection's receive work in whichever process is on the CPU when its packets arrive, so per-process figures can move cost from one process to another; the machine's cannot. Other work on the machine adds to it alike for every system, rounds being interleaved.")
 	fmt.Println("- Mirage and the relays are built from this module with CGO_ENABLED=0 (static binaries), as the README builds mirage-client; shadowsocks-libev and obfs4proxy are Debian's. Each runs with its own defaults: mirage-client on one core (its -procs 1), mirage-server and the relays on every core.")
 	fmt.Println("- TTFB under load: TTFB's p50 (a fifth of its samples) while one download runs through the same system, started 2 s before (for Mirage, another stream of the same session; for the others, a connection of its own).")
 	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session (for systems with a connection per stream, a new connection and its handshake each time, as in use).")

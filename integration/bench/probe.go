@@ -203,6 +203,31 @@ func cpuSeconds(cmd *exec.Cmd) float64 {
 	return (ut + st) / 100 // USER_HZ is 100 on Linux
 }
 
+// machineBusySeconds returns the CPU time the whole machine has spent
+// busy since boot, every process and the kernel's interrupt work
+// included (/proc/stat: user, nice, system, irq, softirq; not idle,
+// iowait or steal), or -1 where there is no /proc/stat.
+func machineBusySeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return -1
+	}
+	var busy float64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			return -1
+		}
+		busy += v
+	}
+	return busy / 100 // USER_HZ
+}
+
 func pct(sorted []float64, p float64) float64 {
 	i := int(p*float64(len(sorted)-1) + 0.5)
 	return sorted[i]

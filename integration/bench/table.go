@@ -69,7 +69,8 @@ func summarize(title string, systems []*system, res [][]result, idle map[string]
 				ttfb50: f(func(r result) float64 { return r.ttfb50 }), ttfb99: f(func(r result) float64 { return r.ttfb99 }),
 				loaded50: f(func(r result) float64 { return r.loaded50 }),
 				cpuCli:   f(func(r result) float64 { return r.cpuCli }), cpuSrv: f(func(r result) float64 { return r.cpuSrv }),
-				rssCli: f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
+				cpuMachine: f(func(r result) float64 { return r.cpuMachine }),
+				rssCli:     f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
 				cold: f(func(r result) float64 { return r.cold }), coldReady: f(func(r result) float64 { return r.coldReady }),
 				wireDown: f(func(r result) float64 { return r.wireDown }), wireUp: f(func(r result) float64 { return r.wireUp }),
 				wireStream: f(func(r result) float64 { return r.wireStream }),
@@ -130,7 +131,7 @@ func (t table) markdown(o options) string {
 		cols = append(cols, "1 stream up MiB/s", fmt.Sprint(o.streams)+" streams up MiB/s")
 	}
 	cols = append(cols, "TTFB p50 ms", "TTFB p99 ms", "TTFB under load p50 ms", "cold start ms", "of which client ready ms",
-		"CPU s/GiB client + server = total", "peak RSS after bulk MiB client / server")
+		"CPU s/GiB client + server = total", "machine CPU s/GiB", "peak RSS after bulk MiB client / server")
 	if o.idle > 0 {
 		cols = append(cols, fmt.Sprintf("%d idle streams: peak RSS MiB client / server", o.idle), "KiB per idle stream client / server")
 	}
@@ -153,6 +154,7 @@ func (t table) markdown(o options) string {
 			ratio(r.loaded50, d.loaded50, tl.loaded50, okD, okT, 2),
 			ratio(r.cold, d.cold, tl.cold, okD, okT, 1), num(r.coldReady, 1),
 			fmt.Sprintf("%s + %s = %s", num(r.cpuCli, 2), num(r.cpuSrv, 2), ratio(cpuTotal(r), cpuTotal(d), cpuTotal(tl), okD, okT, 2)),
+			ratio(r.cpuMachine, d.cpuMachine, tl.cpuMachine, okD, okT, 2),
 			fmt.Sprintf("%s / %s", num(r.rssCli, 0), num(r.rssSrv, 0)))
 		if o.idle > 0 {
 			switch {
