@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
@@ -109,6 +110,37 @@ func TestRequestMappedIPv4IsIPv4(t *testing.T) {
 	}
 	if req.Addr.Host != "127.0.0.1" {
 		t.Fatalf("decoded as %q, want 127.0.0.1", req.Addr.Host)
+	}
+}
+
+// TestAddrIPLiteralNameIsIP is the regression test for the first
+// FuzzReadDatagram finding: an IP literal sent as a name (ATYP 3) came
+// back spelled as sent, "0::" for "::" or "::ffff:127.0.0.1" for
+// "127.0.0.1", so one destination had several spellings (the mapped one
+// TestRequestMappedIPv4IsIPv4 removed for ATYP 4, among them), and
+// WriteDatagram then ReadDatagram turned the address into another. A
+// name with a zone stays a name: the wire has no IP form for it.
+func TestAddrIPLiteralNameIsIP(t *testing.T) {
+	for _, c := range []struct{ name, want string }{
+		{"0::", "::"},
+		{"::ffff:127.0.0.1", "127.0.0.1"},
+		{"2001:DB8:0::5", "2001:db8::5"},
+		{"0:0:0:0:0:0:0:1", "::1"},
+		{"192.0.2.1", "192.0.2.1"},
+		{"fe80::1%eth0", "fe80::1%eth0"},
+		{"example.org", "example.org"},
+	} {
+		in := binary.BigEndian.AppendUint16(append([]byte{atypDomain, byte(len(c.name))}, c.name...), 53)
+		a, err := ReadAddr(bytes.NewReader(in))
+		if err != nil || a != (Addr{Host: c.want, Port: 53}) {
+			t.Errorf("name %q decoded as %v (%v), want %s", c.name, a, err, c.want)
+		}
+	}
+	// The fuzzer's input: a frame whose address is the name "0::".
+	in := []byte("\x00\x0f\x03\x030::0000000000")
+	addr, payload, err := ReadDatagram(bytes.NewReader(in), make([]byte, 2+MaxDatagramLen))
+	if err != nil || addr != (Addr{Host: "::", Port: 0x3030}) || string(payload) != "00000000" {
+		t.Fatalf("datagram read as %v %q (%v), want [::]:12336 with 00000000", addr, payload, err)
 	}
 }
 
