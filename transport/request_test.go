@@ -273,3 +273,47 @@ func FuzzReadDatagram(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadReply proves the client's reader of the bridge's answer to a
+// stream request never panics and reads the 2-byte reply and no byte of
+// the stream data behind it; that it succeeds only on the bytes
+// marshalReply writes for StatusOK; that a *StatusError comes only from
+// the bytes marshalReply writes for the status it carries; and that
+// anything else (a short reply, another version) is a plain error.
+func FuzzReadReply(f *testing.F) {
+	for _, s := range []Status{StatusOK, StatusGeneralFailure, StatusNotAllowed, StatusConnectionRefused, StatusAddrTypeNotSupported} {
+		f.Add(marshalReply(s))
+		f.Add(append(marshalReply(s), "stream data"...))
+	}
+	f.Add([]byte{})
+	f.Add([]byte{requestVersion})
+	f.Add([]byte{0, 0})
+	f.Add([]byte{2, 0})
+	f.Add([]byte{requestVersion, 0xff})
+	f.Add([]byte{5, 0, 0, 1, 0, 0, 0, 0, 0, 0}) // a SOCKS5 reply where ours belongs
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := bytes.NewReader(in)
+		err := readReply(r)
+		if read := len(in) - r.Len(); read > 2 {
+			t.Fatalf("read %d bytes of a 2-byte reply", read)
+		}
+		var se *StatusError
+		switch {
+		case err == nil:
+			if !bytes.Equal(in[:2], marshalReply(StatusOK)) {
+				t.Fatalf("accepted % x, which the bridge writes for no status", in[:2])
+			}
+		case errors.As(err, &se):
+			if se.Status == StatusOK || !bytes.Equal(in[:2], marshalReply(se.Status)) {
+				t.Fatalf("% x read as status %v", in[:2], se.Status)
+			}
+		default:
+			if len(in) >= 2 && bytes.Equal(in[:2], marshalReply(Status(in[1]))) {
+				t.Fatalf("the bridge's reply % x read as an error: %v", in[:2], err)
+			}
+			if !strings.HasPrefix(err.Error(), "transport: ") {
+				t.Fatalf("error %q lacks the package prefix", err)
+			}
+		}
+	})
+}
