@@ -114,7 +114,8 @@ func (a Addr) AppendBinary(b []byte) ([]byte, error) {
 
 // ReadAddr reads one SOCKS5-encoded address (ATYP | ADDR | PORT) from r.
 // It reads no more than the address, and at most MaxAddrLen bytes. An
-// IPv4-mapped IPv6 address comes back as IPv4. An unknown address type
+// IPv4-mapped IPv6 address comes back as IPv4, and an IP literal sent as
+// a name as that IP, so that each destination has one spelling. An unknown address type
 // or an empty host name is a *StatusError carrying the status to answer
 // with (SOCKS5 and stream replies use the same codes); any other error is
 // the reader's.
@@ -150,7 +151,15 @@ func ReadAddr(r io.Reader) (Addr, error) {
 		if _, err := io.ReadFull(r, buf[:n+2]); err != nil {
 			return Addr{}, err
 		}
-		return Addr{Host: string(buf[:n]), Port: binary.BigEndian.Uint16(buf[n:])}, nil
+		host = string(buf[:n])
+		// An IP literal sent as a name is that IP: decode it in the one
+		// spelling the other types give ("0::" is "::", a mapped IPv4
+		// address is IPv4), as AppendBinary encodes it as an IP (found
+		// by FuzzReadDatagram). With a zone it stays a name.
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Zone() == "" {
+			host = ip.Unmap().String()
+		}
+		return Addr{Host: host, Port: binary.BigEndian.Uint16(buf[n:])}, nil
 	}
 	return Addr{}, &StatusError{Status: StatusAddrTypeNotSupported, Msg: fmt.Sprintf("address type %#x", buf[0])}
 }
