@@ -194,10 +194,7 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	if managed || c.check {
-		// The local proxy sets its cores once it serves (run).
-		cores.Use(c.procs)
-	}
+	cores.Use(c.procs)
 	logger, ownLog, closeLog, err := newLoggers(c, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
@@ -337,13 +334,6 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 	if wa != nil {
 		go func() { errc <- wa.Serve(chatLn, mediaLn) }()
 	}
-	// Onto -procs cores only now. Until here the session's dial (its
-	// hello's key shares, then the handshake) ran on another core,
-	// beside the proxy's start, instead of waiting for it, and the
-	// switch's stop of the world came after the start, not in it: an
-	// app's first byte through a freshly started client came 0.5 to
-	// 0.9 ms sooner on loopback, of a cold start of 6 to 9 ms.
-	cores.Use(c.procs)
 	select {
 	case <-ctx.Done():
 		err = nil
