@@ -192,6 +192,7 @@ func (a *udpAssociation) appAddr() (netip.AddrPort, bool) {
 // appToStream forwards the app's datagrams into the stream.
 func (a *udpAssociation) appToStream() error {
 	buf := make([]byte, maxUDPPacket)
+	var frame []byte
 	for {
 		n, from, err := a.pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -207,9 +208,15 @@ func (a *udpAssociation) appToStream() error {
 			a.log.Debug("dropped UDP datagram", "error", err.Error())
 			continue
 		}
-		// The header holds the same address encoding the frame does, so
-		// a datagram that fit in a UDP packet always fits in a frame.
-		if err := transport.WriteDatagram(a.stream, addr, payload); err != nil {
+		// A datagram from IPv6 loopback may not fit in a frame once its
+		// address is in the frame's form (a name that is an IPv6 literal
+		// grows by 13 bytes): it is dropped, and the association goes on.
+		frame, err = transport.AppendDatagram(frame[:0], addr, payload)
+		if err != nil {
+			a.log.Debug("dropped UDP datagram", "error", err.Error())
+			continue
+		}
+		if _, err := a.stream.Write(frame); err != nil {
 			return err
 		}
 	}

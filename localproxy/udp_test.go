@@ -214,3 +214,49 @@ func FuzzUDPHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestUDPAssociateDropsWhatNoFrameHolds: an app on IPv6 loopback can send
+// a datagram of 65527 bytes. Named by an IPv6 literal sent as a name
+// ("::", 2 bytes), it grows by 13 bytes in the frame's form, past what a
+// frame holds. It is dropped, and the association goes on: it used to
+// end, and with it every datagram of the app's after it.
+func TestUDPAssociateDropsWhatNoFrameHolds(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	f := &fakeOpener{}
+	p := NewServer(Config{Opener: f, RequestTimeout: testTimeout})
+	errc := make(chan error, 1)
+	go func() { errc <- p.Serve(ln) }()
+	t.Cleanup(func() {
+		p.Close()
+		<-errc
+		f.wg.Wait()
+	})
+	c := dialProxy(t, ln.Addr().String())
+	r := socksRequestReply(t, c, "", "", socksCmdUDP, []byte{socksAtypIPv4, 0, 0, 0, 0, 0, 0})
+	if r.rep != repSucceeded {
+		t.Fatalf("UDP ASSOCIATE REP = %#x", r.rep)
+	}
+	relay, err := net.ResolveUDPAddr("udp", r.bnd.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := net.DialUDP("udp", nil, relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	const maxIPv6UDP = 65527
+	name := []byte{0, 0, 0, socksAtypDomain, 2, ':', ':', 0, 53}
+	big := append(name, make([]byte, maxIPv6UDP-len(name))...)
+	if _, err := app.Write(big); err != nil {
+		t.Skip("this system's IPv6 loopback does not take a 65527-byte datagram:", err)
+	}
+	msg := udpDatagram(t, 0, transport.Addr{Host: "192.0.2.7", Port: 53}, "after the big one")
+	app.Write(msg)
+	if got := recvUDP(t, app, testTimeout); !bytes.Equal(got, msg) {
+		t.Fatalf("reply %q after a datagram no frame holds, want %q", got, msg)
+	}
+}

@@ -301,18 +301,32 @@ const MaxDatagramLen = 65535
 
 // WriteDatagram writes one framed datagram to w in a single Write.
 func WriteDatagram(w io.Writer, addr Addr, payload []byte) error {
-	b := make([]byte, 2, 2+MaxAddrLen+len(payload))
-	b, err := addr.AppendBinary(b)
+	b, err := AppendDatagram(make([]byte, 0, 2+MaxAddrLen+len(payload)), addr, payload)
 	if err != nil {
 		return err
 	}
-	b = append(b, payload...)
-	if len(b)-2 > MaxDatagramLen {
-		return fmt.Errorf("transport: datagram of %d bytes is too long", len(payload))
-	}
-	binary.BigEndian.PutUint16(b, uint16(len(b)-2))
 	_, err = w.Write(b)
 	return err
+}
+
+// AppendDatagram appends one framed datagram to b. It fails, appending
+// nothing, when the address cannot be encoded or the frame would be
+// longer than MaxDatagramLen: a datagram can be, as the address takes its
+// binary form here (an IPv6 literal that came as a name grows by 13
+// bytes), and a sender drops such a datagram, as a router drops what it
+// cannot forward.
+func AppendDatagram(b []byte, addr Addr, payload []byte) ([]byte, error) {
+	start := len(b)
+	out, err := addr.AppendBinary(append(b, 0, 0))
+	if err != nil {
+		return b, err
+	}
+	out = append(out, payload...)
+	if n := len(out) - start - 2; n > MaxDatagramLen {
+		return b, fmt.Errorf("transport: a datagram of %d bytes is %d bytes framed, more than a frame holds (%d)", len(payload), n, MaxDatagramLen)
+	}
+	binary.BigEndian.PutUint16(out[start:], uint16(len(out)-start-2))
+	return out, nil
 }
 
 // ReadDatagram reads one framed datagram from r into buf, which should be at
