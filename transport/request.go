@@ -115,10 +115,10 @@ func (a Addr) AppendBinary(b []byte) ([]byte, error) {
 // ReadAddr reads one SOCKS5-encoded address (ATYP | ADDR | PORT) from r.
 // It reads no more than the address, and at most MaxAddrLen bytes. An
 // IPv4-mapped IPv6 address comes back as IPv4, and an IP literal sent as
-// a name as that IP, so that each destination has one spelling. An unknown address type
-// or an empty host name is a *StatusError carrying the status to answer
-// with (SOCKS5 and stream replies use the same codes); any other error is
-// the reader's.
+// a name as that IP, so that each destination has one spelling. An
+// unknown address type or an empty host name is a *StatusError carrying
+// the status to answer with (SOCKS5 and stream replies use the same
+// codes); any other error is the reader's.
 func ReadAddr(r io.Reader) (Addr, error) {
 	var buf [MaxAddrLen]byte
 	if _, err := io.ReadFull(r, buf[:1]); err != nil {
