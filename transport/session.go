@@ -1638,9 +1638,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		// PINGs beside the client's, a PING and its answer went every
 		// second of the window: TestActiveWindowPingsBackOff).
 		lastMove := s.lastMove(rc)
-		if lastMove != s.gapMove || s.pingGap == 0 {
-			s.pingGap, s.gapMove = pingAfter, lastMove
-		}
+		s.pingGap, s.gapMove = s.pingGapAfter(lastMove), lastMove
 		unacked := s.written > s.acked && silence >= pingAfter
 		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.pingGap
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
@@ -1686,7 +1684,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 // pingGapAfter returns the silence after which the client's next PING
 // goes while a reply may be on its way, lastMove being when something
 // last moved: pingGap, or pingAfter if something moved since it was set
-// (checkFrozen then starts it again). Called with mu held.
+// (checkFrozen then starts the gap again from this). Called with mu held.
 func (s *sessionConn) pingGapAfter(lastMove int64) time.Duration {
 	if lastMove != s.gapMove || s.pingGap == 0 {
 		return pingAfter
