@@ -784,7 +784,15 @@ func (r *udpRelay) receiveOne() error {
 	}
 	r.touch()
 	src := transport.Addr{Host: from.Addr().String(), Port: from.Port()}
-	if err := transport.WriteDatagram(r.st, src, (*buf)[:n]); err != nil {
+	// Framed in a pooled buffer too (maxReplyPayload keeps the frame
+	// within bufferSize): not an allocation per datagram.
+	frame := getBuffer()
+	defer putBuffer(frame)
+	f, err := transport.AppendDatagram((*frame)[:0], src, (*buf)[:n])
+	if err == nil {
+		_, err = r.st.Write(f)
+	}
+	if err != nil {
 		return fmt.Errorf("writing datagram to the stream: %w", err)
 	}
 	r.user.AddDown(n)
