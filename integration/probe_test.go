@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -206,6 +207,16 @@ func probeBattery(t *testing.T, b *bridge, direct string) {
 			}
 		})
 	}
+	// A SYN that asks for Multipath TCP: Go's listeners accept it by
+	// default (since Go 1.24) and answer MP_CAPABLE, which nginx, Apache
+	// and most web servers never do, so one packet would tell them apart.
+	// (Where the kernel has no MPTCP, both sides answer as plain TCP.)
+	t.Run("mptcp-syn", func(t *testing.T) {
+		viaBridge, alone := mptcpProbe(t, b.addr), mptcpProbe(t, direct)
+		if viaBridge != alone {
+			t.Errorf("a SYN asking for Multipath TCP: the bridge agreed %v, the face alone %v", viaBridge, alone)
+		}
+	})
 	raw := map[string][]byte{
 		"plain-http":         []byte("GET / HTTP/1.1\r\nHost: " + faceName + "\r\n\r\n"),
 		"silence":            nil,
@@ -238,6 +249,24 @@ func probeBattery(t *testing.T, b *bridge, direct string) {
 			}
 		})
 	}
+}
+
+// mptcpProbe connects to addr asking for Multipath TCP and says whether
+// the listener agreed (its SYN-ACK carried MP_CAPABLE).
+func mptcpProbe(t *testing.T, addr string) bool {
+	t.Helper()
+	d := net.Dialer{Timeout: 3 * time.Second}
+	d.SetMultipathTCP(true)
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", addr, err)
+	}
+	defer c.Close()
+	mp, err := c.(*net.TCPConn).MultipathTCP()
+	if err != nil {
+		t.Fatalf("asking whether %s agreed to Multipath TCP: %v", addr, err)
+	}
+	return mp
 }
 
 // TestProbesCoverNginx proves a cover-mode bridge in front of a real nginx
@@ -275,7 +304,10 @@ func TestProbesSiteUpstream(t *testing.T) {
 	u, _ := url.Parse(upURL)
 	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(u); r.Out.Host = r.In.Host }}
 	plain := transport.NewSiteServer(proxy, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
-	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	// On a plain TCP listener, as a web server's (not Go's default,
+	// which agrees to Multipath TCP): the mptcp-syn probe compares the
+	// bridge with what a website answers.
+	pln, err := transport.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,7 +118,7 @@ func startBridge(info *goptlib.ServerInfo, bind goptlib.Bindaddr, stateDir strin
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.ListenTCP("tcp", bind.Addr)
+	ln, err := transport.Listen(context.Background(), bind.Addr.String())
 	if err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("cannot listen on %s: %w", bind.Addr, err)

@@ -209,7 +209,7 @@ func checkMetricsAddr(addr string, public bool) error {
 // addr (loopback: checkMetricsAddr) until ctx ends. It returns once the
 // address listens, or an error if it cannot.
 func serveMetrics(ctx context.Context, addr string, counters *stats.Counters, log *slog.Logger) (net.Addr, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := transport.Listen(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("-metrics: cannot listen on %s: %w (choose another port)", addr, err)
 	}

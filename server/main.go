@@ -301,7 +301,7 @@ func run(ctx context.Context, c *config, stdout io.Writer, log *slog.Logger) err
 	}
 	// Listening comes first: the link's address, which a self-signed
 	// certificate names, depends on the port actually bound.
-	ln, err := net.Listen("tcp", c.listen)
+	ln, err := transport.Listen(ctx, c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
 	}
