@@ -181,7 +181,7 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	defer cancel()
 	dial := s.cfg.Dial
 	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
+		dial = carrierDialer().DialContext
 	}
 	// The hello is built while TCP connects: it needs no connection, and
 	// its CPU then costs no time on the way to the first byte.
