@@ -308,7 +308,7 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	ln, err := transport.Listen(ctx, c.listen)
+	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", c.listen, err)
 	}
@@ -390,11 +390,11 @@ func printProxyHelp(w io.Writer, addr netip.AddrPort, creds *localproxy.Credenti
 // listenWhatsApp opens the WhatsApp chat and media ports.
 func listenWhatsApp(c *config) (chat, media net.Listener, err error) {
 	ip := netip.MustParseAddr(c.whatsapp)
-	chat, err = transport.Listen(context.Background(), netip.AddrPortFrom(ip, uint16(c.waChatPort)).String())
+	chat, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waChatPort)).String())
 	if err != nil {
 		return nil, nil, fmt.Errorf("-whatsapp: cannot open the chat port: %w (choose another with -whatsapp-chat-port)", err)
 	}
-	media, err = transport.Listen(context.Background(), netip.AddrPortFrom(ip, uint16(c.waMediaPort)).String())
+	media, err = net.Listen("tcp", netip.AddrPortFrom(ip, uint16(c.waMediaPort)).String())
 	if err != nil {
 		chat.Close()
 		return nil, nil, fmt.Errorf("-whatsapp: cannot open the media port: %w (choose another with -whatsapp-media-port)", err)

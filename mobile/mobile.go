@@ -170,16 +170,16 @@ func Start(opts *Options, listener StatusListener) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mobile: %w", err)
 	}
-	ln, err := transport.Listen(context.Background(), net.JoinHostPort(host, strconv.Itoa(opts.Port)))
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(opts.Port)))
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("mobile: cannot open the local proxy port: %w", err)
 	}
-	var chatLn, mediaLn *net.TCPListener
+	var chatLn, mediaLn net.Listener
 	if opts.WhatsAppChatPort != 0 {
-		chatLn, err = transport.Listen(context.Background(), net.JoinHostPort(host, strconv.Itoa(opts.WhatsAppChatPort)))
+		chatLn, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(opts.WhatsAppChatPort)))
 		if err == nil {
-			mediaLn, err = transport.Listen(context.Background(), net.JoinHostPort(host, strconv.Itoa(opts.WhatsAppMediaPort)))
+			mediaLn, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(opts.WhatsAppMediaPort)))
 			if err != nil {
 				chatLn.Close()
 			}

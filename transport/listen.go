@@ -13,8 +13,10 @@ import (
 // that asks for MPTCP with MP_CAPABLE. nginx, Apache and most web servers
 // never do, so that one packet would tell a bridge from the site it passes
 // for. Nor do they set TCP keep-alive on the connections they accept,
-// where Go probes every connection idle for 15 s. A bridge's listener, and
-// any other port a stranger can reach, is opened here.
+// where Go probes every connection idle for 15 s. Every listener of a
+// bridge's is opened here. (A client's local proxy is not the censor's to
+// see, and keeps Go's defaults: keep-alive there finds the phones that
+// left the Wi-Fi.)
 func Listen(ctx context.Context, address string) (*net.TCPListener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	lc.SetMultipathTCP(false)
