@@ -181,7 +181,9 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 	defer cancel()
 	dial := s.cfg.Dial
 	if dial == nil {
-		dial = carrierDialer().DialContext
+		dial = func(ctx context.Context, _, address string) (net.Conn, error) {
+			return dialCarrierTCP(ctx, address, s.cfg.Fingerprint)
+		}
 	}
 	// The hello is built while TCP connects: it needs no connection, and
 	// its CPU then costs no time on the way to the first byte.

@@ -3,32 +3,58 @@ package transport
 import (
 	"context"
 	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// keepAlive reads a TCP connection's keep-alive settings from its socket:
-// whether it is on, and the idle time and interval in seconds.
-func keepAlive(t *testing.T, c net.Conn) (on bool, idle, intvl int) {
+// sockKeepAlive is a socket's keep-alive: on, and the idle time and
+// interval in seconds and the count of probes.
+type sockKeepAlive struct {
+	on                 bool
+	idle, intvl, count int
+}
+
+// keepAlive reads a TCP connection's keep-alive settings from its socket.
+func keepAlive(t *testing.T, c net.Conn) sockKeepAlive {
 	t.Helper()
 	rc, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var v [3]int
-	var errs [3]error
+	var v [4]int
+	var errs [4]error
 	rc.Control(func(fd uintptr) {
 		v[0], errs[0] = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
 		v[1], errs[1] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
 		v[2], errs[2] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL)
+		v[3], errs[3] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT)
 	})
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	return v[0] != 0, v[1], v[2]
+	return sockKeepAlive{v[0] != 0, v[1], v[2], v[3]}
+}
+
+// systemKeepAliveCount is the probe count a socket gets from the system
+// (net.ipv4.tcp_keepalive_probes).
+func systemKeepAliveCount(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_keepalive_probes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // TestListenAcceptsWithoutKeepAlive proves the connections a bridge
@@ -59,41 +85,90 @@ func TestListenAcceptsWithoutKeepAlive(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			if on, _, _ := keepAlive(t, s); on != tc.want {
+			if on := keepAlive(t, s).on; on != tc.want {
 				t.Fatalf("accepted connection's keep-alive on: %v, want %v", on, tc.want)
 			}
 		})
 	}
 }
 
-// TestCarrierKeepAliveIsChromes proves a carrier's socket probes an idle
-// connection as desktop Chromium's do (after 45 s, every 45 s), not as Go's
-// default dialer does (15 s).
-func TestCarrierKeepAliveIsChromes(t *testing.T) {
+// TestCarrierKeepAliveIsTheBrowsers proves a carrier's socket is probed,
+// idle, as the connection of the browser whose hello it sends would be, not
+// as Go's default dialer's (15 s, every 15 s, 9 probes).
+func TestCarrierKeepAliveIsTheBrowsers(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	sys := systemKeepAliveCount(t)
+	chrome := sockKeepAlive{true, 45, 45, sys}
+	if runtime.GOOS == "android" || runtime.GOOS == "ios" {
+		chrome = sockKeepAlive{}
+	}
+	dialer := func(fp string) func() (net.Conn, error) {
+		return func() (net.Conn, error) { return dialCarrierTCP(context.Background(), ln.Addr().String(), fp) }
+	}
 	for _, tc := range []struct {
-		name        string
-		d           *net.Dialer
-		idle, intvl int
+		name string
+		dial func() (net.Conn, error)
+		want sockKeepAlive
 	}{
-		{"Go's default (control)", &net.Dialer{}, 15, 15},
-		{"carrierDialer", carrierDialer(), 45, 45},
+		{"Go's default (control)", func() (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }, sockKeepAlive{true, 15, 15, 9}},
+		{"default fp", dialer(""), chrome},
+		{"chrome", dialer("chrome"), chrome},
+		{"safari (sends Chrome's hello)", dialer("safari"), chrome},
+		{"firefox", dialer("firefox"), sockKeepAlive{true, 10, 1, 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := tc.d.DialContext(context.Background(), "tcp", ln.Addr().String())
+			c, err := tc.dial()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			on, idle, intvl := keepAlive(t, c)
-			if !on || idle != tc.idle || intvl != tc.intvl {
-				t.Fatalf("keep-alive on %v, idle %d s, interval %d s; want on, %d s, %d s", on, idle, intvl, tc.idle, tc.intvl)
+			got := keepAlive(t, c)
+			if !got.on {
+				got = sockKeepAlive{} // the rest means nothing then
+			}
+			if got != tc.want {
+				t.Fatalf("keep-alive %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestFirefoxKeepAliveGrowsOld proves a Firefox carrier's keep-alive moves
+// from the young connection's to the old one's when its time comes.
+func TestFirefoxKeepAliveGrowsOld(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	plan := browserKeepAlive("firefox", "linux")
+	if plan.after != 60*time.Second || plan.later.Idle != 600*time.Second {
+		t.Fatalf("Firefox's plan: %+v", plan)
+	}
+	plan.after = 50 * time.Millisecond
+	d := net.Dialer{KeepAliveConfig: plan.first}
+	c, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	keepAliveLater(c.(*net.TCPConn), plan)
+	if got := keepAlive(t, c); got != (sockKeepAlive{true, 10, 1, 4}) {
+		t.Fatalf("young: %+v", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for keepAlive(t, c).idle != 600 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %+v after 5 s, want the idle time 600 s", keepAlive(t, c))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := keepAlive(t, c); got != (sockKeepAlive{true, 600, 1, 4}) {
+		t.Fatalf("old: %+v", got)
 	}
 }
 
@@ -105,8 +180,7 @@ func TestSessionCarrierKeepAlive(t *testing.T) {
 	sess.conn.mu.Lock()
 	raw := sess.conn.carriers[0].raw.Conn
 	sess.conn.mu.Unlock()
-	on, idle, intvl := keepAlive(t, raw)
-	if !on || idle != 45 || intvl != 45 {
-		t.Fatalf("carrier keep-alive on %v, idle %d s, interval %d s; want on, 45 s, 45 s (Chromium's)", on, idle, intvl)
+	if got := keepAlive(t, raw); !got.on || got.idle != 45 || got.intvl != 45 {
+		t.Fatalf("carrier keep-alive %+v, want on, 45 s, every 45 s (Chromium's)", got)
 	}
 }
