@@ -15,8 +15,12 @@ import (
 // TestCloseIsPrompt: Close with 100 silent connections, 100 that sent
 // half a ClientHello (opened after the sessions: from one address, they
 // would hold its pending-handshake slots) and 100 live sessions each in
-// the middle of a transfer returns within a second, and closes the
-// pending connections (TestMain checks that no goroutine is left).
+// the middle of a transfer returns promptly, and closes the pending
+// connections (TestMain checks that no goroutine is left). Promptly: within
+// 5 s, far below every timeout Close must not wait out (a handshake's 20 s,
+// a request's 30 s, a session's 2-minute linger). It takes 0.02 s alone;
+// under -race on a slow 2-core VM, telling 100 busy clients took 0.4-1.0 s
+// alone and 2.05 s beside every other package's tests.
 func TestCloseIsPrompt(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, func(c *ServerConfig) {
 		c.Logger = nil
@@ -93,7 +97,7 @@ func TestCloseIsPrompt(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // let the transfers get going
 	start := time.Now()
 	b.server.Close()
-	if d := time.Since(start); d > time.Second {
+	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Close took %v", d)
 	}
 	// The probes' connections were closed too.
