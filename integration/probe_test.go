@@ -212,7 +212,7 @@ func probeBattery(t *testing.T, b *bridge, direct string) {
 	// and most web servers never do, so one packet would tell them apart.
 	// (Where the kernel has no MPTCP, both sides answer as plain TCP.)
 	t.Run("mptcp-syn", func(t *testing.T) {
-		viaBridge, alone := mptcpProbe(t, b.addr), mptcpProbe(t, direct)
+		viaBridge, alone := transporttest.AgreesToMultipath(t, b.addr), transporttest.AgreesToMultipath(t, direct)
 		if viaBridge != alone {
 			t.Errorf("a SYN asking for Multipath TCP: the bridge agreed %v, the face alone %v", viaBridge, alone)
 		}
@@ -249,24 +249,6 @@ func probeBattery(t *testing.T, b *bridge, direct string) {
 			}
 		})
 	}
-}
-
-// mptcpProbe connects to addr asking for Multipath TCP and says whether
-// the listener agreed (its SYN-ACK carried MP_CAPABLE).
-func mptcpProbe(t *testing.T, addr string) bool {
-	t.Helper()
-	d := net.Dialer{Timeout: 3 * time.Second}
-	d.SetMultipathTCP(true)
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", addr, err)
-	}
-	defer c.Close()
-	mp, err := c.(*net.TCPConn).MultipathTCP()
-	if err != nil {
-		t.Fatalf("asking whether %s agreed to Multipath TCP: %v", addr, err)
-	}
-	return mp
 }
 
 // TestProbesCoverNginx proves a cover-mode bridge in front of a real nginx

@@ -4,26 +4,9 @@ import (
 	"context"
 	"net"
 	"testing"
-	"time"
-)
 
-// agreesToMultipath connects to addr asking for Multipath TCP and says
-// whether the listener agreed.
-func agreesToMultipath(t *testing.T, addr string) bool {
-	t.Helper()
-	d := net.Dialer{Timeout: 3 * time.Second}
-	d.SetMultipathTCP(true)
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	mp, err := c.(*net.TCPConn).MultipathTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mp
-}
+	"github.com/mirage-pt/mirage/transport/transporttest"
+)
 
 // TestListenRefusesMultipath proves a bridge's listener answers a SYN
 // asking for Multipath TCP as a web server does, with plain TCP, where Go's
@@ -34,7 +17,7 @@ func TestListenRefusesMultipath(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer std.Close()
-	if !agreesToMultipath(t, std.Addr().String()) {
+	if !transporttest.AgreesToMultipath(t, std.Addr().String()) {
 		t.Skip("this kernel does not offer Multipath TCP (net.mptcp.enabled), so no listener can agree to it")
 	}
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
@@ -42,7 +25,7 @@ func TestListenRefusesMultipath(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if agreesToMultipath(t, ln.Addr().String()) {
+	if transporttest.AgreesToMultipath(t, ln.Addr().String()) {
 		t.Fatal("the listener agreed to Multipath TCP: its SYN-ACK carried MP_CAPABLE, which a web server's does not")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -73,4 +74,23 @@ func (p ProbeResult) Shape() string {
 	}
 	fmt.Fprintf(&s, "+%d bytes, end %s", len(d), p.End)
 	return s.String()
+}
+
+// AgreesToMultipath connects to addr asking for Multipath TCP (MP_CAPABLE
+// in the SYN) and says whether the listener agreed. A kernel without MPTCP
+// agrees to nothing.
+func AgreesToMultipath(t testing.TB, addr string) bool {
+	t.Helper()
+	d := net.Dialer{Timeout: 3 * time.Second}
+	d.SetMultipathTCP(true)
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", addr, err)
+	}
+	defer c.Close()
+	mp, err := c.(*net.TCPConn).MultipathTCP()
+	if err != nil {
+		t.Fatalf("asking whether %s agreed to Multipath TCP: %v", addr, err)
+	}
+	return mp
 }
