@@ -27,6 +27,7 @@ func TestCloseIsPrompt(t *testing.T) {
 		c.RateLimiter = ratelimit.New(1000, 1000, 16) // 100 sessions at once from one user
 	})
 	var sessions []*Session
+	var streams []net.Conn
 	defer func() {
 		for _, s := range sessions {
 			s.Close()
@@ -58,6 +59,32 @@ func TestCloseIsPrompt(t *testing.T) {
 			t.Fatal(err)
 		}
 		sessions = append(sessions, s)
+		streams = append(streams, st)
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	hello := recordHello(t, b.clientConfig())
+	for i := range 200 {
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if i%2 == 1 {
+			c.Write(hello[:len(hello)/2])
+		}
+	}
+	// The transfers start last, once every session and probe is in
+	// place. A hundred busy sessions keep rotating carriers, and on two
+	// cores under -race their handshakes, all from this one address,
+	// crowded out the later dials (CI: eight tries in a row reset, after
+	// 123 s), and each of the probes' connects then waited 0.6 s for the
+	// scheduler (two minutes for 200).
+	for _, st := range streams {
 		// Keep the echo busy both ways until Close. (An app that stops
 		// reading fills the pipe back to the bridge, and then the bridge's
 		// CLOSE cannot reach it: that client learns of the end only when
@@ -76,23 +103,6 @@ func TestCloseIsPrompt(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}()
-	}
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	hello := recordHello(t, b.clientConfig())
-	for i := range 200 {
-		c, err := net.Dial("tcp", b.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-		if i%2 == 1 {
-			c.Write(hello[:len(hello)/2])
-		}
 	}
 	time.Sleep(100 * time.Millisecond) // let the transfers get going
 	start := time.Now()
