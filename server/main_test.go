@@ -6,15 +6,15 @@ import (
 	"testing"
 )
 
-// TestProcsFlag: a bridge runs on every core unless -procs says
-// otherwise (package cores says why), and a negative count is refused.
+// TestProcsFlag: a bridge adapts its cores to its load unless -procs
+// fixes them (package cores says why), and a negative count is refused.
 func TestProcsFlag(t *testing.T) {
 	c, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.procs != 0 {
-		t.Fatalf("-procs defaults to %d, want 0 (every core)", c.procs)
+		t.Fatalf("-procs defaults to %d, want 0 (as many as the load needs)", c.procs)
 	}
 	if c, err = parseFlags([]string{"-procs", "1"}, io.Discard); err != nil || c.procs != 1 {
 		t.Fatalf("-procs 1: %v, procs %d", err, c.procs)

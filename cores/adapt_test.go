@@ -1,0 +1,123 @@
+package cores
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestAdapterPolicy walks the policy through a bridge's day: idle on one
+// core, a download that needs more, a load that shrinks, and a burst that
+// must not give cores back.
+func TestAdapterPolicy(t *testing.T) {
+	const window = 5
+	a := newAdapter(4, window)
+	steps := []struct {
+		busy float64
+		want int
+		why  string
+	}{
+		{0.05, 1, "idle: one core"},
+		{0.55, 1, "below upLoad of one core: still one"},
+		{0.65, 4, "above upLoad of one core: every core at once"},
+		{1.0, 4, "the window is not full yet"},
+		{1.0, 4, ""},
+		{1.0, 4, ""},
+		{1.0, 4, ""},
+		{1.0, 3, "a full window whose peak 1.0 needs ceil(1.0/downLoad) = 3"},
+		{0.3, 3, "a new window starts"},
+		{0.3, 3, ""},
+		{1.1, 3, "below upLoad of three cores"},
+		{0.3, 3, ""},
+		{0.3, 3, "a full window, but its peak 1.1 still needs 3"},
+		{0.3, 3, ""},
+		{0.3, 3, ""},
+		{0.3, 1, "the peak left the window: 0.3 needs one"},
+		{0.5, 1, "the same traffic on fewer cores (hysteresis): no flip back"},
+		{2.0, 4, "a burst: every core"},
+	}
+	for i, s := range steps {
+		got, changed := a.step(s.busy)
+		if got != s.want {
+			t.Fatalf("step %d (load %.2f): %d cores, want %d (%s)", i, s.busy, got, s.want, s.why)
+		}
+		if i > 0 && changed != (steps[i-1].want != s.want) {
+			t.Fatalf("step %d: changed=%v, but the count went %d -> %d", i, changed, steps[i-1].want, s.want)
+		}
+	}
+}
+
+// fakeCPU is a process CPU clock that advances at a set number of cores.
+type fakeCPU struct {
+	mu    sync.Mutex
+	cores float64
+	acc   time.Duration
+	at    time.Time
+}
+
+func (f *fakeCPU) read() (time.Duration, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if !f.at.IsZero() {
+		f.acc += time.Duration(f.cores * float64(now.Sub(f.at)))
+	}
+	f.at = now
+	return f.acc, true
+}
+
+func (f *fakeCPU) set(cores float64) {
+	f.read()
+	f.mu.Lock()
+	f.cores = cores
+	f.mu.Unlock()
+}
+
+// waitProcs waits until the runtime runs on want cores.
+func waitProcs(t *testing.T, want int, why string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.GOMAXPROCS(0) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the runtime runs on %d cores, want %d", why, runtime.GOMAXPROCS(0), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAdaptSetsTheRuntime: the adaptation moves the runtime's core count
+// with the load its clock shows, and stop gives the choice back.
+func TestAdaptSetsTheRuntime(t *testing.T) {
+	defer runtime.SetDefaultGOMAXPROCS()
+	var clock fakeCPU
+	stop := adaptWith(clock.read, 3, 10*time.Millisecond, 100*time.Millisecond)
+	waitProcs(t, 1, "at start")
+	clock.set(0.9)
+	waitProcs(t, 3, "busy most of one core")
+	clock.set(0.05)
+	waitProcs(t, 1, "idle again")
+	stop()
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(1)
+	stop = adaptWith(clock.read, 3, 10*time.Millisecond, 100*time.Millisecond)
+	stop()
+	if got := runtime.GOMAXPROCS(0); got != def {
+		t.Fatalf("after stop the runtime runs on %d cores, want its default %d", got, def)
+	}
+}
+
+// TestAdaptLeavesAnOperatorsChoice: with $GOMAXPROCS set, Adapt changes
+// nothing.
+func TestAdaptLeavesAnOperatorsChoice(t *testing.T) {
+	defer runtime.SetDefaultGOMAXPROCS()
+	t.Setenv("GOMAXPROCS", "2")
+	runtime.GOMAXPROCS(2)
+	stop := Adapt()
+	time.Sleep(3 * adaptInterval)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Fatalf("with GOMAXPROCS=2 set, Adapt made it %d cores", got)
+	}
+	stop()
+}
