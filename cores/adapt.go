@@ -2,7 +2,6 @@ package cores
 
 import (
 	"math"
-	"os"
 	"runtime"
 	"time"
 )
@@ -47,7 +46,7 @@ const (
 // the choice back to the runtime.
 func Adapt() (stop func()) {
 	most := runtime.GOMAXPROCS(0)
-	if os.Getenv("GOMAXPROCS") != "" || most <= 1 {
+	if operatorChose() || most <= 1 {
 		return func() {}
 	}
 	if _, ok := processCPU(); !ok {

@@ -21,7 +21,11 @@ import (
 // its choice (every core the process may use). $GOMAXPROCS, if set,
 // decides instead: an operator's explicit setting wins.
 func Use(n int) {
-	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
+	if n > 0 && !operatorChose() {
 		runtime.GOMAXPROCS(n)
 	}
 }
+
+// operatorChose reports whether $GOMAXPROCS is set: an operator's
+// explicit choice, which neither Use nor Adapt overrides.
+func operatorChose() bool { return os.Getenv("GOMAXPROCS") != "" }
