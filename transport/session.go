@@ -1789,6 +1789,12 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 // either way for idle, provided nothing is in flight. The client then
 // carries the session on a new connection. So no carrier outlives what
 // the face allows an idle connection.
+//
+// Bytes that arrived on a carrier's socket but that its reader has not
+// got to yet are in flight too: a bridge whose CPU is taken (a test
+// machine under -race, here) ended a carrier 2 s into an upload, with
+// the client's upload arriving in its socket. The face would have
+// read them (a request, not an idle connection).
 func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1797,7 +1803,7 @@ func (s *sessionConn) closeIdle(now time.Time, idle time.Duration) {
 	}
 	ended := false
 	for _, c := range slices.Clone(s.carriers) {
-		if c.dead || time.Duration(monoAt(now)-c.lastActive()) < idle {
+		if c.dead || time.Duration(monoAt(now)-c.lastActive()) < idle || unreadBytes(c.raw) > 0 {
 			continue
 		}
 		c.dead = true
