@@ -110,6 +110,9 @@ func (s *sessionConn) noteSent(c *carrier) {
 	s.rateKnown = true
 	bps := float64(r.busyBytes) / (float64(r.busy) / float64(time.Second))
 	r.busy, r.busyBytes = 0, 0
+	if s.fixedRate > 0 {
+		bps = s.fixedRate
+	}
 	s.maxUnsent = min(max(int(bps*unsentTime.Seconds()), minUnsent), maxUnsentBound)
 	s.writeChunk = min(max(int(bps*writeTime.Seconds()), minWriteChunk), maxWriteChunk)
 	lowat := min(max(int(bps*lowatTime.Seconds()), minLowat), maxLowat)

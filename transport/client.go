@@ -128,6 +128,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.conn = newSessionConn(true, cfg.SessionLinger, s.log)
 	s.conn.acct = newClientAcct()
+	s.conn.fixedRate = cfg.sendRate
 	mux, err := smux.Client(s.conn, muxConfig(true))
 	if err != nil {
 		s.conn.Close()

@@ -75,6 +75,11 @@ type ClientConfig struct {
 	// padYoungOnly pads only the young phase's writes (benchmarks: the
 	// baseline that shows what tail padding costs).
 	padYoungOnly bool
+	// sendRate, when set, is the send rate in bytes a second that the
+	// session's bounds follow instead of the one measured (tests that
+	// count records per write: the measured rate is the machine's, and a
+	// loaded test machine sends a record per write).
+	sendRate float64
 }
 
 func (c *ClientConfig) check() error {

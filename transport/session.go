@@ -67,8 +67,9 @@ type sessionConn struct {
 	maxUnsent     int
 	writeChunk    int // the most data in one write to a carrier (backlog.go)
 	unsentWaiters int
-	lowat         int  // the bound of carriers' sockets
-	rateKnown     bool // the bounds follow a measured rate
+	lowat         int     // the bound of carriers' sockets
+	rateKnown     bool    // the bounds follow a measured rate
+	fixedRate     float64 // if set, the rate the bounds follow (tests)
 	acked         uint64
 	written       uint64
 	next          uint64
