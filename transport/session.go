@@ -94,6 +94,7 @@ type sessionConn struct {
 	pongDue       bool      // the ACK due answers a PING: size it as h2's PING ACK
 	pingAt        time.Time // when the outstanding PING was queued
 	pingVia       *carrier  // the carrier it was queued on
+	pingArrived   int64     // the carriers' arrived bytes when it left (arrived)
 	resendDue     bool
 	resendFrom    uint64
 	resendAskedAt time.Time
@@ -955,7 +956,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	}
 	if s.pingDue {
 		out = appendEmptyFrame(out, framePing)
-		s.pingDue, s.pingVia = false, c
+		s.pingDue, s.pingVia, s.pingArrived = false, c, s.arrived()
 	}
 	if pinging && s.next >= s.written && !s.resendDue && len(s.drops) == 0 && len(out)+frameHeaderLen <= h2PingLen {
 		// A PING or its answer alone in a record is sized as HTTP/2's
@@ -1664,6 +1665,17 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	if now.Sub(s.pingAt) < freezeWait+2*rc.rtt {
 		return nil
 	}
+	if got := s.arrived(); got != s.pingArrived {
+		// Bytes reached the carriers since the PING left, read or still
+		// in a socket: the path moves, and this process is slow to get
+		// to them (a loaded machine, a phone holding back a background
+		// app). Ending the carrier would cost a new connection, and two
+		// such false freezes at similar byte counts would teach the
+		// session a budget (TestSlowReaderIsNotAFreeze). The wait
+		// starts again; a path that froze stops moving.
+		s.pingAt, s.pingArrived = now, got
+		return nil
+	}
 	s.pingAt = time.Time{}
 	// A carrier that froze before any DATA came down it says nothing of
 	// a byte count: a path that cuts at random moments silenced it after
@@ -1680,6 +1692,17 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	}
 	s.pingVia = nil
 	return frozen
+}
+
+// arrived returns the bytes that reached the session's carriers: those
+// their readers took from the sockets and those still waiting there.
+// Called with mu held.
+func (s *sessionConn) arrived() int64 {
+	var n int64
+	for _, c := range s.carriers {
+		n += c.raw.read.Load() + int64(unreadBytes(c.raw))
+	}
+	return n
 }
 
 // pingGapAfter returns the silence after which the client's next PING

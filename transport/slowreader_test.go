@@ -62,3 +62,51 @@ func carrierCount(s *sessionConn) int {
 	defer s.mu.Unlock()
 	return len(s.carriers)
 }
+
+// TestSlowReaderIsNotAFreeze: a carrier whose bytes reached its socket
+// after the PING left is not frozen, even if this process has not read
+// them yet (a loaded machine, a phone that holds back a background app).
+// Ending it as frozen cost a new connection, and two such false freezes
+// at similar byte counts teach a session a budget it never unlearns. A
+// carrier that stays silent after the PING is still frozen (the control).
+func TestSlowReaderIsNotAFreeze(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the bridge asks for a socket's unread bytes on Linux only")
+	}
+	for _, answered := range []bool{true, false} {
+		t.Run(map[bool]string{true: "answered", false: "silent"}[answered], func(t *testing.T) {
+			s := newSessionConn(true, time.Minute, testLogger(t))
+			defer s.Close()
+			ours, peer := tcpPair(t)
+			c := &carrier{seq: 1, conn: ours, raw: &countingConn{Conn: ours}}
+			if !s.attach(c, 0) {
+				t.Fatal("session refused the carrier")
+			}
+			// The peer takes what the session sends; no reader runs here:
+			// this process has not got to the carrier.
+			go io.Copy(io.Discard, peer)
+			nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
+			if _, err := s.Write(nop); err != nil {
+				t.Fatal(err)
+			}
+			// Owed an acknowledgement and silent for pingAfter: a PING.
+			start := time.Now()
+			s.checkFrozen(start.Add(pingAfter+100*time.Millisecond), false)
+			waitFor(t, s, "the PING to leave", func() bool { return s.pingVia != nil })
+			if answered {
+				if _, err := peer.Write(make([]byte, 64)); err != nil {
+					t.Fatal(err)
+				}
+				waitUnread(t, c, 64)
+			}
+			s.checkFrozen(start.Add(pingAfter+freezeWait+2*time.Second), false)
+			n := carrierCount(s)
+			switch {
+			case answered && n != 1:
+				t.Fatal("the carrier was ended as frozen with the peer's answer waiting in its socket")
+			case !answered && n != 0:
+				t.Fatal("a carrier silent after its PING was not found frozen")
+			}
+		})
+	}
+}
