@@ -2,6 +2,7 @@ package transport
 
 import (
 	"io"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -14,18 +15,8 @@ import (
 // upload's first 64 KB in its socket; the face would have read them.
 // Once they are read, the carrier is idle again and ends.
 func TestBytesWaitingInTheSocketAreNotIdle(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the bridge asks for a socket's unread bytes on Linux only")
-	}
-	s := newSessionConn(false, time.Minute, testLogger(t))
-	defer s.Close()
-	ours, peer := tcpPair(t)
-	c := &carrier{seq: 1, conn: ours, raw: &countingConn{Conn: ours}}
-	if !s.attach(c, 0) {
-		t.Fatal("session refused the carrier")
-	}
-	// No reader runs: the bridge has not got to the carrier. The client's
-	// bytes arrive.
+	// The bridge has not got to the carrier. The client's bytes arrive.
+	s, c, ours, peer := unreadCarrier(t, false)
 	sent := make([]byte, 64<<10)
 	if _, err := peer.Write(sent); err != nil {
 		t.Fatal(err)
@@ -44,6 +35,24 @@ func TestBytesWaitingInTheSocketAreNotIdle(t *testing.T) {
 	if n := carrierCount(s); n != 0 {
 		t.Fatalf("an idle carrier with nothing waiting was kept (%d carriers)", n)
 	}
+}
+
+// unreadCarrier returns a session (a client's if client) with one carrier
+// over loopback TCP that no reader reads, its socket, and the peer's end.
+// It skips the test where unreadBytes cannot see a socket's queue.
+func unreadCarrier(t *testing.T, client bool) (*sessionConn, *carrier, net.Conn, net.Conn) {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("unread bytes are asked for on Linux only")
+	}
+	s := newSessionConn(client, time.Minute, testLogger(t))
+	t.Cleanup(func() { s.Close() })
+	ours, peer := tcpPair(t)
+	c := &carrier{seq: 1, conn: ours, raw: &countingConn{Conn: ours}}
+	if !s.attach(c, 0) {
+		t.Fatal("session refused the carrier")
+	}
+	return s, c, ours, peer
 }
 
 // waitUnread waits (up to 10 s) until n bytes wait unread in c's socket.
@@ -70,20 +79,11 @@ func carrierCount(s *sessionConn) int {
 // at similar byte counts teach a session a budget it never unlearns. A
 // carrier that stays silent after the PING is still frozen (the control).
 func TestSlowReaderIsNotAFreeze(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the bridge asks for a socket's unread bytes on Linux only")
-	}
 	for _, answered := range []bool{true, false} {
 		t.Run(map[bool]string{true: "answered", false: "silent"}[answered], func(t *testing.T) {
-			s := newSessionConn(true, time.Minute, testLogger(t))
-			defer s.Close()
-			ours, peer := tcpPair(t)
-			c := &carrier{seq: 1, conn: ours, raw: &countingConn{Conn: ours}}
-			if !s.attach(c, 0) {
-				t.Fatal("session refused the carrier")
-			}
-			// The peer takes what the session sends; no reader runs here:
-			// this process has not got to the carrier.
+			// This process has not got to the carrier; the peer takes
+			// what the session sends.
+			s, c, _, peer := unreadCarrier(t, true)
 			go io.Copy(io.Discard, peer)
 			nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
 			if _, err := s.Write(nop); err != nil {
