@@ -5,10 +5,8 @@ package transport
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -20,115 +18,6 @@ import (
 	"github.com/mirage-pt/mirage/transport/keys"
 	"github.com/mirage-pt/mirage/transport/transporttest"
 )
-
-// loadHandler serves test transfers on default-target streams. The client
-// sends mode(1) size(8) seed(8): mode 'D' asks for size bytes of
-// payload(size, seed); mode 'U' sends them, and the bridge answers 'k' if
-// they hash right, 'x' if not.
-func loadHandler(st *Stream) {
-	if err := st.Reply(StatusOK); err != nil {
-		return
-	}
-	var hdr [17]byte
-	if _, err := io.ReadFull(st, hdr[:]); err != nil {
-		return
-	}
-	size := int(binary.BigEndian.Uint64(hdr[1:]))
-	seed := binary.BigEndian.Uint64(hdr[9:])
-	switch hdr[0] {
-	case 'D':
-		st.Write(payload(size, seed))
-		st.CloseWrite()
-		io.Copy(io.Discard, st)
-	case 'U':
-		h := sha256.New()
-		n, _ := io.Copy(h, io.LimitReader(st, int64(size)))
-		want := sha256.Sum256(payload(size, seed))
-		ok := byte('x')
-		if n == int64(size) && bytes.Equal(h.Sum(nil), want[:]) {
-			ok = 'k'
-		}
-		st.Write([]byte{ok})
-		st.CloseWrite()
-		io.Copy(io.Discard, st)
-	}
-}
-
-// transfer runs one load transfer on a new stream of sess and checks it.
-func transfer(ctx context.Context, sess *Session, mode byte, size int, seed uint64, idle time.Duration) error {
-	st, err := sess.OpenStream(ctx, Request{Command: CmdDefault})
-	if err != nil {
-		return fmt.Errorf("open: %w", err)
-	}
-	defer st.Close()
-	var hdr [17]byte
-	hdr[0] = mode
-	binary.BigEndian.PutUint64(hdr[1:], uint64(size))
-	binary.BigEndian.PutUint64(hdr[9:], seed)
-	if _, err := st.Write(hdr[:]); err != nil {
-		return err
-	}
-	// r reads with a deadline that moves with progress: a stall longer
-	// than idle is an error, however long the whole transfer takes.
-	r := &progressReader{c: st, idle: idle}
-	switch mode {
-	case 'D':
-		h := sha256.New()
-		n, err := io.Copy(h, r)
-		if err != nil {
-			return fmt.Errorf("download stalled after %d of %d bytes: %w", n, size, err)
-		}
-		want := sha256.Sum256(payload(size, seed))
-		if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
-			return fmt.Errorf("download of %d bytes came back as %d bytes with another hash", size, n)
-		}
-	case 'U':
-		errc := make(chan error, 1)
-		go func() {
-			_, err := st.Write(payload(size, seed))
-			errc <- err
-		}()
-		// The verdict comes after the whole upload: wait for the upload,
-		// not for progress on the read side.
-		var ok [1]byte
-		st.SetReadDeadline(time.Now().Add(idle + time.Duration(size/(16<<10))*time.Second))
-		if _, err := io.ReadFull(st, ok[:]); err != nil {
-			return fmt.Errorf("upload of %d bytes: no verdict: %w", size, err)
-		}
-		if err := <-errc; err != nil {
-			return err
-		}
-		if ok[0] != 'k' {
-			return fmt.Errorf("upload of %d bytes arrived damaged", size)
-		}
-	}
-	return nil
-}
-
-type progressReader struct {
-	c    net.Conn
-	idle time.Duration
-}
-
-func (r *progressReader) Read(p []byte) (int, error) {
-	r.c.SetReadDeadline(time.Now().Add(r.idle))
-	return r.c.Read(p)
-}
-
-// dialForAMinute dials a session for a test that may take up to a
-// minute: the context it returns ends then, and the session with the
-// test.
-func dialForAMinute(t *testing.T, cfg *ClientConfig) (context.Context, *Session) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	sess, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sess.Close() })
-	return ctx, sess
-}
 
 // relayedBridge starts a bridge with loadHandler behind a relay.
 func relayedBridge(t *testing.T, opts transporttest.RelayOptions, configure func(*ServerConfig)) (*testBridge, *transporttest.Relay) {
