@@ -94,7 +94,7 @@ type sessionConn struct {
 	pongDue       bool      // the ACK due answers a PING: size it as h2's PING ACK
 	pingAt        time.Time // when the outstanding PING was queued
 	pingVia       *carrier  // the carrier it was queued on
-	pingArrived   int64     // the carriers' arrived bytes when it left (arrived)
+	pingArrived   int64     // the carriers' arrived bytes when it was queued, then when it left
 	resendDue     bool
 	resendFrom    uint64
 	resendAskedAt time.Time
@@ -1645,7 +1645,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.pingGap
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
 		if unacked || awaited || idle {
-			s.pingDue, s.pingAt, s.pingVia = true, now, nil
+			s.pingDue, s.pingAt, s.pingVia, s.pingArrived = true, now, nil, s.arrived()
 			s.pingForMove = awaited && !unacked
 			s.sendCond.Signal()
 		}
