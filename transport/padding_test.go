@@ -143,7 +143,17 @@ func atLeast(sizes []int, min int) []int {
 func TestSmallRecordsStayPaddedAfterTheYoungPhase(t *testing.T) {
 	b := startBridge(t, newSiteFace(t), echoHandler, nil)
 	relay := startRecordRelay(t, b.addr)
-	sess := b.dialVia(t, relay.addr)
+	cfg := b.clientConfig()
+	cfg.Address = relay.addr
+	// The bounds as on a path of 800 Mbit/s, whatever this machine's
+	// speed: loaded by other tests under -race, it measured a rate whose
+	// queue bound (16 KiB) cut the bulk writes below into part records.
+	cfg.sendRate = 100e6
+	sess, err := Dial(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
 	st, err := sess.OpenStream(context.Background(), Request{Command: CmdDefault})
 	if err != nil {
 		t.Fatal(err)
