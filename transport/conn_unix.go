@@ -29,3 +29,15 @@ func readAvailable(c net.Conn, p []byte) int {
 	})
 	return n
 }
+
+// controlSocket runs f with the file descriptor of the socket under c
+// (socketUnder); not at all if there is none.
+func controlSocket(c net.Conn, f func(fd int)) {
+	sc, ok := socketUnder(c).(syscall.Conn)
+	if !ok {
+		return
+	}
+	if rc, err := sc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { f(int(fd)) })
+	}
+}

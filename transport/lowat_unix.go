@@ -11,18 +11,10 @@ import (
 // holds fewer than n bytes not yet sent (TCP_NOTSENT_LOWAT; 0: no
 // bound), where the system has that.
 func limitUnsent(c net.Conn, n int) {
-	sc, ok := socketUnder(c).(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return
-	}
 	if n == 0 {
 		n = 1<<31 - 1 // as the system's default: no bound
 	}
-	rc.Control(func(fd uintptr) {
-		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpNotsentLowat, n)
+	controlSocket(c, func(fd int) {
+		syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpNotsentLowat, n)
 	})
 }
