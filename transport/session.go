@@ -374,6 +374,20 @@ type carrier struct {
 	rpos        uint64
 	skipGap     bool     // a gap timed out: drop DATA beyond it until a SEEK
 	rate        sendRate // how fast it sends (backlog.go)
+	// fr reads c's frames: readLoop's reader, which Read borrows while
+	// it reads an offered body and the DATA frames after it
+	// (readOffered). next is the header of a frame Read read that way
+	// and left to readLoop (any other frame), or the error reading it.
+	fr   *frameReader
+	next nextHeader
+}
+
+// nextHeader is a frame header read by Read for readLoop (carrier.next).
+type nextHeader struct {
+	set bool
+	typ byte
+	n   int
+	err error
 }
 
 // spent returns the larger share of the budget used by either direction.
@@ -815,19 +829,23 @@ func (s *sessionConn) readOffered(p []byte) int {
 	o := &s.offered
 	c := o.c
 	o.reading = true
+	left := o.left
 	s.mu.Unlock()
-	n, err := c.conn.Read(p[:min(len(p), o.left)])
+	n, left, next, err := chainRead(c, p, left)
 	s.mu.Lock()
 	o.reading = false
+	if n > 0 || next.set {
+		c.lastRecv.Store(monoNow())
+	}
 	if n > 0 {
 		now := monoNow()
-		c.lastRecv.Store(now)
 		c.lastData.Store(now)
-		o.left -= n
 		c.rpos += uint64(n)
 		s.recvd += uint64(n)
 		s.delivered(now)
 	}
+	o.left = left
+	c.next = next
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
@@ -838,6 +856,41 @@ func (s *sessionConn) readOffered(p []byte) int {
 		s.rspaceCond.Broadcast() // the carrier's reader goes on
 	}
 	return n
+}
+
+// chainRead reads into p the offered body of which left bytes remain, and
+// while p has room once it ended, the DATA frames after it on c (PAD
+// frames between them are dropped): their bytes come next in order,
+// since nothing else delivers while c's body is on offer. smux reads a
+// frame's header and body with exact lengths, so p has room only for
+// bytes smux waits for anyway: reading on here blocks no longer than its
+// next Read would, and saves the carrier's reader a wake-up (and Read
+// one) for each DATA frame, four per 64 KiB smux frame. It returns the
+// bytes it placed, what remains of the body it stopped in, and the
+// header of a frame of another kind that ended the chain (left to
+// readLoop), or the error reading one. It runs without mu; c's reader
+// waits meanwhile (offer), so it has c's TLS and frame reader to itself.
+func chainRead(c *carrier, p []byte, left int) (n, rest int, next nextHeader, err error) {
+	for {
+		k, rerr := c.conn.Read(p[n : n+min(len(p)-n, left)])
+		n, left = n+k, left-k
+		if rerr != nil || n == len(p) {
+			return n, left, next, rerr
+		}
+		if left > 0 {
+			continue // the body goes on in the next record
+		}
+		typ, m, herr := c.fr.header()
+		for herr == nil && typ == framePad {
+			if _, herr = c.fr.readBody(m); herr == nil {
+				typ, m, herr = c.fr.header()
+			}
+		}
+		if herr != nil || typ != frameData || m == 0 {
+			return n, 0, nextHeader{set: true, typ: typ, n: m, err: herr}, nil
+		}
+		left = m
+	}
 }
 
 func (s *sessionConn) endErr() error {
@@ -1027,9 +1080,20 @@ func (s *sessionConn) readLoop(c *carrier) {
 			return
 		}
 	}
-	fr := &frameReader{r: c.conn}
+	s.mu.Lock()
+	c.fr = &frameReader{r: c.conn}
+	fr := c.fr
+	s.mu.Unlock()
 	for {
-		typ, n, err := fr.header()
+		typ, n, err := c.next.typ, c.next.n, c.next.err
+		if c.next.set {
+			// Read read this header after the DATA it was offered
+			// (readOffered), and left the frame to us. (Ordered by
+			// mu: offer returned after Read had set it.)
+			c.next = nextHeader{}
+		} else {
+			typ, n, err = fr.header()
+		}
 		var body []byte
 		switch {
 		case err != nil:
