@@ -1280,7 +1280,8 @@ func (s *sessionConn) receive(c *carrier, data []byte, now int64) {
 // it is the next data in order (the common case), without the frame
 // buffer's copy: if Read is waiting for bytes, it offers the body to
 // Read, which reads it from c's TLS straight into smux's buffer (no copy
-// of ours at all); otherwise it reads it into the receive buffer. It
+// of ours at all), and the DATA frames after it while smux waits for
+// more (chainRead); otherwise it reads it into the receive buffer. It
 // reports whether it did; if not, the caller reads the body and calls
 // receive. While it does, other carriers' data waits (rbusy, offered).
 func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error) {
