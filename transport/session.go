@@ -834,11 +834,11 @@ func (s *sessionConn) readOffered(p []byte) int {
 	n, left, next, err := chainRead(c, p, left)
 	s.mu.Lock()
 	o.reading = false
+	now := monoNow()
 	if n > 0 || next.set {
-		c.lastRecv.Store(monoNow())
+		c.lastRecv.Store(now)
 	}
 	if n > 0 {
-		now := monoNow()
 		c.lastData.Store(now)
 		c.rpos += uint64(n)
 		s.recvd += uint64(n)
@@ -870,12 +870,13 @@ func (s *sessionConn) readOffered(p []byte) int {
 // header of a frame of another kind that ended the chain (left to
 // readLoop), or the error reading one. It runs without mu; c's reader
 // waits meanwhile (offer), so it has c's TLS and frame reader to itself.
-func chainRead(c *carrier, p []byte, left int) (n, rest int, next nextHeader, err error) {
+func chainRead(c *carrier, p []byte, left int) (int, int, nextHeader, error) {
+	n := 0
 	for {
-		k, rerr := c.conn.Read(p[n : n+min(len(p)-n, left)])
+		k, err := c.conn.Read(p[n : n+min(len(p)-n, left)])
 		n, left = n+k, left-k
-		if rerr != nil || n == len(p) {
-			return n, left, next, rerr
+		if err != nil || n == len(p) {
+			return n, left, nextHeader{}, err
 		}
 		if left > 0 {
 			continue // the body goes on in the next record
@@ -1080,10 +1081,10 @@ func (s *sessionConn) readLoop(c *carrier) {
 			return
 		}
 	}
-	s.mu.Lock()
+	// Read borrows c.fr only once offered a body (offer, under mu),
+	// after this.
 	c.fr = &frameReader{r: c.conn}
 	fr := c.fr
-	s.mu.Unlock()
 	for {
 		typ, n, err := c.next.typ, c.next.n, c.next.err
 		if c.next.set {
@@ -1102,7 +1103,7 @@ func (s *sessionConn) readLoop(c *carrier) {
 			// receive buffer (readInto); otherwise through the frame
 			// buffer.
 			var done bool
-			if done, err = s.readInto(c, fr, n); done || err != nil {
+			if done, err = s.readInto(c, n); done || err != nil {
 				if err == nil {
 					continue
 				}
@@ -1284,7 +1285,7 @@ func (s *sessionConn) receive(c *carrier, data []byte, now int64) {
 // more (chainRead); otherwise it reads it into the receive buffer. It
 // reports whether it did; if not, the caller reads the body and calls
 // receive. While it does, other carriers' data waits (rbusy, offered).
-func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error) {
+func (s *sessionConn) readInto(c *carrier, n int) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for !c.dead && !s.closed && c.rpos == s.recvd &&
@@ -1306,7 +1307,7 @@ func (s *sessionConn) readInto(c *carrier, fr *frameReader, n int) (bool, error)
 	s.rbusy = true
 	s.mu.Unlock()
 
-	err := fr.bodyInto(dst)
+	err := c.fr.bodyInto(dst)
 
 	s.mu.Lock()
 	s.rbusy = false
