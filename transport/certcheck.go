@@ -1,16 +1,10 @@
 package transport
 
 import (
-	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hkdf"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -19,7 +13,6 @@ import (
 	"sync/atomic"
 
 	utls "github.com/refraction-networking/utls"
-	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/mirage-pt/mirage/transport/auth"
 	"github.com/mirage-pt/mirage/transport/link"
@@ -108,7 +101,7 @@ func (c certCheck) config(ac *abortConn) *utls.Config {
 			}
 			return err
 		},
-		// For the abort only: see abortConn.
+		// For the abort (abortConn) and sealingConn.
 		KeyLogWriter: ac.keyLog(),
 		// Chromium (BoringSSL) fills each record to what it was given,
 		// up to 16 KiB, from a connection's first byte; Go's TLS, and so
@@ -179,9 +172,10 @@ type abortConn struct {
 
 	// suite is the cipher suite once the check has failed, 0 until
 	// then: an atomic, as every write of the carrier looks at it.
-	suite  atomic.Uint32
-	mu     sync.Mutex
-	secret []byte // client handshake traffic secret
+	suite   atomic.Uint32
+	mu      sync.Mutex
+	secret  []byte // client handshake traffic secret
+	traffic []byte // client application traffic secret (sealingConn)
 }
 
 // Write is called by utls for its records. Once the check has failed, the
@@ -211,23 +205,32 @@ func (a *abortConn) failed(suite uint16) {
 }
 
 // keyLog is utls's KeyLogWriter for the handshake: it keeps the client's
-// handshake traffic secret (utls writes each secret in one call, as
-// "LABEL CLIENTRANDOM SECRET\n" in hex) and nothing else.
+// handshake traffic secret, for the abort, and its application traffic
+// secret, for sealingConn (utls writes each secret in one call, as
+// "LABEL CLIENTRANDOM SECRET\n" in hex), and nothing else.
 func (a *abortConn) keyLog() keyLogFunc {
 	return func(line []byte) {
-		label, rest, _ := bytes.Cut(bytes.TrimSpace(line), []byte(" "))
-		if string(label) != "CLIENT_HANDSHAKE_TRAFFIC_SECRET" {
-			return
-		}
-		_, hexSecret, _ := bytes.Cut(rest, []byte(" "))
-		secret, err := hex.DecodeString(string(hexSecret))
-		if err != nil {
+		label, secret, ok := parseKeyLogLine(line)
+		if !ok {
 			return
 		}
 		a.mu.Lock()
-		a.secret = secret
-		a.mu.Unlock()
+		defer a.mu.Unlock()
+		switch label {
+		case "CLIENT_HANDSHAKE_TRAFFIC_SECRET":
+			a.secret = secret
+		case clientTrafficSecret:
+			a.traffic = secret
+		}
 	}
+}
+
+// trafficSecret returns the client's application traffic secret, nil
+// before utls logged it.
+func (a *abortConn) trafficSecret() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.traffic
 }
 
 type keyLogFunc func([]byte)
@@ -271,45 +274,11 @@ func sealAlert(suite uint16, secret []byte, desc byte) ([]byte, error) {
 	if len(secret) == 0 {
 		return nil, errors.New("transport: no handshake secret to encrypt the alert")
 	}
-	var (
-		h      func() hash.Hash
-		keyLen int
-		aead   func(key []byte) (cipher.AEAD, error)
-	)
-	gcm := func(key []byte) (cipher.AEAD, error) {
-		b, err := aes.NewCipher(key)
-		if err != nil {
-			return nil, err
-		}
-		return cipher.NewGCM(b)
-	}
-	switch suite {
-	case utls.TLS_AES_128_GCM_SHA256:
-		h, keyLen, aead = sha256.New, 16, gcm
-	case utls.TLS_AES_256_GCM_SHA384:
-		h, keyLen, aead = sha512.New384, 32, gcm
-	case utls.TLS_CHACHA20_POLY1305_SHA256:
-		h, keyLen, aead = sha256.New, chacha20poly1305.KeySize, chacha20poly1305.New
-	default:
-		return nil, fmt.Errorf("transport: cipher suite %#04x is not TLS 1.3's", suite)
-	}
-	key, err := expandLabel(h, secret, "key", keyLen)
+	s, err := newRecordSealer(suite, secret)
 	if err != nil {
 		return nil, err
 	}
-	iv, err := expandLabel(h, secret, "iv", 12)
-	if err != nil {
-		return nil, err
-	}
-	a, err := aead(key)
-	if err != nil {
-		return nil, err
-	}
-	plain := []byte{2, desc, 21} // fatal, desc; inner content type alert
-	n := len(plain) + a.Overhead()
-	hdr := []byte{23, 3, 3, byte(n >> 8), byte(n)}
-	// Sequence number 0: the nonce is the iv itself.
-	return a.Seal(hdr, iv, plain, hdr), nil
+	return s.seal(nil, []byte{2, desc}, recordTypeAlert), nil // fatal, desc
 }
 
 // expandLabel is TLS 1.3's HKDF-Expand-Label with an empty context.

@@ -107,22 +107,35 @@ func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *Cli
 	// the bridge, so this connection met the face) answers it as it
 	// answers a browser.
 	host := authority(cfg)
-	for _, part := range [][]byte{chromePreface(), op.marshal(host)} {
-		if _, err := uc.Write(part); err != nil {
+	// Every write from here goes through conn, which seals records
+	// itself once it can (sealingConn): the preface, the first record
+	// after the handshake, tells it the record sequence number.
+	var conn net.Conn = uc
+	cc, counted := raw.(*countingConn)
+	if counted {
+		conn = newSealingConn(uc, cc, 0)
+		cc.captureNext()
+	}
+	for i, part := range [][]byte{chromePreface(), op.marshal(host)} {
+		if _, err := conn.Write(part); err != nil {
 			return nil, fmt.Errorf("transport: writing to bridge: %w", err)
+		}
+		if i == 0 && counted {
+			rec, records := cc.takeCaptured()
+			conn.(*sealingConn).prepare(state.CipherSuite, ac.trafficSecret(), rec, records)
 		}
 	}
 	fr := &frameReader{r: uc}
 	if h.bound && op.New {
-		return &opened{conn: uc, status: statusResumed, finish: func() error {
-			return finishEarlyOpening(uc, fr, key, exporter)
+		return &opened{conn: conn, status: statusResumed, finish: func() error {
+			return finishEarlyOpening(conn, fr, key, exporter)
 		}}, nil
 	}
 	head, err := readServerProof(fr, key, exporter)
 	if errors.Is(err, errNotProof) {
 		// A website: finish the visit as the browser would, and say
 		// this is not the bridge.
-		go finishVisit(uc, head, host)
+		go finishVisit(conn, head, host)
 		return nil, errLandedOnFace
 	}
 	if err != nil {
@@ -139,11 +152,11 @@ func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *Cli
 		}
 		return nil, fmt.Errorf("transport: reading the bridge's proof: %w", err)
 	}
-	status, received, err := ackAndReadStatus(uc, fr)
+	status, received, err := ackAndReadStatus(conn, fr)
 	if err != nil {
 		return nil, err
 	}
-	return &opened{conn: uc, status: status, received: received}, nil
+	return &opened{conn: conn, status: status, received: received}, nil
 }
 
 // ackAndReadStatus sends the SETTINGS acknowledgement a browser sends on

@@ -145,7 +145,7 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 // reads the client's opening. The caller answers with the status and
 // the rest of the shape (see Server.carry). raw counts the carrier's bytes,
 // the ClientHello's included.
-func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *countingConn, op clientOpeningInfo, shape openingShape, err error) {
+func (hs *serverHandshake) tunnel(ctx context.Context) (sc *sealingConn, raw *countingConn, op clientOpeningInfo, shape openingShape, err error) {
 	raw = &countingConn{Conn: hs.raw}
 	raw.read.Store(int64(len(hs.consumed)))
 	var pc net.Conn = newPrefixConn(raw, hs.consumed, 0)
@@ -161,7 +161,8 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 			return nil, nil, op, shape, err
 		}
 	}
-	tc = tls.Server(pc, cfg)
+	secret := &trafficSecretLog{label: serverTrafficSecret}
+	tc := tls.Server(pc, withKeyLog(cfg, secret))
 	// The face's deadline: a copy of a genuine hello that never finishes
 	// (a replay) is dropped when the website would drop it.
 	deadline := hs.start.Add(hs.srv.helloWait)
@@ -192,13 +193,21 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (tc *tls.Conn, raw *count
 	// The client sends its opening right after its Finished, so reading
 	// it before answering costs no round trip.
 	shape = hs.srv.openingShape()
-	if _, err := tc.Write(proofOpening(auth.ServerProof(hs.key, exporter), shape[0])); err != nil {
+	// Every write from here goes through sc, which seals records itself
+	// once TLS would write only full ones (sealingConn); the proof, the
+	// first record after the handshake, tells it the record sequence
+	// number.
+	sc = newSealingConn(tc, raw, recordSizeBoost)
+	raw.captureNext()
+	if _, err := sc.Write(proofOpening(auth.ServerProof(hs.key, exporter), shape[0])); err != nil {
 		return nil, nil, op, shape, err
 	}
+	rec, records := raw.takeCaptured()
+	sc.prepare(state.CipherSuite, secret.get(), rec, records)
 	if op, err = readClientOpening(tc); err != nil {
 		return nil, nil, op, shape, fmt.Errorf("reading client opening: %w", err)
 	}
-	return tc, raw, op, shape, nil
+	return sc, raw, op, shape, nil
 }
 
 // boundCertificate makes a fresh ECDSA P-256 certificate whose signature

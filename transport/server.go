@@ -444,7 +444,7 @@ func (s *Server) carry(hs *serverHandshake) {
 // status before the client reads it. So the bridge sends close_notify,
 // then reads and drops what comes, a little and briefly, before it
 // closes.
-func refuse(tc *tls.Conn, raw net.Conn) {
+func refuse(tc *sealingConn, raw net.Conn) {
 	tc.SetWriteDeadline(time.Now().Add(time.Second))
 	tc.CloseWrite()
 	raw.SetReadDeadline(time.Now().Add(refuseDrainTime))

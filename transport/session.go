@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -235,7 +236,23 @@ type countingConn struct {
 	mu       sync.Mutex // held while writing
 	batching bool
 	pending  *[]byte // full records kept, from writeBufs
+
+	// For sealingConn: the writes so far (after the handshake, TLS
+	// writes each record in one), and the next write, kept when asked
+	// for (captureNext). Once the sealer took over (sealed), Write
+	// refuses what TLS would still write: its record numbers, and so
+	// its nonces, are the sealer's now, and a nonce used twice would
+	// give away the key's authenticator (an alert TLS sends when the
+	// peer's records do not open, say, which anyone on the path can
+	// cause).
+	writes     uint64
+	capturing  bool
+	captured   []byte
+	capturedAt uint64 // writes, the kept one included
+	sealed     bool
 }
+
+var errWriteAfterSealing = errors.New("transport: TLS wrote after the sealer took over its records")
 
 // fullRecord is the wire size from which a record is full: a TLS 1.3
 // record of 16 KiB of plaintext is 16,406 bytes.
@@ -272,6 +289,25 @@ func (c *countingConn) Read(p []byte) (int, error) {
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.sealed {
+		return 0, errWriteAfterSealing
+	}
+	c.writes++
+	if c.capturing {
+		c.capturing = false
+		c.captured, c.capturedAt = bytes.Clone(p), c.writes
+	}
+	return c.writeLocked(p)
+}
+
+// writeSealed writes records sealingConn sealed.
+func (c *countingConn) writeSealed(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writeLocked(p)
+}
+
+func (c *countingConn) writeLocked(p []byte) (int, error) {
 	if c.batching && len(p) >= fullRecord {
 		if c.pending == nil {
 			c.pending = writeBufs.Get().(*[]byte)
@@ -291,6 +327,32 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
+}
+
+// captureNext keeps a copy of the next write (see takeCaptured).
+func (c *countingConn) captureNext() {
+	c.mu.Lock()
+	c.capturing = true
+	c.mu.Unlock()
+}
+
+// takeCaptured returns the write captureNext kept (nil if none came) and the
+// number of writes up to and including it.
+func (c *countingConn) takeCaptured() ([]byte, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rec := c.captured
+	c.captured = nil
+	return rec, c.capturedAt
+}
+
+// seal ends TLS's writes (Write refuses them from now) and returns how
+// many it made.
+func (c *countingConn) seal() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sealed = true
+	return c.writes
 }
 
 // batch starts keeping full records.
@@ -939,11 +1001,7 @@ func (s *sessionConn) flushLoop() {
 			continue
 		}
 		s.mu.Unlock()
-		c.raw.batch()
-		_, err := c.conn.Write(out)
-		if ferr := c.raw.flush(); err == nil {
-			err = ferr
-		}
+		err := c.writeFrames(out)
 		s.mu.Lock()
 		if err != nil {
 			s.carrierEnded(c, err)
@@ -954,6 +1012,21 @@ func (s *sessionConn) flushLoop() {
 		}
 		putWriteBuf(buf, out)
 	}
+}
+
+// writeFrames writes out, the flusher's frames (its buffer, which a
+// sealingConn may change while it seals), in one system call.
+func (c *carrier) writeFrames(out []byte) error {
+	if sc, ok := c.conn.(*sealingConn); ok {
+		_, err := sc.writeOwned(out)
+		return err
+	}
+	c.raw.batch()
+	_, err := c.conn.Write(out)
+	if ferr := c.raw.flush(); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 // maxPlaintext returns how many bytes of frames fit in room bytes on the
@@ -1540,6 +1613,8 @@ func unwrapOnce(c net.Conn) (net.Conn, bool) {
 	case *prefixConn:
 		return w.Conn, true
 	case *abortConn:
+		return w.Conn, true
+	case *sealingConn:
 		return w.Conn, true
 	case interface{ NetConn() net.Conn }:
 		return w.NetConn(), true
