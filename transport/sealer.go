@@ -387,6 +387,8 @@ func (c *sealingConn) CloseWrite() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.sealer == nil {
+		// Nothing may follow TLS's close_notify: no takeover either.
+		c.ready = nil
 		cw, ok := c.Conn.(interface{ CloseWrite() error })
 		if !ok {
 			return errors.New("transport: TLS connection cannot half-close")
@@ -409,6 +411,7 @@ func (c *sealingConn) Close() error {
 	}
 	defer c.mu.Unlock()
 	if c.sealer == nil {
+		c.ready = nil
 		return c.Conn.Close()
 	}
 	err := c.closeNotifyLocked()

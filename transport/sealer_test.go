@@ -167,6 +167,16 @@ func TestSealedRecordsReadByTLS(t *testing.T) {
 					w, r, raw, secret = p.server, p.client, p.serverRaw, p.serverSecret
 				}
 				sc := p.sealing(t, w, raw, secret, 0)
+				if dir == "bridge to client" {
+					// The kept record came after the session
+					// ticket Go's TLS sends with its Finished.
+					sc.mu.Lock()
+					next := sc.ready.seq
+					sc.mu.Unlock()
+					if next < 2 {
+						t.Fatalf("the bridge's next record is number %d: the ticket before it was not counted", next)
+					}
+				}
 				var want bytes.Buffer
 				want.WriteString("first record")
 				got := make(chan []byte, 1)
@@ -288,6 +298,24 @@ func TestSealerWaitsForFullRecords(t *testing.T) {
 	}
 	if !sc.Sealing() {
 		t.Fatal("not sealing after 128 KiB")
+	}
+}
+
+// TestNoTakeoverAfterTLSCloseNotify proves that once TLS sent its
+// close_notify, the sealer does not write after it.
+func TestNoTakeoverAfterTLSCloseNotify(t *testing.T) {
+	p := newSealPair(t, tls.TLS_AES_128_GCM_SHA256, nil)
+	go io.Copy(io.Discard, p.client)
+	sc := p.sealing(t, p.server, p.serverRaw, p.serverSecret, recordSizeBoost)
+	if err := sc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	p.serverRaw.written.Store(recordSizeBoost) // as if TLS had sent 128 KiB
+	if _, err := sc.Write([]byte("after close_notify")); err == nil {
+		t.Error("a write after TLS's close_notify succeeded")
+	}
+	if sc.Sealing() {
+		t.Error("the sealer took over after TLS's close_notify")
 	}
 }
 
