@@ -95,7 +95,7 @@ type sessionConn struct {
 	pongDue       bool      // the ACK due answers a PING: size it as h2's PING ACK
 	pingAt        time.Time // when the outstanding PING was queued
 	pingVia       *carrier  // the carrier it was queued on
-	pingArrived   int64     // the carriers' arrived bytes when it was queued, then when it left
+	pingArrived   int64     // the watched carrier's arrived bytes when it was queued, then when it left
 	resendDue     bool
 	resendFrom    uint64
 	resendAskedAt time.Time
@@ -1083,7 +1083,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	}
 	if s.pingDue {
 		out = appendEmptyFrame(out, framePing)
-		s.pingDue, s.pingVia, s.pingArrived = false, c, s.arrived()
+		s.pingDue, s.pingVia, s.pingArrived = false, c, arrivedOn(s.watchedCarrier())
 	}
 	if pinging && s.next >= s.written && !s.resendDue && len(s.drops) == 0 && len(out)+frameHeaderLen <= h2PingLen {
 		// A PING or its answer alone in a record is sized as HTTP/2's
@@ -1786,7 +1786,7 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 		awaited := s.client && streams && time.Duration(mono-lastMove) < activeFor && silence >= s.pingGap
 		idle := s.client && streams && silence >= keepAliveEarliest+time.Duration(rand.Int64N(int64(keepAliveIdle-keepAliveEarliest)))
 		if unacked || awaited || idle {
-			s.pingDue, s.pingAt, s.pingVia, s.pingArrived = true, now, nil, s.arrived()
+			s.pingDue, s.pingAt, s.pingVia, s.pingArrived = true, now, nil, arrivedOn(rc)
 			s.pingForMove = awaited && !unacked
 			s.sendCond.Signal()
 		}
@@ -1806,14 +1806,19 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	if now.Sub(s.pingAt) < freezeWait+2*rc.rtt {
 		return nil
 	}
-	if got := s.arrived(); got != s.pingArrived {
-		// Bytes reached the carriers since the PING left, read or still
-		// in a socket: the path moves, and this process is slow to get
-		// to them (a loaded machine, a phone holding back a background
-		// app). Ending the carrier would cost a new connection, and two
-		// such false freezes at similar byte counts would teach the
-		// session a budget (TestSlowReaderIsNotAFreeze). The wait
-		// starts again; a path that froze stops moving.
+	if got := arrivedOn(rc); got != s.pingArrived {
+		// Bytes reached the carrier since the PING left, read or still
+		// in its socket: the path moves, and this process is slow to
+		// get to them (a loaded machine, a phone holding back a
+		// background app). Ending the carrier would cost a new
+		// connection, and two such false freezes at similar byte
+		// counts would teach the session a budget
+		// (TestSlowReaderIsNotAFreeze). The wait starts again; a path
+		// that froze stops moving. Only rc's bytes count: the answer
+		// comes on the carrier the peer sends on, which rc is, and a
+		// newer carrier's (the handshakes of a client that gave rc up,
+		// its DROP lost) say nothing of rc
+		// (TestBytesOnAnotherCarrierDoNotHideAFreeze).
 		s.pingAt, s.pingArrived = now, got
 		return nil
 	}
@@ -1835,15 +1840,13 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	return frozen
 }
 
-// arrived returns the bytes that reached the session's carriers: those
-// their readers took from the sockets and those still waiting there.
-// Called with mu held.
-func (s *sessionConn) arrived() int64 {
-	var n int64
-	for _, c := range s.carriers {
-		n += c.raw.read.Load() + int64(unreadBytes(c.raw))
+// arrivedOn returns the bytes that reached carrier c (none if nil): those
+// its reader took from the socket and those still waiting there.
+func arrivedOn(c *carrier) int64 {
+	if c == nil {
+		return 0
 	}
-	return n
+	return c.raw.read.Load() + int64(unreadBytes(c.raw))
 }
 
 // pingGapAfter returns the silence after which the client's next PING

@@ -110,3 +110,40 @@ func TestSlowReaderIsNotAFreeze(t *testing.T) {
 		})
 	}
 }
+
+// TestBytesOnAnotherCarrierDoNotHideAFreeze: bytes that reach a newer
+// carrier after the PING left do not keep the watched carrier, silent
+// since, from being found frozen. A path that cut connections at random
+// lost the client's DROP of a frozen carrier on the next one; the bridge
+// kept sending into the frozen one, its flusher blocked there, while the
+// client opened a carrier every 2 s, each of whose handshakes counted as
+// the path moving: the session carried nothing for 46 s
+// (TestCarriersCutAtRandom, once in CI).
+func TestBytesOnAnotherCarrierDoNotHideAFreeze(t *testing.T) {
+	s, frozen, _, peer := unreadCarrier(t, false)
+	go io.Copy(io.Discard, peer)
+	nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
+	if _, err := s.Write(nop); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	s.checkFrozen(start.Add(pingAfter+100*time.Millisecond), false)
+	waitFor(t, s, "the PING to leave", func() bool { return s.pingVia != nil })
+	// The client's next carrier joins, and its bytes arrive.
+	ours, newer := tcpPair(t)
+	c := &carrier{seq: 2, conn: ours, raw: &countingConn{Conn: ours}}
+	if !s.attach(c, 0) {
+		t.Fatal("session refused the second carrier")
+	}
+	if _, err := newer.Write(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	waitUnread(t, c, 64)
+	s.checkFrozen(start.Add(pingAfter+freezeWait+2*time.Second), false)
+	s.mu.Lock()
+	dead := frozen.dead
+	s.mu.Unlock()
+	if !dead {
+		t.Fatal("the silent carrier was not found frozen: bytes on a newer carrier counted as its answer")
+	}
+}
