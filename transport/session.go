@@ -436,6 +436,10 @@ type carrier struct {
 	rpos        uint64
 	skipGap     bool     // a gap timed out: drop DATA beyond it until a SEEK
 	rate        sendRate // how fast it sends (backlog.go)
+	// sentDrops are the carriers a client's DROPs on this one named
+	// (the last maxSentDrops): if it fails, they may not have arrived,
+	// and go again on the next (carrierEnded).
+	sentDrops []uint32
 	// fr reads c's frames: readLoop's reader, which Read borrows while
 	// it reads an offered body and the DATA frames after it
 	// (readOffered). next is the header of a frame Read read that way
@@ -1099,6 +1103,10 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	for _, seq := range s.drops {
 		out = appendDropFrame(out, seq)
 	}
+	c.sentDrops = append(c.sentDrops, s.drops...)
+	if n := len(c.sentDrops); n > maxSentDrops {
+		c.sentDrops = append(c.sentDrops[:0], c.sentDrops[n-maxSentDrops:]...)
+	}
 	s.drops = s.drops[:0]
 	if s.next >= s.written {
 		return out, -1
@@ -1457,6 +1465,9 @@ func (s *sessionConn) rewind(off uint64) {
 	s.sendCond.Signal()
 }
 
+// maxSentDrops bounds the DROPs a carrier remembers sending.
+const maxSentDrops = 8
+
 // carrierEnded removes c after a failure. Bytes it may have lost are sent
 // again from the last acknowledged offset. Called with mu held.
 func (s *sessionConn) carrierEnded(c *carrier, err error) {
@@ -1471,6 +1482,12 @@ func (s *sessionConn) carrierEnded(c *carrier, err error) {
 		if s.client && err != errCarrierDrop {
 			s.drops = append(s.drops, c.seq)
 		}
+		// The DROPs that went on c may have died with it: a bridge
+		// never told keeps sending into the carrier they name, until
+		// its own freeze check ends it (TestLostDropGoesAgain). A DROP
+		// of a carrier the bridge already ended costs it nothing.
+		s.drops = append(s.drops, c.sentDrops...)
+		c.sentDrops = nil
 		if !s.closed {
 			s.log.Debug("carrier ended", "carrier", c.seq, "reason", safelog.Error(err, false),
 				"down", c.raw.read.Load(), "up", c.raw.written.Load())
