@@ -66,6 +66,21 @@ func waitUnread(t *testing.T, c *carrier, n int) {
 	}
 }
 
+// pingOwed sends a frame on s, so that the peer owes an acknowledgement,
+// and has the freeze check find it silent for pingAfter: a PING leaves.
+// It returns the time the check counts from.
+func pingOwed(t *testing.T, s *sessionConn) time.Time {
+	t.Helper()
+	nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
+	if _, err := s.Write(nop); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	s.checkFrozen(start.Add(pingAfter+100*time.Millisecond), false)
+	waitFor(t, s, "the PING to leave", func() bool { return s.pingVia != nil })
+	return start
+}
+
 func carrierCount(s *sessionConn) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -85,14 +100,7 @@ func TestSlowReaderIsNotAFreeze(t *testing.T) {
 			// what the session sends.
 			s, c, _, peer := unreadCarrier(t, true)
 			go io.Copy(io.Discard, peer)
-			nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
-			if _, err := s.Write(nop); err != nil {
-				t.Fatal(err)
-			}
-			// Owed an acknowledgement and silent for pingAfter: a PING.
-			start := time.Now()
-			s.checkFrozen(start.Add(pingAfter+100*time.Millisecond), false)
-			waitFor(t, s, "the PING to leave", func() bool { return s.pingVia != nil })
+			start := pingOwed(t, s)
 			if answered {
 				if _, err := peer.Write(make([]byte, 64)); err != nil {
 					t.Fatal(err)
@@ -122,13 +130,7 @@ func TestSlowReaderIsNotAFreeze(t *testing.T) {
 func TestBytesOnAnotherCarrierDoNotHideAFreeze(t *testing.T) {
 	s, frozen, _, peer := unreadCarrier(t, false)
 	go io.Copy(io.Discard, peer)
-	nop := []byte{smuxVersion, 3, 0, 0, 0, 0, 0, 0} // smux NOP
-	if _, err := s.Write(nop); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	s.checkFrozen(start.Add(pingAfter+100*time.Millisecond), false)
-	waitFor(t, s, "the PING to leave", func() bool { return s.pingVia != nil })
+	start := pingOwed(t, s)
 	// The client's next carrier joins, and its bytes arrive.
 	ours, newer := tcpPair(t)
 	c := &carrier{seq: 2, conn: ours, raw: &countingConn{Conn: ours}}
