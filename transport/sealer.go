@@ -39,7 +39,7 @@ import (
 //
 // The record sequence number is the one thing TLS does not say. The
 // first record written after the handshake is kept (countingConn's
-// capture) and opened with the next few sequence numbers; the one that
+// capture) and opened with the first few sequence numbers; the one that
 // opens it is that record's. From then on each write to countingConn is
 // one record (crypto/tls and utls write each record in one call once the
 // handshake is done), so the count of writes gives the number at the
@@ -299,7 +299,7 @@ func (c *sealingConn) prepare(suite uint16, secret, rec []byte, records uint64) 
 	c.mu.Unlock()
 }
 
-// sealing reports whether the sealer writes now: it takes over, if it is
+// sealingLocked reports whether the sealer writes now: it takes over, if it is
 // ready and TLS would write full records from here. Called with mu held.
 func (c *sealingConn) sealingLocked() bool {
 	if c.sealer != nil {
