@@ -111,19 +111,17 @@ func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *Cli
 	// itself once it can (sealingConn): the preface, the first record
 	// after the handshake, tells it the record sequence number.
 	var conn net.Conn = uc
-	cc, counted := raw.(*countingConn)
-	if counted {
-		conn = newSealingConn(uc, cc, 0)
-		cc.captureNext()
+	if cc, ok := raw.(*countingConn); ok {
+		sc := newSealingConn(uc, cc, 0)
+		conn, err = sc, sc.writeFirst(chromePreface(), state.CipherSuite, ac.trafficSecret())
+	} else {
+		_, err = uc.Write(chromePreface())
 	}
-	for i, part := range [][]byte{chromePreface(), op.marshal(host)} {
-		if _, err := conn.Write(part); err != nil {
-			return nil, fmt.Errorf("transport: writing to bridge: %w", err)
-		}
-		if i == 0 && counted {
-			rec, records := cc.takeCaptured()
-			conn.(*sealingConn).prepare(state.CipherSuite, ac.trafficSecret(), rec, records)
-		}
+	if err == nil {
+		_, err = conn.Write(op.marshal(host))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("transport: writing to bridge: %w", err)
 	}
 	fr := &frameReader{r: uc}
 	if h.bound && op.New {

@@ -198,12 +198,9 @@ func (hs *serverHandshake) tunnel(ctx context.Context) (sc *sealingConn, raw *co
 	// first record after the handshake, tells it the record sequence
 	// number.
 	sc = newSealingConn(tc, raw, recordSizeBoost)
-	raw.captureNext()
-	if _, err := sc.Write(proofOpening(auth.ServerProof(hs.key, exporter), shape[0])); err != nil {
+	if err := sc.writeFirst(proofOpening(auth.ServerProof(hs.key, exporter), shape[0]), state.CipherSuite, secret.get()); err != nil {
 		return nil, nil, op, shape, err
 	}
-	rec, records := raw.takeCaptured()
-	sc.prepare(state.CipherSuite, secret.get(), rec, records)
 	if op, err = readClientOpening(tc); err != nil {
 		return nil, nil, op, shape, fmt.Errorf("reading client opening: %w", err)
 	}

@@ -130,21 +130,7 @@ func (s *recordSealer) header(dst []byte, n int) []byte {
 // splits a write: full records, then the rest. It copies p's bytes once,
 // into dst, where they are sealed.
 func (s *recordSealer) seal(dst, p []byte, typ byte) []byte {
-	for len(p) > 0 {
-		m := min(len(p), tlsMaxPlaintext)
-		dst = slices.Grow(dst, 5+m+1+s.aead.Overhead())
-		dst = s.header(dst, m)
-		start := len(dst)
-		dst = append(dst, p[:m]...)
-		dst = append(dst, typ)
-		n := s.nonce(s.seq)
-		s.seq++
-		inner := dst[start:]
-		sealed := s.aead.Seal(inner[:0], n[:], inner, dst[start-5:start])
-		dst = dst[:start+len(sealed)]
-		p = p[m:]
-	}
-	return dst
+	return s.sealRecords(dst, p, typ, false)
 }
 
 // sealOwned is seal for a p the caller lets it change while it runs (the
@@ -154,20 +140,31 @@ func (s *recordSealer) seal(dst, p []byte, typ byte) []byte {
 // back. The last record's content type needs room past len(p); without
 // it, that record is copied first, as seal does.
 func (s *recordSealer) sealOwned(dst, p []byte) []byte {
+	return s.sealRecords(dst, p, recordTypeApplicationData, true)
+}
+
+func (s *recordSealer) sealRecords(dst, p []byte, typ byte, owned bool) []byte {
 	for len(p) > 0 {
 		m := min(len(p), tlsMaxPlaintext)
-		if m == len(p) && cap(p) == len(p) {
-			return s.seal(dst, p, recordTypeApplicationData)
-		}
 		dst = slices.Grow(dst, 5+m+1+s.aead.Overhead())
 		dst = s.header(dst, m)
-		inner := p[:m+1]
-		kept := inner[m]
-		inner[m] = recordTypeApplicationData
+		ad := dst[len(dst)-5:]
 		n := s.nonce(s.seq)
 		s.seq++
-		dst = s.aead.Seal(dst, n[:], inner, dst[len(dst)-5:])
-		inner[m] = kept
+		if owned && (m < len(p) || cap(p) > len(p)) {
+			inner := p[:m+1]
+			kept := inner[m]
+			inner[m] = typ
+			dst = s.aead.Seal(dst, n[:], inner, ad)
+			inner[m] = kept
+		} else {
+			start := len(dst)
+			dst = append(dst, p[:m]...)
+			dst = append(dst, typ)
+			inner := dst[start:]
+			sealed := s.aead.Seal(inner[:0], n[:], inner, ad)
+			dst = dst[:start+len(sealed)]
+		}
 		p = p[m:]
 	}
 	return dst
@@ -276,6 +273,19 @@ func newSealingConn(tc net.Conn, raw *countingConn, fullFrom int64) *sealingConn
 	return &sealingConn{Conn: tc, raw: raw, fullFrom: fullFrom}
 }
 
+// writeFirst writes p, the first record after the handshake, through TLS,
+// keeps it (countingConn.captureNext), and readies the takeover from it,
+// the connection's cipher suite and its write traffic secret.
+func (c *sealingConn) writeFirst(p []byte, suite uint16, secret []byte) error {
+	c.raw.captureNext()
+	if _, err := c.Write(p); err != nil {
+		return err
+	}
+	rec, records := c.raw.takeCaptured()
+	c.prepare(suite, secret, rec, records)
+	return nil
+}
+
 // prepare readies the takeover from the connection's cipher suite, its
 // write traffic secret and the first record it wrote after the handshake
 // (countingConn.takeCaptured: the record and the count of records written
@@ -315,8 +325,8 @@ func (c *sealingConn) sealingLocked() bool {
 	return true
 }
 
-// Sealing reports whether the sealer has taken over.
-func (c *sealingConn) Sealing() bool {
+// sealing reports whether the sealer has taken over.
+func (c *sealingConn) sealing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.sealer != nil

@@ -133,12 +133,9 @@ func newSealPair(t *testing.T, suite uint16, serverCfg *tls.Config) *sealPair {
 func (p *sealPair) sealing(t *testing.T, w net.Conn, raw *countingConn, secret *trafficSecretLog, fullFrom int64) *sealingConn {
 	t.Helper()
 	sc := newSealingConn(w, raw, fullFrom)
-	raw.captureNext()
-	if _, err := sc.Write([]byte("first record")); err != nil {
+	if err := sc.writeFirst([]byte("first record"), p.suite, secret.get()); err != nil {
 		t.Fatal(err)
 	}
-	rec, records := raw.takeCaptured()
-	sc.prepare(p.suite, secret.get(), rec, records)
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if sc.ready == nil {
@@ -208,7 +205,7 @@ func TestSealedRecordsReadByTLS(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if !sc.Sealing() {
+				if !sc.sealing() {
 					t.Fatal("the sealer did not take over")
 				}
 				// TLS's own writer would reuse the sealer's record
@@ -265,8 +262,8 @@ func TestSealedRecordsAreTLSs(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if sc.Sealing() != seal {
-					t.Fatalf("sealing %v, want %v", sc.Sealing(), seal)
+				if sc.sealing() != seal {
+					t.Fatalf("sealing %v, want %v", sc.sealing(), seal)
 				}
 				wire.mu.Lock()
 				lengths[i] = recordLengths(t, wire.out[start:])
@@ -286,7 +283,7 @@ func TestSealerWaitsForFullRecords(t *testing.T) {
 	go io.Copy(io.Discard, p.client)
 	sc := p.sealing(t, p.server, p.serverRaw, p.serverSecret, recordSizeBoost)
 	for p.serverRaw.written.Load() < recordSizeBoost {
-		if sc.Sealing() {
+		if sc.sealing() {
 			t.Fatalf("sealing after %d bytes", p.serverRaw.written.Load())
 		}
 		if _, err := sc.Write(make([]byte, 10000)); err != nil {
@@ -296,7 +293,7 @@ func TestSealerWaitsForFullRecords(t *testing.T) {
 	if _, err := sc.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if !sc.Sealing() {
+	if !sc.sealing() {
 		t.Fatal("not sealing after 128 KiB")
 	}
 }
@@ -314,7 +311,7 @@ func TestNoTakeoverAfterTLSCloseNotify(t *testing.T) {
 	if _, err := sc.Write([]byte("after close_notify")); err == nil {
 		t.Error("a write after TLS's close_notify succeeded")
 	}
-	if sc.Sealing() {
+	if sc.sealing() {
 		t.Error("the sealer took over after TLS's close_notify")
 	}
 }
@@ -338,7 +335,7 @@ func TestSealerNotReadyGoesOnWithTLS(t *testing.T) {
 	if _, err := sc.Write([]byte("second")); err != nil {
 		t.Fatal(err)
 	}
-	if sc.Sealing() {
+	if sc.sealing() {
 		t.Fatal("sealing with nothing that checked out")
 	}
 	got := make([]byte, len("first recordsecond"))
@@ -382,7 +379,7 @@ func TestCarriersSealTheirRecords(t *testing.T) {
 					if !ok {
 						return fmt.Errorf("carrier's connection is a %T", cr.conn)
 					}
-					if !sc.Sealing() {
+					if !sc.sealing() {
 						return errors.New("carrier not sealing")
 					}
 				}
