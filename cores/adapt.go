@@ -41,8 +41,9 @@ const (
 // every core (the runtime's default) as soon as it needs more, and fewer
 // again once its load has stayed low for adaptQuiet. It does nothing
 // where $GOMAXPROCS is set (an operator's explicit setting wins), where
-// the runtime has one core anyway, or where the process's CPU time cannot
-// be read (Windows). The returned function stops the adaptation and gives
+// the runtime has one core anyway (it then follows a CPU limit raised
+// later by itself), or where the process's CPU time cannot be read
+// (Windows). The returned function stops the adaptation and gives
 // the choice back to the runtime.
 func Adapt() (stop func()) {
 	most := runtime.GOMAXPROCS(0)
@@ -56,10 +57,45 @@ func Adapt() (stop func()) {
 }
 
 // adaptWith runs the adaptation with the process CPU clock cpu (seconds
-// of CPU used so far), most cores at most, measuring every interval.
+// of CPU used so far), most cores at most, measuring every interval, on
+// the runtime's own core count.
 func adaptWith(cpu func() (time.Duration, bool), most int, interval, quiet time.Duration) (stop func()) {
+	return adaptProcs(cpu, runtimeProcs, most, interval, quiet)
+}
+
+// procs sets and reads a core count: the runtime's (runtimeProcs), or a
+// test's.
+type procs struct {
+	// all sets every core: the runtime's default count, which the
+	// runtime itself then keeps up with the process's CPU limit (a
+	// container's quota, the affinity mask) as it changes. It returns
+	// the count.
+	all func() int
+	// set sets n cores; the count then stays n whatever the limit.
+	set func(n int)
+	// read returns the count in force.
+	read func() int
+}
+
+var runtimeProcs = procs{
+	all: func() int {
+		runtime.SetDefaultGOMAXPROCS()
+		return runtime.GOMAXPROCS(0)
+	},
+	set:  func(n int) { runtime.GOMAXPROCS(n) },
+	read: func() int { return runtime.GOMAXPROCS(0) },
+}
+
+// adaptProcs is adaptWith on the core count p. "Every core" is the
+// runtime's default, not the count most was at the start: a count set by
+// number stops the runtime from following the CPU limit, so a bridge
+// whose container was given more cores, or fewer, went on with the
+// number it started with. While on every core, the count the runtime
+// keeps is read back at each interval (the new limit); while on fewer,
+// the limit is learnt when they are raised again.
+func adaptProcs(cpu func() (time.Duration, bool), p procs, most int, interval, quiet time.Duration) (stop func()) {
 	a := newAdapter(most, int(quiet/interval))
-	runtime.GOMAXPROCS(a.cur)
+	p.set(a.cur)
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -79,8 +115,15 @@ func adaptWith(cpu func() (time.Duration, bool), most int, interval, quiet time.
 				}
 				busy := float64(used-lastCPU) / float64(now.Sub(last))
 				lastCPU, last = used, now
+				if a.cur == a.most {
+					a.resize(p.read())
+				}
 				if n, changed := a.step(busy); changed {
-					runtime.GOMAXPROCS(n)
+					if n == a.most {
+						a.resize(p.all())
+					} else {
+						p.set(n)
+					}
 				}
 			}
 		}
@@ -88,7 +131,7 @@ func adaptWith(cpu func() (time.Duration, bool), most int, interval, quiet time.
 	return func() {
 		close(done)
 		<-finished
-		runtime.SetDefaultGOMAXPROCS()
+		p.all()
 	}
 }
 
@@ -103,6 +146,16 @@ type adapter struct {
 
 func newAdapter(most, window int) *adapter {
 	return &adapter{most: most, cur: 1, window: max(window, 1)}
+}
+
+// resize takes most as the number of every core: the count now, if the
+// adapter is on every core, and otherwise its bound.
+func (a *adapter) resize(most int) {
+	most = max(most, 1)
+	if a.cur == a.most {
+		a.cur = most
+	}
+	a.most, a.cur = most, min(a.cur, most)
 }
 
 // step takes the load of the last interval, in cores busy (1.5: one and a

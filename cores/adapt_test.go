@@ -87,19 +87,20 @@ func waitProcs(t *testing.T, want int, why string) {
 }
 
 // TestAdaptSetsTheRuntime: the adaptation moves the runtime's core count
-// with the load its clock shows, and stop gives the choice back.
+// with the load its clock shows, every core being the runtime's default,
+// and stop gives the choice back.
 func TestAdaptSetsTheRuntime(t *testing.T) {
 	defer runtime.SetDefaultGOMAXPROCS()
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
 	var clock fakeCPU
-	stop := adaptWith(clock.read, 3, 10*time.Millisecond, 100*time.Millisecond)
+	stop := adaptWith(clock.read, def, 10*time.Millisecond, 100*time.Millisecond)
 	waitProcs(t, 1, "at start")
 	clock.set(0.9)
-	waitProcs(t, 3, "busy most of one core")
+	waitProcs(t, def, "busy most of one core")
 	clock.set(0.05)
 	waitProcs(t, 1, "idle again")
 	stop()
-	runtime.SetDefaultGOMAXPROCS()
-	def := runtime.GOMAXPROCS(0)
 	runtime.GOMAXPROCS(1)
 	stop = adaptWith(clock.read, 3, 10*time.Millisecond, 100*time.Millisecond)
 	stop()
@@ -120,4 +121,94 @@ func TestAdaptLeavesAnOperatorsChoice(t *testing.T) {
 		t.Fatalf("with GOMAXPROCS=2 set, Adapt made it %d cores", got)
 	}
 	stop()
+}
+
+// fakeProcs is a core count with a CPU limit a test moves, as a
+// container's quota moves when its owner resizes it: on the default
+// (auto), the count follows the limit, as the runtime's does.
+type fakeProcs struct {
+	mu         sync.Mutex
+	limit, cur int
+	auto       bool
+	pinned     [][2]int // the counts set by number, with the limit then
+}
+
+func (f *fakeProcs) procs() procs {
+	return procs{
+		all: func() int {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.auto, f.cur = true, f.limit
+			return f.cur
+		},
+		set: func(n int) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.auto, f.cur = false, n
+			f.pinned = append(f.pinned, [2]int{n, f.limit})
+		},
+		read: func() int {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.cur
+		},
+	}
+}
+
+func (f *fakeProcs) setLimit(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.limit = n
+	if f.auto {
+		f.cur = n
+	}
+}
+
+func (f *fakeProcs) wait(t *testing.T, want int, why string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f.mu.Lock()
+		cur := f.cur
+		f.mu.Unlock()
+		if cur == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d cores, want %d", why, cur, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAdaptFollowsTheCPULimit: a bridge whose container is given more
+// cores, or fewer, while it runs uses them: its "every core" is the
+// runtime's default, which follows the limit, never a number it pinned.
+// (Before, a busy bridge set the count it had found at its start, and
+// setting a count stops the runtime from following the limit.)
+func TestAdaptFollowsTheCPULimit(t *testing.T) {
+	var clock fakeCPU
+	f := &fakeProcs{limit: 2, cur: 2, auto: true}
+	stop := adaptProcs(clock.read, f.procs(), 2, 10*time.Millisecond, 100*time.Millisecond)
+	f.wait(t, 1, "idle at start")
+	f.setLimit(4)
+	clock.set(0.9)
+	f.wait(t, 4, "busy, after the limit grew from 2 to 4 cores")
+	f.setLimit(3)
+	f.wait(t, 3, "on every core when the limit shrank to 3")
+	clock.set(0.05)
+	f.wait(t, 1, "idle again")
+	clock.set(0.9)
+	f.wait(t, 3, "busy again")
+	stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.pinned {
+		if p[0] >= p[1] {
+			t.Fatalf("the adaptation set %d cores by number under a limit of %d (counts and limits: %v): every core must be the default, which follows the limit", p[0], p[1], f.pinned)
+		}
+	}
+	if !f.auto {
+		t.Fatal("after stop the count is not the default")
+	}
 }
