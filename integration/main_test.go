@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration_test runs the real mirage-client and mirage-server
 // binaries against real peers (tor, curl, nginx) on loopback. Every
 // process a test starts is stopped by PID when the test ends; every wait

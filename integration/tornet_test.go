@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration_test
 
 // A private Tor network on 127.0.0.1, built at test time: directory

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures Mirage against baselines on loopback, in one run
 // with interleaved rounds (issue 9): direct TCP through a plain SOCKS5 relay,
 // a Go crypto/tls relay with one TLS connection per stream, Mirage's own
