@@ -77,10 +77,16 @@ func (f *fakeCPU) set(cores float64) {
 // waitProcs waits until the runtime runs on want cores.
 func waitProcs(t *testing.T, want int, why string) {
 	t.Helper()
+	waitCount(t, runtimeProcs.read, want, why)
+}
+
+// waitCount waits until count returns want cores.
+func waitCount(t *testing.T, count func() int, want int, why string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for runtime.GOMAXPROCS(0) != want {
+	for count() != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: the runtime runs on %d cores, want %d", why, runtime.GOMAXPROCS(0), want)
+			t.Fatalf("%s: %d cores, want %d", why, count(), want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -166,19 +172,7 @@ func (f *fakeProcs) setLimit(n int) {
 
 func (f *fakeProcs) wait(t *testing.T, want int, why string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f.mu.Lock()
-		cur := f.cur
-		f.mu.Unlock()
-		if cur == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d cores, want %d", why, cur, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitCount(t, f.procs().read, want, why)
 }
 
 // TestAdaptFollowsTheCPULimit: a bridge whose container is given more
