@@ -53,14 +53,7 @@ func Adapt() (stop func()) {
 	if _, ok := processCPU(); !ok {
 		return func() {}
 	}
-	return adaptWith(processCPU, most, adaptInterval, adaptQuiet)
-}
-
-// adaptWith runs the adaptation with the process CPU clock cpu (seconds
-// of CPU used so far), most cores at most, measuring every interval, on
-// the runtime's own core count.
-func adaptWith(cpu func() (time.Duration, bool), most int, interval, quiet time.Duration) (stop func()) {
-	return adaptProcs(cpu, runtimeProcs, most, interval, quiet)
+	return adaptProcs(processCPU, runtimeProcs, most, adaptInterval, adaptQuiet)
 }
 
 // procs sets and reads a core count: the runtime's (runtimeProcs), or a
@@ -86,7 +79,9 @@ var runtimeProcs = procs{
 	read: func() int { return runtime.GOMAXPROCS(0) },
 }
 
-// adaptProcs is adaptWith on the core count p. "Every core" is the
+// adaptProcs runs the adaptation with the process CPU clock cpu (seconds
+// of CPU used so far), most cores at most, measuring every interval, on
+// the core count p (runtimeProcs: the runtime's). "Every core" is the
 // runtime's default, not the count most was at the start: a count set by
 // number stops the runtime from following the CPU limit, so a bridge
 // whose container was given more cores, or fewer, went on with the
@@ -152,10 +147,10 @@ func newAdapter(most, window int) *adapter {
 // adapter is on every core, and otherwise its bound.
 func (a *adapter) resize(most int) {
 	most = max(most, 1)
-	if a.cur == a.most {
+	if a.cur == a.most || a.cur > most {
 		a.cur = most
 	}
-	a.most, a.cur = most, min(a.cur, most)
+	a.most = most
 }
 
 // step takes the load of the last interval, in cores busy (1.5: one and a

@@ -100,7 +100,7 @@ func TestAdaptSetsTheRuntime(t *testing.T) {
 	runtime.SetDefaultGOMAXPROCS()
 	def := runtime.GOMAXPROCS(0)
 	var clock fakeCPU
-	stop := adaptWith(clock.read, def, 10*time.Millisecond, 100*time.Millisecond)
+	stop := adaptProcs(clock.read, runtimeProcs, def, 10*time.Millisecond, 100*time.Millisecond)
 	waitProcs(t, 1, "at start")
 	clock.set(0.9)
 	waitProcs(t, def, "busy most of one core")
@@ -108,7 +108,7 @@ func TestAdaptSetsTheRuntime(t *testing.T) {
 	waitProcs(t, 1, "idle again")
 	stop()
 	runtime.GOMAXPROCS(1)
-	stop = adaptWith(clock.read, 3, 10*time.Millisecond, 100*time.Millisecond)
+	stop = adaptProcs(clock.read, runtimeProcs, 3, 10*time.Millisecond, 100*time.Millisecond)
 	stop()
 	if got := runtime.GOMAXPROCS(0); got != def {
 		t.Fatalf("after stop the runtime runs on %d cores, want its default %d", got, def)
