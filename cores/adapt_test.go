@@ -19,22 +19,23 @@ func TestAdapterPolicy(t *testing.T) {
 		why  string
 	}{
 		{0.05, 1, "idle: one core"},
-		{0.55, 1, "below upLoad of one core: still one"},
-		{0.65, 4, "above upLoad of one core: every core at once"},
-		{1.0, 4, "the window is not full yet"},
-		{1.0, 4, ""},
-		{1.0, 4, ""},
-		{1.0, 4, ""},
-		{1.0, 3, "a full window whose peak 1.0 needs ceil(1.0/downLoad) = 3"},
-		{0.3, 3, "a new window starts"},
-		{0.3, 3, ""},
-		{1.1, 3, "below upLoad of three cores"},
-		{0.3, 3, ""},
-		{0.3, 3, "a full window, but its peak 1.1 still needs 3"},
-		{0.3, 3, ""},
-		{0.3, 3, ""},
-		{0.3, 1, "the peak left the window: 0.3 needs one"},
-		{0.5, 1, "the same traffic on fewer cores (hysteresis): no flip back"},
+		{0.65, 1, "a core two-thirds busy has room: still one"},
+		{0.85, 1, "below upLoad of one core: still one"},
+		{0.95, 4, "above upLoad of one core: every core at once"},
+		{1.2, 4, "the window is not full yet"},
+		{1.2, 4, ""},
+		{1.2, 4, ""},
+		{1.2, 4, ""},
+		{1.2, 3, "a full window whose peak 1.2 needs ceil(1.2/downLoad) = 3"},
+		{0.4, 3, "a new window starts"},
+		{0.4, 3, ""},
+		{1.5, 3, "below upLoad of three cores"},
+		{0.4, 3, ""},
+		{0.4, 3, "a full window, but its peak 1.5 still needs 3"},
+		{0.4, 3, ""},
+		{0.4, 3, ""},
+		{0.4, 1, "the peak left the window: 0.4 needs one"},
+		{0.8, 1, "the same traffic on fewer cores (hysteresis): no flip back"},
 		{2.0, 4, "a burst: every core"},
 	}
 	for i, s := range steps {
@@ -102,8 +103,8 @@ func TestAdaptSetsTheRuntime(t *testing.T) {
 	var clock fakeCPU
 	stop := adaptProcs(clock.read, runtimeProcs, def, 10*time.Millisecond, 100*time.Millisecond)
 	waitProcs(t, 1, "at start")
-	clock.set(0.9)
-	waitProcs(t, def, "busy most of one core")
+	clock.set(1.0)
+	waitProcs(t, def, "busy all of one core")
 	clock.set(0.05)
 	waitProcs(t, 1, "idle again")
 	stop()
@@ -186,13 +187,13 @@ func TestAdaptFollowsTheCPULimit(t *testing.T) {
 	stop := adaptProcs(clock.read, f.procs(), 2, 10*time.Millisecond, 100*time.Millisecond)
 	f.wait(t, 1, "idle at start")
 	f.setLimit(4)
-	clock.set(0.9)
+	clock.set(1.0)
 	f.wait(t, 4, "busy, after the limit grew from 2 to 4 cores")
 	f.setLimit(3)
 	f.wait(t, 3, "on every core when the limit shrank to 3")
 	clock.set(0.05)
 	f.wait(t, 1, "idle again")
-	clock.set(0.9)
+	clock.set(1.0)
 	f.wait(t, 3, "busy again")
 	stop()
 	f.mu.Lock()

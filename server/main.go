@@ -152,7 +152,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.metrics, "metrics", "", "serve per-user counters as Prometheus text at http://ADDR/metrics on this loopback address, e.g. 127.0.0.1:9100 (off by default)")
 	fs.BoolVar(&c.metricsPublic, "metrics-public", false, "let -metrics listen on an address other than loopback (only behind a firewall: the metrics name every user)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
-	fs.IntVar(&c.procs, "procs", 0, "CPU cores the bridge may use at once (0: as many as its load needs: one while it uses less than most of one, every core as soon as it needs more, fewer again after 3 s of lower load; $GOMAXPROCS, if set, decides instead). A bridge busy on more cores than it needs spends more CPU per byte: a third more behind a 200 Mbit/s link, 10-15% more on loopback")
+	fs.IntVar(&c.procs, "procs", 0, "CPU cores the bridge may use at once (0: as many as its load needs: one until that one is nearly full, every core as soon as it is, fewer again after 3 s of lower load; $GOMAXPROCS, if set, decides instead). A bridge busy on more cores than it needs spends more CPU per byte: a third more behind a 200 Mbit/s link, 10-25% more on loopback")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
