@@ -213,3 +213,91 @@ func TestFillWaitingForWindowHoldsNoBuffer(t *testing.T) {
 		}
 	}
 }
+
+// TestSendOnAStreamClosedWhileTheQueueWasFull proves a fill or a write
+// that waits for room in the session's queue (sendLimit of bytes not yet
+// acknowledged), and whose stream is closed meanwhile, its send window
+// forgotten, ends with io.ErrClosedPipe and queues nothing. The wait lets
+// go of the session's lock, and both went on with what they had looked
+// up before it: a fill with no window by then, which crashed a bridge (a
+// destination's reader waited so under a bulk load, and the app's side
+// of its stream ended); a write queued its bytes after the stream's FIN.
+func TestSendOnAStreamClosedWhileTheQueueWasFull(t *testing.T) {
+	t.Run("fill", func(t *testing.T) {
+		testSendOnClosedWhileQueueFull(t, func(d *directStream, read *atomic.Bool) error {
+			_, err := d.Fill(func(p []byte) (int, error) {
+				read.Store(true)
+				return copy(p, "late bytes"), nil
+			})
+			return err
+		})
+	})
+	t.Run("write", func(t *testing.T) {
+		testSendOnClosedWhileQueueFull(t, func(d *directStream, _ *atomic.Bool) error {
+			_, err := d.Write([]byte("late bytes"))
+			return err
+		})
+	})
+}
+
+func testSendOnClosedWhileQueueFull(t *testing.T, send func(*directStream, *atomic.Bool) error) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	sess, st := dialAndOpen(t, b)
+	sc := sess.conn
+	d := st.(*clientStream).directStream
+	sid := d.Stream.ID()
+	waitFor(t, sc, "the bridge's acknowledgement of the stream's opening", func() bool { return sc.unacked() == 0 })
+	// The queue is full: sendLimit bytes sent and not yet acknowledged
+	// (made up: they never go out), none waiting to be sent. So the send
+	// finds room in the stream's window and under the bound on what waits
+	// to be sent (frameRoom), and waits for acknowledgements.
+	sc.mu.Lock()
+	sc.sendq.push(make([]byte, sendLimit))
+	sc.written += sendLimit
+	sc.next = sc.written
+	written := sc.written
+	sc.mu.Unlock()
+	var read atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- send(d, &read) }()
+	// The send holds the lock until it waits: once the lock is free and
+	// the send has begun, it waits.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sc.mu.Lock()
+		if d.waiting.Load() {
+			break
+		}
+		sc.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the send never waited for room in the full queue")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// As the bridge's Close does: the stream's window is forgotten; then
+	// an acknowledgement frees the queue.
+	if w := sc.sendWins[sid]; w != nil {
+		sc.forgetSendWin(sid, w)
+	}
+	if err := sc.ackedTo(sc.written); err != nil {
+		t.Fatal(err)
+	}
+	sc.mu.Unlock()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.ErrClosedPipe) {
+			t.Fatalf("the send on a stream closed while it waited ended with %v, want io.ErrClosedPipe", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the send on a stream closed while it waited did not end")
+	}
+	if read.Load() {
+		t.Error("the fill read from its source for a stream that was closed")
+	}
+	sc.mu.Lock()
+	queued, reserved := sc.written-written, sc.reserved
+	sc.mu.Unlock()
+	if queued != 0 || reserved != 0 {
+		t.Fatalf("after the send: %d bytes queued, %d reserved; want none", queued, reserved)
+	}
+}

@@ -680,7 +680,7 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 // is asked after each wake-up, and a non-nil answer ends the wait with
 // that error. Called with mu held.
 func (s *sessionConn) waitQueueRoom(total int, abort func() error) error {
-	for !s.closed && s.unacked()+s.reserved > 0 && s.unacked()+s.reserved+total > sendLimit {
+	for s.queueFull(total) {
 		if abort != nil {
 			if err := abort(); err != nil {
 				return err
@@ -692,6 +692,12 @@ func (s *sessionConn) waitQueueRoom(total int, abort func() error) error {
 		return s.endErr()
 	}
 	return nil
+}
+
+// queueFull reports whether total bytes more would take the send queue
+// past sendLimit, which waitQueueRoom waits for. Called with mu held.
+func (s *sessionConn) queueFull(total int) bool {
+	return !s.closed && s.unacked()+s.reserved > 0 && s.unacked()+s.reserved+total > sendLimit
 }
 
 // queued notes n bytes just pushed to the send queue, and wakes the

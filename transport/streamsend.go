@@ -373,6 +373,26 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 	}
 }
 
+// frameAndQueueRoom is frameRoom once the send queue has room for the
+// frame too (waitQueueRoom). A wait lets go of mu, and meanwhile the
+// stream may be closed and its window forgotten (the bridge's Close, the
+// peer's FIN after ours) or its window may change: so after a wait for
+// the queue the stream's room is asked again. (A fill that went on with
+// the window it had looked up before the wait found none, and crashed
+// the bridge: TestFillOfAStreamClosedWhileTheQueueWasFull.) Called with
+// mu held; it is held from the last check to the return.
+func (s *sessionConn) frameAndQueueRoom(d *directStream, want int, wait *writeWait) (int, error) {
+	for {
+		n, err := s.frameRoom(d, want, wait)
+		if err != nil || !s.queueFull(smuxHeaderLen+n) {
+			return n, err
+		}
+		if err := s.waitQueueRoom(smuxHeaderLen+n, wait.before); err != nil {
+			return 0, err
+		}
+	}
+}
+
 // pshHeader returns the header of stream d's PSH frame of n bytes.
 func pshHeader(d *directStream, n int) [smuxHeaderLen]byte {
 	var hdr [smuxHeaderLen]byte
@@ -391,8 +411,11 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 	defer wait.end()
 	sent := 0
 	for len(p) > 0 {
-		n, err := s.frameRoom(d, len(p), wait)
+		n, err := s.frameAndQueueRoom(d, len(p), wait)
 		if err != nil {
+			if s.closed {
+				err = s.writeErr()
+			}
 			return sent, err
 		}
 		hdr := pshHeader(d, n)
@@ -423,10 +446,7 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)) (int, error) {
 	wait := s.beginWrite(d)
 	defer wait.end()
-	n, err := s.frameRoom(d, sendChunk-smuxHeaderLen, wait)
-	if err == nil {
-		err = s.waitQueueRoom(smuxHeaderLen+n, wait.before)
-	}
+	n, err := s.frameAndQueueRoom(d, sendChunk-smuxHeaderLen, wait)
 	if err != nil {
 		if s.closed {
 			err = s.writeErr()
