@@ -510,6 +510,17 @@ func run(o options) error {
 			for i, s := range systems {
 				fmt.Fprintf(os.Stderr, "round %d/%d%s: %s ...\n", round+1, o.rounds, suffix(delayed), s.name)
 				res[i] = append(res[i], e.measure(s))
+				// A process that crashed shows only as failed or odd
+				// figures (a bridge's panic once read as a failed cold
+				// start): say so where it cannot be missed.
+				for _, p := range []struct {
+					role string
+					cmd  *exec.Cmd
+				}{{"client", s.client}, {"server", s.server}} {
+					if exited(p.cmd) {
+						e.note(fmt.Sprintf("%s%s: its %s process ended during round %d (its output, before the tables, says why): figures from then on are not its", s.name, suffix(delayed), p.role, round+1))
+					}
+				}
 			}
 		}
 		title := "Loopback"

@@ -205,6 +205,20 @@ func cpuSeconds(cmd *exec.Cmd) float64 {
 	return (ut + st) / 100 // USER_HZ is 100 on Linux
 }
 
+// exited reports whether the process cmd started has ended (a zombie not
+// yet reaped, as the harness reaps only in procs.kill, or gone).
+func exited(cmd *exec.Cmd) bool {
+	if cmd == nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
 // machineBusySeconds returns the CPU time the whole machine has spent
 // busy since boot, every process and the kernel's interrupt work
 // included (/proc/stat: user, nice, system, irq, softirq; not idle,
