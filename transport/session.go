@@ -601,6 +601,14 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	for _, b := range v {
 		total += len(b)
 	}
+	// The wait comes first: it lets go of mu, and what is decided before
+	// it (the window an UPD announces) may be stale after it. An UPD
+	// tuned before a wait, during which the stream's window was cut (its
+	// reader stuck, the cut sent at once by queueUPD), went out after
+	// the cut and undid it. A rewritten UPD is as long as smux's.
+	if err := s.waitQueueRoom(total, abort); err != nil {
+		return 0, err
+	}
 	if len(v) == 2 {
 		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
 			// Our smux's UPD: announce the stream's tuned window, or
@@ -615,9 +623,6 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 			var upd [smuxHeaderLen + 8]byte
 			v = [][]byte{appendSmuxUPD(upd[:0], v[0][0], v[0][4:8], consumed, win)}
 		}
-	}
-	if err := s.waitQueueRoom(total, abort); err != nil {
-		return 0, err
 	}
 	if len(v) > 0 {
 		hdr := v[0]

@@ -156,6 +156,66 @@ func TestSessionRewritesOurUPDs(t *testing.T) {
 	}
 }
 
+// TestUPDAfterAWaitKeepsACut: an UPD of smux's that waits for room in a
+// full send queue announces the window as it is when it is queued, not
+// as it was when it began to wait. A stream whose window was cut
+// meanwhile (a bridge holding more than its share, this stream's reader
+// stuck) had its cut, sent at once, undone by the older UPD that went out
+// after it: the peer could send a whole window again into a stream nobody
+// reads.
+func TestUPDAfterAWaitKeepsACut(t *testing.T) {
+	s := newSessionConn(false, time.Minute, testLogger(t))
+	defer s.Close()
+	s.acct = newStreamAcct(&bridgeBuffers{limit: DefaultMaxBuffered})
+	const sid = 3
+	s.mu.Lock()
+	s.peerFrame(smuxCmdSYN, sid, 0)
+	// The queue is full: sendLimit bytes sent and not yet acknowledged
+	// (made up: they never go out).
+	s.sendq.push(make([]byte, sendLimit))
+	s.written += sendLimit
+	s.next = s.written
+	full := s.written
+	s.mu.Unlock()
+	upd := appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), 1<<20, initialWindow/2)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.WriteBuffers([][]byte{upd[:smuxHeaderLen], upd[smuxHeaderLen:]})
+		done <- err
+	}()
+	// The UPD waits for room with mu let go; give it the time to get
+	// there (before the fix, it had tuned its window by then).
+	time.Sleep(50 * time.Millisecond)
+	s.mu.Lock()
+	// The peer sends 17 MiB the stream's reader does not take: a cut,
+	// queued at once. Then an acknowledgement frees the queue.
+	s.peerFrame(smuxCmdPSH, sid, 17<<20)
+	if err := s.ackedTo(full); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	q := s.sendq.appendRange(nil, 0, s.sendq.n)
+	s.mu.Unlock()
+	var wins []uint32
+	for len(q) >= smuxHeaderLen {
+		n := smuxHeaderLen + int(binary.LittleEndian.Uint16(q[2:4]))
+		if q[1] == smuxCmdUPD && binary.LittleEndian.Uint32(q[4:8]) == sid && n == smuxHeaderLen+8 {
+			wins = append(wins, binary.LittleEndian.Uint32(q[12:16]))
+		}
+		q = q[n:]
+	}
+	if len(wins) == 0 {
+		t.Fatal("no UPD of the stream was queued (the cut's nor smux's)")
+	}
+	if last := wins[len(wins)-1]; last > minGrant {
+		t.Fatalf("the UPDs of the stream, in the order the peer gets them, announce %v: the last undoes the cut to at most %d", wins, minGrant)
+	}
+}
+
 // TestCutWindowHearsItsReads: a stream whose window the bridge cut is
 // told of its reads by the session itself (sessionRead) each quarter of the
 // cut window, not only at smux's 1 MiB steps, and an UPD of smux's that
