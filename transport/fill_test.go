@@ -214,6 +214,40 @@ func TestFillWaitingForWindowHoldsNoBuffer(t *testing.T) {
 	}
 }
 
+// TestFillStoppedDuringItsReadCountsNothing proves a fill whose stream
+// stops writing while it reads (Close and CloseWrite stop the writes
+// first, then queue the FIN) queues nothing and counts nothing: the
+// stream's window and the session's bytes in flight are as before. The
+// bytes read were counted as sent, never queued, and a client held them
+// from its bound until the bridge's FIN came.
+func TestFillStoppedDuringItsReadCountsNothing(t *testing.T) {
+	b := startBridge(t, newSiteFace(t), echoHandler, nil)
+	sess, st := dialAndOpen(t, b)
+	sc := sess.conn
+	d := st.(*clientStream).directStream
+	sid := d.Stream.ID()
+	sc.mu.Lock()
+	w := sc.sendWins[sid]
+	sent, inflight, written := w.sent, sc.inflight, sc.written
+	sc.mu.Unlock()
+	n, err := d.Fill(func(p []byte) (int, error) {
+		d.stopWriting() // as Close and CloseWrite do, before the FIN
+		return copy(p, "bytes read from the app"), nil
+	})
+	if n != 0 || !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("Fill on a stream stopped during its read = %d, %v; want 0, io.ErrClosedPipe", n, err)
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.sendWins[sid] != w {
+		t.Fatal("the stream's window was forgotten before its FIN was queued")
+	}
+	if w.sent != sent || sc.inflight != inflight || sc.written != written || sc.reserved != 0 {
+		t.Fatalf("after the fill: the window counts %d bytes sent (was %d), the session %d in flight (was %d), %d queued, %d reserved; want no change",
+			w.sent, sent, sc.inflight, inflight, sc.written-written, sc.reserved)
+	}
+}
+
 // TestSendOnAStreamClosedWhileTheQueueWasFull proves a fill or a write
 // that waits for room in the session's queue (sendLimit of bytes not yet
 // acknowledged), and whose stream is closed meanwhile, its send window

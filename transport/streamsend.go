@@ -464,18 +464,22 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	s.reserved -= smuxHeaderLen + n
 	// A FIN of the stream queued meanwhile ended the window: nothing
 	// more goes, and if the window was dropped, the room went with it.
+	// So does a close that has stopped the stream's writes and not yet
+	// queued its FIN (or a session that ended): the bytes read are not
+	// queued, so the window must not count them (it did, and a client
+	// kept them in flight, held from its bound, until the bridge's FIN).
 	kept := s.sendWins[sid] == w
-	open := kept && !w.finished
+	open := kept && !w.finished && !s.closed && !d.closed.Load()
 	switch {
 	case open:
 		s.addSent(w, m-n)
 	case kept:
 		s.addSent(w, -n)
-		if w.sent == w.consumed {
+		if w.finished && w.sent == w.consumed {
 			s.forgetSendWin(sid, w)
 		}
 	}
-	if m < n {
+	if m < n || !open {
 		s.spaceCond.Broadcast() // the unused room is free again
 	}
 	switch {
