@@ -379,7 +379,7 @@ func (s *sessionConn) frameRoom(d *directStream, want int, wait *writeWait) (int
 // peer's FIN after ours) or its window may change: so after a wait for
 // the queue the stream's room is asked again. (A fill that went on with
 // the window it had looked up before the wait found none, and crashed
-// the bridge: TestFillOfAStreamClosedWhileTheQueueWasFull.) Called with
+// the bridge: TestSendOnAStreamClosedWhileTheQueueWasFull.) Called with
 // mu held; it is held from the last check to the return.
 func (s *sessionConn) frameAndQueueRoom(d *directStream, want int, wait *writeWait) (int, error) {
 	for {
