@@ -388,6 +388,9 @@ func (s *sessionConn) frameAndQueueRoom(d *directStream, want int, wait *writeWa
 			return n, err
 		}
 		if err := s.waitQueueRoom(smuxHeaderLen+n, wait.before); err != nil {
+			if s.closed {
+				err = s.writeErr() // as frameRoom says it
+			}
 			return 0, err
 		}
 	}
@@ -413,9 +416,6 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 	for len(p) > 0 {
 		n, err := s.frameAndQueueRoom(d, len(p), wait)
 		if err != nil {
-			if s.closed {
-				err = s.writeErr()
-			}
 			return sent, err
 		}
 		hdr := pshHeader(d, n)
@@ -448,9 +448,6 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	defer wait.end()
 	n, err := s.frameAndQueueRoom(d, sendChunk-smuxHeaderLen, wait)
 	if err != nil {
-		if s.closed {
-			err = s.writeErr()
-		}
 		return 0, err
 	}
 	sid := d.Stream.ID()
@@ -485,7 +482,7 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 	switch {
 	case s.closed:
 		err = s.writeErr()
-	case !open || d.closed.Load():
+	case !open:
 		err = io.ErrClosedPipe
 	case m > 0:
 		hdr := pshHeader(d, m)
