@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -108,4 +109,95 @@ func TestClientAbortStopsTheBridgesWrites(t *testing.T) {
 		t.Fatal("the bridge still writes to a stream its client aborted after 20 s")
 	}
 	waitNothingInFlight(t, sess)
+}
+
+// TestAbortLetsGoOfWhatTheStreamHeld proves that a stream aborted, at
+// either end, lets go of the bytes it held unread, as a closed one does:
+// they no longer count against its session's room. Before, a client's
+// Abort closed the smux stream and skipped the count (the embedded
+// stream's Abort ran, and with it the embedded Close, not the counting
+// one's): a client whose app reset a paused download counted its unread
+// bytes until the session ended, and the room of the session's other
+// streams shrank by as much with every such reset (the client subtest
+// failed so). A bridge's handler that aborts is closed by serveStream,
+// which counts; the bridge subtest keeps it so.
+func TestAbortLetsGoOfWhatTheStreamHeld(t *testing.T) {
+	t.Run("client", func(t *testing.T) {
+		_, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+			if cmd == 'B' {
+				st.Write(make([]byte, 4<<20))
+			}
+			return cmd == 'B'
+		})
+		keepSession(t, sess)
+		st := openStream(t, sess)
+		if _, err := st.Write([]byte{'B'}); err != nil {
+			t.Fatal(err)
+		}
+		waitSettled(t, "the paused download to fill what it may", sess.conn.received)
+		if err := Abort(st); err != nil {
+			t.Fatal(err)
+		}
+		a := sess.conn.acct
+		waitUntil(t, "the client's count to let go of the aborted download", func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return a.held == 0 && len(a.streams) == 1
+		})
+	})
+	t.Run("bridge", func(t *testing.T) {
+		aborted := make(chan struct{})
+		b, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+			if cmd == 'U' {
+				<-aborted // the destination does not read, then resets
+				st.Abort()
+			}
+			return cmd == 'U'
+		})
+		keepSession(t, sess)
+		st := openStream(t, sess)
+		st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := st.Write(append([]byte{'U'}, make([]byte, 256<<10)...)); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the bridge to hold the upload", func() bool {
+			return b.server.buffers.held.Load() > 0
+		})
+		close(aborted)
+		waitUntil(t, "the bridge to let go of the aborted upload", func() bool {
+			return b.server.buffers.held.Load() == 0
+		})
+	})
+}
+
+// keepSession opens a stream of sess's command bridge that both ends
+// keep open until the test ends, so that the session is not idle, and
+// that holds nothing unread.
+func keepSession(t *testing.T, sess *Session) {
+	t.Helper()
+	st := openStream(t, sess)
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.SetDeadline(time.Time{})
+	var b [1]byte
+	if _, err := st.Write([]byte{'K'}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != 'K' {
+		t.Fatalf("keeping the session: %q, %v", b, err)
+	}
+}
+
+// echo has st's command bridge echo a byte, and reads it: st then holds
+// nothing unread, its reply read too.
+func echo(t *testing.T, st net.Conn) {
+	t.Helper()
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.SetDeadline(time.Time{})
+	var b [1]byte
+	if _, err := st.Write([]byte{'e'}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != 'e' {
+		t.Fatalf("echo: %q, %v", b, err)
+	}
 }

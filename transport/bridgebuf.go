@@ -405,6 +405,15 @@ func (c *countedStream) Close() error {
 	return err
 }
 
+// Abort closes the stream as a reset would (directStream.Abort), and lets
+// go of what it held as Close does: the embedded Abort would close the
+// smux stream only, and the session would count the bytes left unread
+// until it ended.
+func (c *countedStream) Abort() error {
+	c.sc.abortStream(c.Stream.ID())
+	return c.Close()
+}
+
 type tookWriter struct {
 	w io.Writer
 	c *countedStream

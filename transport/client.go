@@ -507,7 +507,10 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 	if _, err := st.Write(b); err != nil {
 		return fail(fmt.Errorf("transport: sending request: %w", err))
 	}
-	if err := readReply(st); err != nil {
+	// Read through the counting stream: the session counted the reply's
+	// bytes as held when they came, and only a counted read lets go.
+	cs := s.clientStream(st)
+	if err := readReply(cs.countedStream); err != nil {
 		return fail(err)
 	}
 	if !stop() {
@@ -515,7 +518,6 @@ func (s *Session) OpenStream(ctx context.Context, req Request) (net.Conn, error)
 		return nil, ctx.Err()
 	}
 	st.SetDeadline(time.Time{})
-	cs := s.clientStream(st)
 	return &cs, nil
 }
 

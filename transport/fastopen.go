@@ -59,7 +59,8 @@ type earlyStream struct {
 // reply reads the bridge's answer, once.
 func (e *earlyStream) reply() error {
 	e.once.Do(func() {
-		if e.err = readReply(e.Stream); e.err != nil {
+		// Through the counting stream, as OpenStream reads it.
+		if e.err = readReply(e.countedStream); e.err != nil {
 			e.countedStream.Close()
 		}
 	})

@@ -76,15 +76,23 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 
 // dialCommandBridge starts a bridge whose streams reply OK and read a
 // command byte, which special may take the stream for (it returns true),
-// or else is echoed; and it dials a session to it, closed when the test
-// ends.
+// or else is echoed ('K' is keepSession's); and it dials a session to it,
+// closed when the test ends.
 func dialCommandBridge(t *testing.T, special func(st *Stream, cmd byte) bool) (*testBridge, *Session) {
 	b := startBridge(t, newSiteFace(t), func(st *Stream) {
 		if err := st.Reply(StatusOK); err != nil {
 			return
 		}
 		var cmd [1]byte
-		if _, err := st.Read(cmd[:]); err != nil || special(st, cmd[0]) {
+		if _, err := st.Read(cmd[:]); err != nil {
+			return
+		}
+		if cmd[0] == 'K' {
+			st.Write(cmd[:])
+			io.Copy(io.Discard, st) // open until the client closes it
+			return
+		}
+		if special(st, cmd[0]) {
 			return
 		}
 		st.Write(cmd[:])
@@ -376,5 +384,37 @@ func TestWaitingStreamsStopCountingAsPromised(t *testing.T) {
 	time.Sleep(time.Duration(promiseFor) + 100*time.Millisecond)
 	if w := window(openStream(t, sess)); w != initialWindow {
 		t.Errorf("a stream opened after eight waiting ones has a window of %d, want %d", w, initialWindow)
+	}
+}
+
+// TestAStreamsReplyIsCountedAsRead proves that once an app has read all
+// a stream brought, strict or fast, the session counts nothing held for
+// it. Before, the client read the bridge's two-byte answer past the count:
+// every open stream counted as holding bytes for good, so no stream was
+// ever seen drained (the session announces a drained stream's reads), and
+// the session's room for new data was lowered by two bytes a stream.
+func TestAStreamsReplyIsCountedAsRead(t *testing.T) {
+	_, sess := dialCommandBridge(t, func(*Stream, byte) bool { return false })
+	opens := map[string]func() (net.Conn, error){
+		"strict": func() (net.Conn, error) {
+			return sess.OpenStream(context.Background(), Request{Command: CmdDefault})
+		},
+		"fast": func() (net.Conn, error) { return sess.OpenStreamFast(Request{Command: CmdDefault}) },
+	}
+	for name, open := range opens {
+		t.Run(name, func(t *testing.T) {
+			st, err := open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			echo(t, st)
+			a := sess.conn.acct
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.held != 0 {
+				t.Errorf("a stream whose app read all it brought counts %d bytes held", a.held)
+			}
+		})
 	}
 }
