@@ -164,14 +164,17 @@ func (s *sessionConn) abortedByPeer(sid uint32) bool {
 	return w != nil && w.aborted
 }
 
-// closedHere forgets the send window and the tuned receive window of
-// stream sid, which this end closed.
+// closedHere forgets the tuned receive window of stream sid, which this
+// end closed, and on a bridge its send window too (a client counts what
+// its closed streams have in flight: Close).
 func (s *sessionConn) closedHere(sid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if w := s.sendWins[sid]; w != nil {
+	if w := s.sendWins[sid]; w != nil && !s.client {
 		s.forgetSendWin(sid, w)
 	}
+	// On either end: a window ended by the peer's FIN is started again
+	// by the first UPD our smux sends after it (windowTuner.update).
 	s.windows.ended(sid)
 }
 
@@ -572,7 +575,8 @@ func (d *directStream) CloseWrite() error {
 	return d.Stream.CloseWrite()
 }
 
-// Close closes the stream. A bridge forgets the stream's send window then:
+// Close closes the stream, and forgets its tuned receive window. A
+// bridge forgets the stream's send window then too:
 // only a client counts what its closed streams have in flight (the
 // client's bound, sessionRoom), and a window kept until the client's FIN
 // was kept for good when none came (a client that opens streams and never
@@ -580,9 +584,7 @@ func (d *directStream) CloseWrite() error {
 func (d *directStream) Close() error {
 	d.stopWriting()
 	err := d.Stream.Close()
-	if !d.sc.client {
-		d.sc.closedHere(d.Stream.ID())
-	}
+	d.sc.closedHere(d.Stream.ID())
 	return err
 }
 

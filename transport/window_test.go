@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"math"
 	"testing"
 	"time"
@@ -271,5 +272,50 @@ func TestGrantLimit(t *testing.T) {
 		if got := grantLimit(tc.held, tc.holding); got != tc.want {
 			t.Errorf("grantLimit(%d, %d) = %d, want %d", tc.held, tc.holding, got, tc.want)
 		}
+	}
+}
+
+// TestClientForgetsTheWindowOfAClosedDownload proves that a client keeps
+// no tuned window for a download it read to the end and closed. The
+// bridge's FIN ended the window's count, but the app's reads after it made
+// smux send UPDs (the first read always does), which started a new one,
+// and the client's Close did not end that (only a bridge's did): a client
+// kept an entry for every download that arrived whole before its app
+// read it (most small ones, through fast open), until the session ended
+// or thousands piled up and the tuner started over, forgetting the grown
+// windows of the streams still open with them (this test failed so).
+func TestClientForgetsTheWindowOfAClosedDownload(t *testing.T) {
+	const size = initialWindow / 2 // within the window: the bridge sends it all, and its FIN
+	_, sess := dialCommandBridge(t, func(st *Stream, cmd byte) bool {
+		if cmd == 'B' {
+			st.Write(make([]byte, size))
+		}
+		return cmd == 'B'
+	})
+	keepSession(t, sess)
+	tracked := func() int {
+		sess.conn.mu.Lock()
+		defer sess.conn.mu.Unlock()
+		return len(sess.conn.windows.streams)
+	}
+	before := tracked()
+	// Fast, as mirage-client opens them: its first read, of the reply,
+	// comes after the FIN.
+	st, err := sess.OpenStreamFast(Request{Command: CmdDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte{'B'}); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, "the download to arrive before it is read", sess.conn.received)
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := io.Copy(io.Discard, st); n != size || err != nil {
+		t.Fatalf("the download: %d bytes of %d, %v", n, size, err)
+	}
+	st.Close()
+	if n := tracked(); n > before {
+		t.Errorf("the client tracks %d streams' windows after a download closed, %d before it", n, before)
 	}
 }
