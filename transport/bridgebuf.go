@@ -231,6 +231,14 @@ func (a *streamAcct) newWindow(sid uint32) uint32 {
 	return win
 }
 
+// isOpen reports whether stream sid is open.
+func (a *streamAcct) isOpen(sid uint32) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.streams[sid]
+	return ok
+}
+
 // setCut notes whether stream sid's window is cut (window.go).
 func (a *streamAcct) setCut(sid uint32, cut bool) {
 	a.mu.Lock()
@@ -400,9 +408,10 @@ func (c *countedStream) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (c *countedStream) Close() error {
-	err := c.directStream.Close()
+	// Closed in the count first: a read racing the close then sends no
+	// UPD that would track the stream's window again (queueLocked).
 	c.acct.closed(c.Stream.ID())
-	return err
+	return c.directStream.Close()
 }
 
 // Abort closes the stream as a reset would (directStream.Abort), and lets

@@ -575,6 +575,7 @@ type clientStream struct {
 func (s *Session) closeStream(st *smux.Stream) {
 	st.Close()
 	s.conn.acct.closed(st.ID())
+	s.conn.closedHere(st.ID())
 }
 
 // clientStream wraps smux stream st of s.

@@ -129,6 +129,9 @@ type sessionConn struct {
 	// inflight is what the send windows count as sent and not yet read
 	// by the peer's streams, all together (sessionRoom).
 	inflight int64
+	// abortedNoWin: open streams the peer aborted after their send
+	// windows were forgotten (peerAborted), until closed here.
+	abortedNoWin map[uint32]bool
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -611,6 +614,11 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	}
 	if len(v) == 2 {
 		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
+			if _, tuned := s.windows.streams[sid]; !tuned && s.acct != nil && !s.acct.isOpen(sid) {
+				// A read that raced the stream's close here: the
+				// stream is gone, its window with it.
+				return total, nil
+			}
 			// Our smux's UPD: announce the stream's tuned window, or
 			// hold it back (window.go).
 			win, send := s.windows.update(sid, consumed, monoNow(), s.rtt, s.mayGrowWindows(), s.grantLimit())
@@ -763,7 +771,7 @@ func (s *sessionConn) peerFrame(cmd byte, sid uint32, n int) {
 	}
 	if s.acct != nil {
 		held, session := s.acct.frame(cmd, sid, n)
-		if cmd == smuxCmdPSH && (held >= holdingFrom || session > grantBudget) {
+		if cmd == smuxCmdPSH && held > 0 && (held >= holdingFrom || session > grantBudget) {
 			// A stream with a backlog, or a session short of room:
 			// the stream's window may have to be cut (window.go).
 			limit := s.acct.grantLimit()

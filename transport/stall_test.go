@@ -76,10 +76,15 @@ func TestPausedDownloadsDoNotStallTheSession(t *testing.T) {
 
 // dialCommandBridge starts a bridge whose streams reply OK and read a
 // command byte, which special may take the stream for (it returns true),
-// or else is echoed ('K' is keepSession's); and it dials a session to it,
-// closed when the test ends.
+// or else is echoed ('K' is keepSession's); it refuses CONNECT streams
+// (StatusNotAllowed). And it dials a session to it, closed when the test
+// ends.
 func dialCommandBridge(t *testing.T, special func(st *Stream, cmd byte) bool) (*testBridge, *Session) {
 	b := startBridge(t, newSiteFace(t), func(st *Stream) {
+		if st.Request.Command == CmdConnect {
+			st.Reply(StatusNotAllowed)
+			return
+		}
 		if err := st.Reply(StatusOK); err != nil {
 			return
 		}

@@ -135,6 +135,13 @@ func (s *sessionConn) peerAborted(sid uint32) {
 	if w := s.sendWins[sid]; w != nil {
 		w.aborted = true
 		s.spaceCond.Broadcast()
+	} else if s.acct != nil && s.acct.isOpen(sid) {
+		// Our writing ended and the peer read it all: the window is
+		// gone, but the reader must still learn of the abort.
+		if s.abortedNoWin == nil {
+			s.abortedNoWin = make(map[uint32]bool)
+		}
+		s.abortedNoWin[sid] = true
 	}
 }
 
@@ -161,7 +168,7 @@ func (s *sessionConn) abortedByPeer(sid uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.sendWins[sid]
-	return w != nil && w.aborted
+	return w != nil && w.aborted || s.abortedNoWin[sid]
 }
 
 // closedHere forgets the tuned receive window of stream sid, which this
@@ -176,6 +183,7 @@ func (s *sessionConn) closedHere(sid uint32) {
 	// On either end: a window ended by the peer's FIN is started again
 	// by the first UPD our smux sends after it (windowTuner.update).
 	s.windows.ended(sid)
+	delete(s.abortedNoWin, sid)
 }
 
 // sendWin starts the send window of a new stream. Called with mu held.
