@@ -175,29 +175,27 @@ func TestAbortLetsGoOfWhatTheStreamHeld(t *testing.T) {
 // that holds nothing unread.
 func keepSession(t *testing.T, sess *Session) {
 	t.Helper()
-	st := openStream(t, sess)
-	st.SetDeadline(time.Now().Add(10 * time.Second))
-	defer st.SetDeadline(time.Time{})
-	var b [1]byte
-	if _, err := st.Write([]byte{'K'}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != 'K' {
-		t.Fatalf("keeping the session: %q, %v", b, err)
-	}
+	exchange(t, openStream(t, sess), 'K')
 }
 
 // echo has st's command bridge echo a byte, and reads it: st then holds
 // nothing unread, its reply read too.
 func echo(t *testing.T, st net.Conn) {
 	t.Helper()
+	exchange(t, st, 'e')
+}
+
+// exchange writes command cmd to st's command bridge, and reads the
+// byte it answers, which must be cmd.
+func exchange(t *testing.T, st net.Conn, cmd byte) {
+	t.Helper()
 	st.SetDeadline(time.Now().Add(10 * time.Second))
 	defer st.SetDeadline(time.Time{})
 	var b [1]byte
-	if _, err := st.Write([]byte{'e'}); err != nil {
+	if _, err := st.Write([]byte{cmd}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != 'e' {
-		t.Fatalf("echo: %q, %v", b, err)
+	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != cmd {
+		t.Fatalf("%q to the command bridge: %q, %v", cmd, b, err)
 	}
 }

@@ -122,11 +122,7 @@ func TestReadRacingCloseLeavesNoWindow(t *testing.T) {
 		}
 		st.Write(make([]byte, 100<<10))
 	}, nil)
-	sess, err := Dial(context.Background(), b.clientConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := b.dialVia(t, b.addr)
 	var wg sync.WaitGroup
 	for i := range 1000 {
 		wg.Add(1)
@@ -179,11 +175,7 @@ func TestAbortAfterHalfClose(t *testing.T) {
 			st.Write(make([]byte, 100<<10))
 			st.Abort()
 		}, nil)
-		sess, err := Dial(context.Background(), b.clientConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sess.Close()
+		sess := b.dialVia(t, b.addr)
 		st := openStream(t, sess)
 		if err := st.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 			t.Fatal(err)
@@ -204,11 +196,7 @@ func TestAbortAfterHalfClose(t *testing.T) {
 			_, err := io.Copy(io.Discard, st)
 			ended <- err
 		}, nil)
-		sess, err := Dial(context.Background(), b.clientConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sess.Close()
+		sess := b.dialVia(t, b.addr)
 		st := openStream(t, sess)
 		st.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.Copy(io.Discard, st); err != nil {
