@@ -829,6 +829,9 @@ func (s *sessionConn) readsAsked(asker uint32) {
 // (windowTuner.sessionRead), and reports whether it did. Called with mu
 // held.
 func (s *sessionConn) announceRead(sid, read, limit uint32, now int64, step uint32) bool {
+	if _, tuned := s.windows.streams[sid]; !tuned && !s.acct.isOpen(sid) {
+		return false // closed here since its reader took the bytes
+	}
 	win, send := s.windows.sessionRead(sid, read, limit, now, step)
 	if !send {
 		return false

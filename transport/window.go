@@ -148,8 +148,10 @@ func (t *windowTuner) opened(sid, announced uint32, now int64) {
 }
 
 // track keeps w for sid. Past maxTrackedStreams, the tuner starts over:
-// the streams' next UPDs announce initialWindow again, which only slows
-// them, and only a client with thousands of open streams gets there.
+// the streams' next UPDs announce initialWindow again (a cut stream's
+// next read does: sessionRead), which only slows them. Only thousands of
+// streams open at once get there: an app that opens them faster than the
+// bridge refuses those past its limit a session.
 func (t *windowTuner) track(sid uint32, w *tunedWindow) {
 	if t.streams == nil || len(t.streams) >= maxTrackedStreams {
 		t.streams = make(map[uint32]*tunedWindow)
@@ -222,7 +224,16 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool,
 func (t *windowTuner) sessionRead(sid, read, limit uint32, now int64, step uint32) (win uint32, send bool) {
 	w, ok := t.streams[sid]
 	if !ok {
-		return 0, false
+		// The tuner started over (track) while the stream was open:
+		// announce its reads as its first UPD would (update). Without
+		// this a stream whose window was cut never heard of its reads
+		// again (smux announces them only every half of its buffer,
+		// above a cut window), and stalled. The session asks only for
+		// open streams (announceRead).
+		w = &tunedWindow{win: initialWindow, consumed: read, at: now}
+		w.announced = min(w.win, limit)
+		t.track(sid, w)
+		return w.announced, true
 	}
 	d := read - w.consumed
 	if int32(d) <= 0 || d < min(w.announced/4, step) {

@@ -319,3 +319,25 @@ func TestClientForgetsTheWindowOfAClosedDownload(t *testing.T) {
 		t.Errorf("the client tracks %d streams' windows after a download closed, %d before it", n, before)
 	}
 }
+
+// TestCutWindowHearsItsReadsAfterTheTunerStartsOver: a stream whose
+// window was cut still hears of its reads once the tuner has started
+// over (past maxTrackedStreams: an app that opened thousands of streams
+// at once), as its first UPD would tell them. Before, the session
+// announced reads only of streams the tuner knew, smux's own UPDs come
+// only every half of its buffer, above a cut window, and every cut stream
+// stalled until the bridge's write-stall timeout (this test failed so).
+func TestCutWindowHearsItsReadsAfterTheTunerStartsOver(t *testing.T) {
+	tu := windowTuner{limit: math.MaxInt64}
+	const cut = 64 << 10
+	if _, ok := tu.shrink(1, cut, 0); !ok {
+		t.Fatal("a 4 MiB window was not cut to 64 KiB")
+	}
+	for sid := uint32(3); len(tu.streams) > 0 && tu.streams[1] != nil; sid += 2 {
+		tu.opened(sid, initialWindow, ms)
+	}
+	win, send := tu.sessionRead(1, cut/2, cut, 2*ms, math.MaxUint32)
+	if !send || win != cut {
+		t.Fatalf("a cut stream's read after the tuner started over: UPD %v with window %d, want one with %d", send, win, cut)
+	}
+}
