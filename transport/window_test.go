@@ -223,11 +223,7 @@ func TestUPDAfterAWaitKeepsACut(t *testing.T) {
 // comes later with an older count is dropped, not taken for a huge read
 // (which would have grown the window).
 func TestCutWindowHearsItsReads(t *testing.T) {
-	tu := windowTuner{limit: math.MaxInt64}
-	const cut = 64 << 10
-	if _, ok := tu.shrink(1, cut, 0); !ok {
-		t.Fatal("a 4 MiB window was not cut to 64 KiB")
-	}
+	tu := cutTuner(t)
 	if _, ok := tu.shrink(1, cut, 0); ok {
 		t.Error("a window already cut was cut again")
 	}
@@ -328,11 +324,7 @@ func TestClientForgetsTheWindowOfAClosedDownload(t *testing.T) {
 // only every half of its buffer, above a cut window, and every cut stream
 // stalled until the bridge's write-stall timeout (this test failed so).
 func TestCutWindowHearsItsReadsAfterTheTunerStartsOver(t *testing.T) {
-	tu := windowTuner{limit: math.MaxInt64}
-	const cut = 64 << 10
-	if _, ok := tu.shrink(1, cut, 0); !ok {
-		t.Fatal("a 4 MiB window was not cut to 64 KiB")
-	}
+	tu := cutTuner(t)
 	for sid := uint32(3); len(tu.streams) > 0 && tu.streams[1] != nil; sid += 2 {
 		tu.opened(sid, initialWindow, ms)
 	}
@@ -340,4 +332,17 @@ func TestCutWindowHearsItsReadsAfterTheTunerStartsOver(t *testing.T) {
 	if !send || win != cut {
 		t.Fatalf("a cut stream's read after the tuner started over: UPD %v with window %d, want one with %d", send, win, cut)
 	}
+}
+
+// cut is the window cutTuner cuts stream 1's to.
+const cut = 64 << 10
+
+// cutTuner returns a tuner whose stream 1 had its window cut to cut.
+func cutTuner(t *testing.T) *windowTuner {
+	t.Helper()
+	tu := &windowTuner{limit: math.MaxInt64}
+	if _, ok := tu.shrink(1, cut, 0); !ok {
+		t.Fatal("a 4 MiB window was not cut to 64 KiB")
+	}
+	return tu
 }
