@@ -98,6 +98,10 @@ type streamCount struct {
 	// (streamAcct.promised).
 	promised   int64
 	promisedAt int64
+	// aborted: the peer aborted it (sessionConn.peerAborted). Kept here,
+	// for as long as the stream is open, and not only in its send
+	// window, which is forgotten once its writing ended and was read.
+	aborted bool
 }
 
 // promiseFor is how long the window a client grants a new stream with its
@@ -237,6 +241,23 @@ func (a *streamAcct) isOpen(sid uint32) bool {
 	defer a.mu.Unlock()
 	_, ok := a.streams[sid]
 	return ok
+}
+
+// setAborted notes that the peer aborted stream sid, if it is open.
+func (a *streamAcct) setAborted(sid uint32) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.streams[sid]; ok {
+		c.aborted = true
+	}
+}
+
+// aborted reports whether the peer aborted open stream sid.
+func (a *streamAcct) aborted(sid uint32) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.streams[sid]
+	return ok && c.aborted
 }
 
 // setCut notes whether stream sid's window is cut (window.go).

@@ -129,9 +129,6 @@ type sessionConn struct {
 	// inflight is what the send windows count as sent and not yet read
 	// by the peer's streams, all together (sessionRoom).
 	inflight int64
-	// abortedNoWin: open streams the peer aborted after their send
-	// windows were forgotten (peerAborted), until closed here.
-	abortedNoWin map[uint32]bool
 
 	carriers    []*carrier // attach order
 	remote      net.Addr   // the peer's address on the newest carrier
@@ -614,7 +611,7 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 	}
 	if len(v) == 2 {
 		if sid, consumed, ok := parseSmuxUPD(v[0], v[1]); ok {
-			if _, tuned := s.windows.streams[sid]; !tuned && s.acct != nil && !s.acct.isOpen(sid) {
+			if s.closedAlready(sid) {
 				// A read that raced the stream's close here: the
 				// stream is gone, its window with it.
 				return total, nil
@@ -824,12 +821,22 @@ func (s *sessionConn) readsAsked(asker uint32) {
 	}
 }
 
+// closedAlready reports whether stream sid, which the tuner does not
+// know, was closed here: an UPD for it would start its window again,
+// and nothing would end it. Called with mu held.
+func (s *sessionConn) closedAlready(sid uint32) bool {
+	if _, tuned := s.windows.streams[sid]; tuned || s.acct == nil {
+		return false
+	}
+	return !s.acct.isOpen(sid)
+}
+
 // announceRead queues an UPD of the session's own announcing that bridge
 // stream sid's reader took read bytes, all told, if the tuner so decides
 // (windowTuner.sessionRead), and reports whether it did. Called with mu
 // held.
 func (s *sessionConn) announceRead(sid, read, limit uint32, now int64, step uint32) bool {
-	if _, tuned := s.windows.streams[sid]; !tuned && !s.acct.isOpen(sid) {
+	if s.closedAlready(sid) {
 		return false // closed here since its reader took the bytes
 	}
 	win, send := s.windows.sessionRead(sid, read, limit, now, step)

@@ -135,13 +135,10 @@ func (s *sessionConn) peerAborted(sid uint32) {
 	if w := s.sendWins[sid]; w != nil {
 		w.aborted = true
 		s.spaceCond.Broadcast()
-	} else if s.acct != nil && s.acct.isOpen(sid) {
-		// Our writing ended and the peer read it all: the window is
-		// gone, but the reader must still learn of the abort.
-		if s.abortedNoWin == nil {
-			s.abortedNoWin = make(map[uint32]bool)
-		}
-		s.abortedNoWin[sid] = true
+	}
+	if s.acct != nil {
+		// For the reader, also once the send window is gone.
+		s.acct.setAborted(sid)
 	}
 }
 
@@ -162,13 +159,14 @@ func (s *sessionConn) abortStream(sid uint32) {
 	s.queueFrame(f[:])
 }
 
-// abortedByPeer reports whether the peer aborted stream sid, as far as
-// its send window, kept until both ends closed, remembers.
+// abortedByPeer reports whether the peer aborted stream sid: its send
+// window remembers it while it lasts, the session's count while the
+// stream is open here.
 func (s *sessionConn) abortedByPeer(sid uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.sendWins[sid]
-	return w != nil && w.aborted || s.abortedNoWin[sid]
+	return w != nil && w.aborted || s.acct != nil && s.acct.aborted(sid)
 }
 
 // closedHere forgets the tuned receive window of stream sid, which this
@@ -183,7 +181,6 @@ func (s *sessionConn) closedHere(sid uint32) {
 	// On either end: a window ended by the peer's FIN is started again
 	// by the first UPD our smux sends after it (windowTuner.update).
 	s.windows.ended(sid)
-	delete(s.abortedNoWin, sid)
 }
 
 // sendWin starts the send window of a new stream. Called with mu held.

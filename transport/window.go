@@ -160,6 +160,16 @@ func (t *windowTuner) track(sid uint32, w *tunedWindow) {
 	t.streams[sid] = w
 }
 
+// start tracks stream sid afresh, its reader having taken consumed bytes
+// at now, and returns the window to announce: initialWindow, or limit if
+// less.
+func (t *windowTuner) start(sid, consumed, limit uint32, now int64) uint32 {
+	w := &tunedWindow{win: initialWindow, consumed: consumed, at: now}
+	w.announced = min(w.win, limit)
+	t.track(sid, w)
+	return w.announced
+}
+
 // ended notes that the peer will send no more on stream sid (its FIN).
 func (t *windowTuner) ended(sid uint32) {
 	if w, ok := t.streams[sid]; ok {
@@ -179,10 +189,7 @@ func (t *windowTuner) update(sid, consumed uint32, now, rtt int64, mayGrow bool,
 	if !ok {
 		// The stream's first UPD (the bridge's first read of a stream):
 		// it states the window the peer could assume.
-		w = &tunedWindow{win: initialWindow, consumed: consumed, at: now}
-		w.announced = min(w.win, limit)
-		t.track(sid, w)
-		return w.announced, true
+		return t.start(sid, consumed, limit, now), true
 	}
 	read := consumed - w.consumed // modular, as smux counts
 	if int32(read) < 0 {
@@ -230,10 +237,7 @@ func (t *windowTuner) sessionRead(sid, read, limit uint32, now int64, step uint3
 		// again (smux announces them only every half of its buffer,
 		// above a cut window), and stalled. The session asks only for
 		// open streams (announceRead).
-		w = &tunedWindow{win: initialWindow, consumed: read, at: now}
-		w.announced = min(w.win, limit)
-		t.track(sid, w)
-		return w.announced, true
+		return t.start(sid, read, limit, now), true
 	}
 	d := read - w.consumed
 	if int32(d) <= 0 || d < min(w.announced/4, step) {
