@@ -86,7 +86,7 @@ func (hs *serverHandshake) authenticate(ch *hello.ClientHello) error {
 	if err != nil {
 		return err
 	}
-	p, err := auth.Open(key, ch.Random, ch.WithZeroSessionID(), ch.SessionID)
+	p, err := auth.Open(key, ch.Random, ch.AuthData(), ch.SessionID)
 	if err != nil {
 		return err
 	}

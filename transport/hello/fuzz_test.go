@@ -33,6 +33,8 @@ func FuzzParse(f *testing.F) {
 		f.Add(captureMsg(f, c))
 	}
 	f.Add(goodParts().build())
+	// A resuming browser's hello: pre_shared_key last, binders at the end.
+	f.Add(withExts(sniExt("example.com"), ext(0x0033, vec16(keyShareEntry(0x001d, bytes.Repeat([]byte{7}, 32)))), pskExt(120, 32)).build())
 	for _, s := range malformedSeeds() {
 		if len(s) > RecordHeaderLen {
 			f.Add(s[RecordHeaderLen:])

@@ -43,6 +43,8 @@ const (
 	extALPN               = 0x0010
 	extSupportedVersions  = 0x002b
 	extKeyShare           = 0x0033
+	extPreSharedKey       = 0x0029
+	minBinderLen          = 32 // RFC 8446, section 4.2.11: PskBinderEntry<32..255>
 	serverNameTypeHost    = 0x00
 	maxSessionIDLen       = 32
 	randomLen             = 32

@@ -412,7 +412,7 @@ func TestParseValid(t *testing.T) {
 
 	p.sid = vec8()
 	h, err = Parse(p.build())
-	if err != nil || len(h.SessionID) != 0 || !bytes.Equal(h.WithZeroSessionID(), h.Raw) {
+	if err != nil || len(h.SessionID) != 0 || !bytes.Equal(h.AuthData(), h.Raw) {
 		t.Fatalf("empty session_id: %v", err)
 	}
 
@@ -514,9 +514,9 @@ func TestParseMalformed(t *testing.T) {
 	}
 }
 
-// TestWithZeroSessionID proves that exactly the session_id bytes are zeroed
+// TestAuthData proves that exactly the session_id bytes are zeroed
 // in a copy and Raw is left as it was.
-func TestWithZeroSessionID(t *testing.T) {
+func TestAuthData(t *testing.T) {
 	for _, c := range loadCaptures(t) {
 		msg := captureMsg(t, c)
 		orig := bytes.Clone(msg)
@@ -525,7 +525,7 @@ func TestWithZeroSessionID(t *testing.T) {
 			t.Fatal(err)
 		}
 		sid := bytes.Clone(h.SessionID)
-		z := h.WithZeroSessionID()
+		z := h.AuthData()
 		if !bytes.Equal(h.Raw, orig) || !bytes.Equal(h.SessionID, sid) {
 			t.Fatal("Raw was modified")
 		}
@@ -599,5 +599,61 @@ func TestManyExtensionsIsCheap(t *testing.T) {
 		if d := time.Since(start); d > 2*time.Second {
 			t.Fatalf("parse took %v", d)
 		}
+	}
+}
+
+// TestPreSharedKey proves that a hello offering a PSK (a browser resuming
+// a TLS session) parses, that its binders are found at the end of Raw, and
+// that AuthData zeroes them along with the session_id and nothing else:
+// the client computes the binders after the tag is in the session_id, so
+// the tag cannot cover them. A pre_shared_key a TLS server would refuse
+// does not parse.
+func TestPreSharedKey(t *testing.T) {
+	base := withExts(sniExt("example.com"), ext(0x002b, vec8(u16s(0x0304))),
+		ext(0x0033, vec16(keyShareEntry(0x001d, bytes.Repeat([]byte{7}, 32)))))
+	p := withExts(sniExt("example.com"), ext(0x002b, vec8(u16s(0x0304))),
+		ext(0x0033, vec16(keyShareEntry(0x001d, bytes.Repeat([]byte{7}, 32)))), pskExt(120, 32))
+	msg := p.build()
+	h, err := Parse(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHello(t, msg, h)
+	if want := len(msg) - (2 + 1 + 32); h.BindersOffset != want {
+		t.Fatalf("BindersOffset %d, want %d", h.BindersOffset, want)
+	}
+	z := h.AuthData()
+	if !bytes.Equal(z[h.BindersOffset:], make([]byte, len(msg)-h.BindersOffset)) {
+		t.Fatal("the binders are not zeroed in AuthData")
+	}
+	if !bytes.Equal(z[:h.SessionIDOffset], msg[:h.SessionIDOffset]) ||
+		!bytes.Equal(z[h.SessionIDOffset+32:h.BindersOffset], msg[h.SessionIDOffset+32:h.BindersOffset]) {
+		t.Fatal("AuthData changed bytes outside the session_id and the binders")
+	}
+	// Without a PSK nothing past the session_id is zeroed.
+	hb, err := Parse(base.build())
+	if err != nil || hb.BindersOffset != 0 {
+		t.Fatalf("hello without a PSK: BindersOffset %d, %v", hb.BindersOffset, err)
+	}
+
+	for _, tt := range []struct {
+		name string
+		p    helloParts
+		want string
+	}{
+		{"not last", withExts(pskExt(16, 32), sniExt("example.com")), "not the last extension"},
+		{"no identity", withExts(ext(0x0029, append(vec16(), vec16(vec8(bytes.Repeat([]byte{1}, 32)))...))), "no psk identity"},
+		{"empty identity", withExts(ext(0x0029, append(vec16(append(vec16(), 0, 0, 0, 0)), vec16(vec8(bytes.Repeat([]byte{1}, 32)))...))), "empty psk identity"},
+		{"short binder", withExts(pskExt(16, 31)), "shorter than 32"},
+		{"no binder", withExts(pskExt(16)), "no psk binder"},
+		{"trailing", withExts(ext(0x0029, append(append(vec16(append(vec16([]byte{1}), 0, 0, 0, 0)), vec16(vec8(bytes.Repeat([]byte{1}, 32)))...), 0))), "trailing bytes in pre_shared_key"},
+		{"cut age", withExts(ext(0x0029, append(vec16(append(vec16([]byte{1}), 0, 0)), vec16(vec8(bytes.Repeat([]byte{1}, 32)))...))), "obfuscated_ticket_age"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := Parse(tt.p.build())
+			if err == nil || h != nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
 	}
 }

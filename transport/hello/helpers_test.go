@@ -173,6 +173,17 @@ func alpnExt(protos ...string) []byte {
 	return ext(0x0010, vec16(list...))
 }
 
+// pskExt is a pre_shared_key extension with one identity of the given
+// length and binders of the given lengths.
+func pskExt(identityLen int, binderLens ...int) []byte {
+	identity := append(vec16(bytes.Repeat([]byte{0x1d}, identityLen)), 0, 0, 0, 9)
+	var binders [][]byte
+	for _, n := range binderLens {
+		binders = append(binders, vec8(bytes.Repeat([]byte{0xb1}, n)))
+	}
+	return ext(0x0029, append(vec16(identity), vec16(binders...)...))
+}
+
 func keyShareEntry(group uint16, key []byte) []byte {
 	return append(u16s(group), vec16(key)...)
 }
@@ -312,15 +323,27 @@ func checkHello(t testing.TB, msg []byte, h *ClientHello) {
 	if got := marshal(h); !bytes.Equal(got, h.Raw) {
 		t.Fatalf("re-encoding the parsed hello differs from Raw\n got %x\nwant %x", got, h.Raw)
 	}
+	if h.BindersOffset != 0 {
+		// The binders are the tail of the last extension, pre_shared_key.
+		last := h.Extensions[len(h.Extensions)-1]
+		off, _ := within(h.Raw, last.Data)
+		if last.Type != 0x0029 || off+len(last.Data) != len(h.Raw) || h.BindersOffset <= off || h.BindersOffset+2 > len(h.Raw) ||
+			int(binary.BigEndian.Uint16(h.Raw[h.BindersOffset:])) != len(h.Raw)-h.BindersOffset-2 {
+			t.Fatalf("BindersOffset %d is not the binders list of a last pre_shared_key", h.BindersOffset)
+		}
+	} else if seen[0x0029] {
+		t.Fatal("pre_shared_key present but BindersOffset is 0")
+	}
 	before := bytes.Clone(h.Raw)
-	z := h.WithZeroSessionID()
+	z := h.AuthData()
 	if !bytes.Equal(h.Raw, before) {
-		t.Fatal("WithZeroSessionID modified Raw")
+		t.Fatal("AuthData modified Raw")
 	}
 	for i := range z {
 		inSID := i >= h.SessionIDOffset && i < h.SessionIDOffset+len(h.SessionID)
-		if inSID && z[i] != 0 || !inSID && z[i] != h.Raw[i] {
-			t.Fatalf("WithZeroSessionID byte %d is %#x", i, z[i])
+		inBinders := h.BindersOffset > 0 && i >= h.BindersOffset
+		if (inSID || inBinders) && z[i] != 0 || !inSID && !inBinders && z[i] != h.Raw[i] {
+			t.Fatalf("AuthData byte %d is %#x", i, z[i])
 		}
 	}
 }

@@ -20,7 +20,7 @@ type Extension struct {
 }
 
 // ClientHello is a parsed ClientHello. Slices alias Raw, so a caller that
-// wants to change Raw must copy first (see WithZeroSessionID).
+// wants to change Raw must copy first (see AuthData).
 type ClientHello struct {
 	Raw                []byte // the handshake message as given to Parse (4-byte header + body)
 	LegacyVersion      uint16
@@ -37,6 +37,12 @@ type ClientHello struct {
 	ALPN              []string   // from application_layer_protocol_negotiation (0x0010)
 	SupportedVersions []uint16   // from supported_versions (0x002b)
 	KeyShares         []KeyShare // from key_share (0x0033)
+	// BindersOffset is where the binders of pre_shared_key (0x0029)
+	// begin in Raw, their 2-byte list length included; 0 when the hello
+	// offers no PSK. The extension is the last one (RFC 8446, section
+	// 4.2.11) and the binders its last field, so they run to the end of
+	// Raw.
+	BindersOffset int
 }
 
 // Parse parses a ClientHello handshake message (4-byte header + body). It
@@ -164,6 +170,13 @@ func (h *ClientHello) parseExtensions(block []byte) error {
 			err = h.parseSupportedVersions(data)
 		case extKeyShare:
 			err = h.parseKeyShare(data)
+		case extPreSharedKey:
+			// RFC 8446, section 4.2.11: it MUST be the last extension;
+			// a TLS server refuses a hello where it is not.
+			if c.left() != 0 {
+				return errors.New("hello: pre_shared_key is not the last extension")
+			}
+			err = h.parsePreSharedKey(data)
 		}
 		if err != nil {
 			return err
@@ -345,6 +358,56 @@ func (h *ClientHello) parseKeyShare(data []byte) error {
 	return nil
 }
 
+// parsePreSharedKey checks pre_shared_key as a ClientHello carries it
+// (RFC 8446, section 4.2.11) and records where its binders begin. Its
+// data is the tail of Raw (the caller checked that it is the last
+// extension).
+func (h *ClientHello) parsePreSharedKey(data []byte) error {
+	c := cursor{b: data}
+	ids, err := c.vec16("psk identities")
+	if err != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return errors.New("hello: no psk identity")
+	}
+	for l := (cursor{b: ids}); l.left() > 0; {
+		id, err := l.vec16("psk identity")
+		if err != nil {
+			return err
+		}
+		if len(id) == 0 {
+			return errors.New("hello: empty psk identity")
+		}
+		if _, err := l.bytes(4, "obfuscated_ticket_age"); err != nil {
+			return err
+		}
+	}
+	bindersAt := c.off
+	binders, err := c.vec16("psk binders")
+	if err != nil {
+		return err
+	}
+	if c.left() != 0 {
+		return fmt.Errorf("hello: %d trailing bytes in pre_shared_key", c.left())
+	}
+	n := 0
+	for l := (cursor{b: binders}); l.left() > 0; n++ {
+		b, err := l.vec8("psk binder")
+		if err != nil {
+			return err
+		}
+		if len(b) < minBinderLen {
+			return fmt.Errorf("hello: psk binder of %d bytes, shorter than %d", len(b), minBinderLen)
+		}
+	}
+	if n == 0 {
+		return errors.New("hello: no psk binder")
+	}
+	h.BindersOffset = len(h.Raw) - (len(data) - bindersAt)
+	return nil
+}
+
 // KeyShare returns the data of the key share for group, and whether it is
 // present. The data aliases Raw.
 func (h *ClientHello) KeyShare(group uint16) ([]byte, bool) {
@@ -356,13 +419,19 @@ func (h *ClientHello) KeyShare(group uint16) ([]byte, bool) {
 	return nil, false
 }
 
-// WithZeroSessionID returns a copy of Raw with the session_id bytes set to
-// zero: the associated data the authentication tag, which travels in the
-// session_id, was sealed over. Raw itself is left untouched.
-func (h *ClientHello) WithZeroSessionID() []byte {
+// AuthData returns a copy of Raw with the session_id bytes set to zero
+// and, when the hello offers a PSK, the binders too (from BindersOffset
+// to the end): the associated data the authentication tag, which travels
+// in the session_id, is sealed over. The binders are left out because
+// they are a MAC over the hello with its session_id, so they can only be
+// computed once the tag is in. Raw itself is left untouched.
+func (h *ClientHello) AuthData() []byte {
 	out := make([]byte, len(h.Raw))
 	copy(out, h.Raw)
 	clear(out[h.SessionIDOffset : h.SessionIDOffset+len(h.SessionID)])
+	if h.BindersOffset > 0 {
+		clear(out[h.BindersOffset:])
+	}
 	return out
 }
 
