@@ -329,10 +329,19 @@ func processCPU(b *testing.B) time.Duration {
 // downloads through a relay that freezes every connection after 16 KB,
 // with budget=14k, against the bound that carrier pacing sets (at most 2
 // handshakes per 400 ms, so 5 carriers a second, each carrying its budget
-// less its handshake). Reported: KB/s, the bound, and their ratio.
+// less its handshake). Reported: KB/s, the bound, and their ratio, for
+// carriers that resume the TLS session of an earlier one (as they do) and
+// for carriers that each make a full handshake (the baseline: what
+// resumption leaves of each budget for data).
 //
 //	go test -run XXX -bench Budget -benchtime 4x ./transport/
 func BenchmarkBudget(b *testing.B) {
+	for _, mode := range []string{"resumed", "full"} {
+		b.Run(mode, func(b *testing.B) { benchmarkBudget(b, mode == "full") })
+	}
+}
+
+func benchmarkBudget(b *testing.B, noResumption bool) {
 	br := startBridge(b, newSiteFace(b), loadHandler, func(c *ServerConfig) { c.Logger = nil })
 	r, err := transporttest.NewRelay(br.addr, transporttest.RelayOptions{FreezeDown: freezeAt})
 	if err != nil {
@@ -342,6 +351,7 @@ func BenchmarkBudget(b *testing.B) {
 	cfg := br.clientConfig()
 	cfg.Address = r.Addr()
 	cfg.Budget = 14 << 10
+	cfg.noResumption = noResumption
 	sess, err := Dial(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -354,6 +364,7 @@ func BenchmarkBudget(b *testing.B) {
 	sess.conn.mu.Unlock()
 	const size = 256 << 10
 	var times []time.Duration
+	carriers := len(r.Stats())
 	b.SetBytes(size)
 	b.ResetTimer()
 	for i := range b.N {
@@ -364,6 +375,7 @@ func BenchmarkBudget(b *testing.B) {
 		times = append(times, time.Since(start))
 	}
 	b.StopTimer()
+	carriers = len(r.Stats()) - carriers
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	median := times[len(times)/2]
 	got := float64(size) / median.Seconds() / 1000
@@ -375,5 +387,8 @@ func BenchmarkBudget(b *testing.B) {
 	// What the client allows itself: 2 per handshakeWindow+pacingMargin.
 	paced := float64(cfg.Budget-int(handshake)) * float64(time.Second) / float64(handshakeWindow+pacingMargin) * maxHandshakeBurst / 1000
 	b.ReportMetric(got/paced, "of-paced")
-	b.Log(fmt.Sprintf("median %v per 256 KiB: %.1f KB/s; pacing bound %.1f KB/s (handshake %d bytes of a %d budget)", median, got, bound, handshake, cfg.Budget))
+	// Data per carrier: what each budget carried of the downloads.
+	b.ReportMetric(float64(size)*float64(b.N)/float64(max(carriers, 1)), "B/carrier")
+	b.ReportMetric(float64(sess.resumed.Load()), "resumed")
+	b.Log(fmt.Sprintf("median %v per 256 KiB: %.1f KB/s; pacing bound %.1f KB/s (first handshake %d bytes of a %d budget); %d carriers, %d resumed", median, got, bound, handshake, cfg.Budget, carriers, sess.resumed.Load()))
 }

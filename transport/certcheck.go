@@ -49,6 +49,16 @@ type certCheck struct {
 // before the client sends anything after its ClientHello but the
 // compatibility ChangeCipherSpec.
 func (c certCheck) verify(cs utls.ConnectionState) error {
+	if cs.DidResume {
+		// A resumed session's certificate was checked here when the
+		// session was made, on a carrier whose proof then checked out
+		// (carrierTickets keeps no other's tickets), and only the server
+		// that issued the ticket can resume with it. The certificate
+		// the session recorded is bound to that carrier's auth key, not
+		// to this one's, so it is not checked again; this carrier waits
+		// for the proof, as every carrier but a session's first does.
+		return nil
+	}
 	certs := cs.PeerCertificates
 	if len(certs) == 0 {
 		return fmt.Errorf("%w: it sent none", ErrCertificate)
@@ -176,6 +186,16 @@ type abortConn struct {
 	mu      sync.Mutex
 	secret  []byte // client handshake traffic secret
 	traffic []byte // client application traffic secret (sealingConn)
+}
+
+// RemoteAddr is the connection's, or a placeholder before there is one:
+// utls asks for it to name the session ticket it looks for while the
+// hello is built, before TCP is up (carrierTickets ignores the name).
+func (a *abortConn) RemoteAddr() net.Addr {
+	if a.Conn == nil {
+		return &net.TCPAddr{}
+	}
+	return a.Conn.RemoteAddr()
 }
 
 // Write is called by utls for its records. Once the check has failed, the

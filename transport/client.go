@@ -60,6 +60,12 @@ type Session struct {
 	retryAt    time.Time
 	freezes    []int64 // downstream bytes at which carriers froze
 	learned    bool
+
+	// tickets are the TLS session tickets the bridge gave the
+	// session's carriers, for the later ones to resume with.
+	tickets ticketCache
+	// resumed counts the carriers whose TLS handshake resumed.
+	resumed atomic.Int64
 }
 
 // Carrier pacing: Russian DPI scores bursts of TLS handshakes to one name
@@ -193,8 +199,11 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		err error
 	}
 	hello := make(chan built, 1)
+	// Carriers after the first resume a TLS session of an earlier one
+	// (tickets.go).
+	tickets := &carrierTickets{session: &s.tickets, resume: !first && !s.cfg.noResumption}
 	go func() {
-		h, err := buildHello(&s.cfg)
+		h, err := buildHello(&s.cfg, tickets)
 		hello <- built{h, err}
 	}()
 	raw, err := dial(ctx, "tcp", s.cfg.Address)
@@ -234,6 +243,13 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		return nil, 0, 0, err
 	}
 	cc.SetDeadline(time.Time{})
+	if o.finish == nil {
+		// The proof checked out: the tickets are the bridge's.
+		tickets.keep()
+	}
+	if o.resumed {
+		s.resumed.Add(1)
+	}
 	c := &carrier{
 		seq:    op.Carrier,
 		conn:   o.conn,
@@ -250,6 +266,7 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 			defer cc.SetReadDeadline(time.Time{})
 			err := o.finish()
 			if err == nil {
+				tickets.keep()
 				s.markProven()
 			}
 			return err

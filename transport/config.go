@@ -75,6 +75,9 @@ type ClientConfig struct {
 	// padYoungOnly pads only the young phase's writes (benchmarks: the
 	// baseline that shows what tail padding costs).
 	padYoungOnly bool
+	// noResumption makes every carrier a full TLS handshake (tests and
+	// benchmarks: the baseline of resumption).
+	noResumption bool
 	// sendRate, when set, is the send rate in bytes a second that the
 	// session's bounds follow instead of the one measured (tests that
 	// count records per write: the measured rate is the machine's, and a

@@ -98,6 +98,10 @@ var fingerprintAliases = map[string]string{
 // of the browser fp names: a captured hello set for fp (UseCapturedHello),
 // else for the name it is an alias of, else the built-in one.
 func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
+	// With no ticket to offer (no ClientSessionCache, or nothing in it),
+	// the hello has no pre_shared_key, as a browser's first visit has
+	// none; utls would fail instead.
+	cfg.OmitEmptyPsk = true
 	if fp == "" {
 		fp = link.DefaultFingerprint
 	}
@@ -128,6 +132,11 @@ func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A browser offers a ticket it holds in pre_shared_key, the last
+	// extension (RFC 8446, 4.2.11), when cfg has a session cache with
+	// one in it (tickets.go); with none (OmitEmptyPsk) the extension is
+	// left out, as on a first visit.
+	spec.Extensions = append(spec.Extensions, &utls.UtlsPreSharedKeyExtension{})
 	// Chrome's GREASE ECH enc is a key pair's public key, Firefox's
 	// random bytes (greaseECHEncs).
 	if err := greaseECHEncs(spec, fp == "chrome"); err != nil {

@@ -494,6 +494,22 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
 		return inRecords(m, hello.MaxRecordPayload)
 	}
+	// resumed returns chrome's hello as a browser sends it when it
+	// resumes: a pre_shared_key (one identity, one binder) last.
+	resumed := func() []byte {
+		m := bytes.Clone(msg)
+		off := 4 + 2 + 32
+		off += 1 + int(m[off])
+		off += 2 + int(binary.BigEndian.Uint16(m[off:]))
+		off += 1 + int(m[off])
+		ext := []byte{0x00, 0x29, 0, 47, 0, 10, 0, 4, 1, 2, 3, 4, 0, 0, 0, 9, 0, 33, 32}
+		ext = append(ext, bytes.Repeat([]byte{0xb1}, 32)...)
+		binary.BigEndian.PutUint16(m[off:], binary.BigEndian.Uint16(m[off:])+uint16(len(ext)))
+		m = append(m, ext...)
+		n := len(m) - 4
+		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
+		return inRecords(m, hello.MaxRecordPayload)
+	}
 	for _, tc := range []struct {
 		name     string
 		captures [][]byte
@@ -505,7 +521,7 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		{"trailing bytes", [][]byte{append(bytes.Clone(chrome), 0x17)}, "after the ClientHello"},
 		{"no session_id", [][]byte{shortSession()}, "session_id"},
 		{"no server_name", [][]byte{retype(0x0000, 0x00fe)}, "server_name"},
-		{"resumed", [][]byte{retype(0x0023, 0x0029)}, "resumed"},
+		{"resumed", [][]byte{resumed()}, "resumed"},
 		{"two browsers", [][]byte{chrome, firefox}, "not of the same browser"},
 		{"unknown ECH AEAD", [][]byte{echSuite(1, 0xffff)}, "AEAD"},
 		{"unknown ECH KDF", [][]byte{echSuite(0x1234, 1)}, "KDF"},

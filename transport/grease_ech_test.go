@@ -56,7 +56,7 @@ func TestGREASEECHEncAsTheBrowserSendsIt(t *testing.T) {
 			on := 0
 			const hellos = 24 // random bytes all on the curve by chance: 2^-24
 			for range hellos {
-				h, err := buildHello(cfg)
+				h, err := buildHello(cfg, nil)
 				if err != nil {
 					t.Fatal(err)
 				}

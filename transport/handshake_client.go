@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/mirage-pt/mirage/transport/auth"
+	"github.com/mirage-pt/mirage/transport/hello"
 	"github.com/mirage-pt/mirage/transport/link"
 )
 
@@ -23,6 +24,7 @@ import (
 // client's opening sent.
 type opened struct {
 	conn     net.Conn
+	resumed  bool   // the TLS handshake resumed a session (tickets.go)
 	status   byte   // the server's status
 	received uint64 // bytes of the session the server has received
 	// finish, when not nil, is what the client did not wait for: it
@@ -46,11 +48,15 @@ type clientHello struct {
 	ucfg  *utls.Config
 	key   [auth.KeyLen]byte
 	bound bool // set by the certificate check: the certificate was bound to key
+	// tickets is the handshake's session cache (nil: no resumption):
+	// its resumed reports whether it offered a ticket.
+	tickets *carrierTickets
 }
 
 // buildHello makes the sealed ClientHello of cfg's fingerprint, over a
-// connection still to come.
-func buildHello(cfg *ClientConfig) (*clientHello, error) {
+// connection still to come. With tickets, the handshake takes a ticket
+// from them if they may resume, and keeps what it is given in them.
+func buildHello(cfg *ClientConfig, tickets *carrierTickets) (*clientHello, error) {
 	// The certificate must be one a browser would accept, or one only
 	// the bridge can have sent (certCheck): the proof after the handshake
 	// authenticates the bridge (it is bound to this TLS session by the
@@ -58,6 +64,10 @@ func buildHello(cfg *ClientConfig) (*clientHello, error) {
 	// would show an interceptor a handshake no browser finishes.
 	h := &clientHello{ac: &abortConn{}}
 	h.ucfg = certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &h.key, bound: &h.bound}.config(h.ac)
+	if tickets != nil {
+		h.tickets = tickets
+		h.ucfg.ClientSessionCache = tickets
+	}
 	uc, err := newUConn(h.ac, h.ucfg, cfg.Fingerprint)
 	if err != nil {
 		return nil, err
@@ -125,7 +135,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *Cli
 	}
 	fr := &frameReader{r: uc}
 	if h.bound && op.New {
-		return &opened{conn: conn, status: statusResumed, finish: func() error {
+		return &opened{conn: conn, resumed: state.DidResume, status: statusResumed, finish: func() error {
 			return finishEarlyOpening(conn, fr, key, exporter)
 		}}, nil
 	}
@@ -154,7 +164,7 @@ func clientHandshake(ctx context.Context, raw net.Conn, h *clientHello, cfg *Cli
 	if err != nil {
 		return nil, err
 	}
-	return &opened{conn: conn, status: status, received: received}, nil
+	return &opened{conn: conn, resumed: state.DidResume, status: status, received: received}, nil
 }
 
 // ackAndReadStatus sends the SETTINGS acknowledgement a browser sends on
@@ -234,7 +244,14 @@ func sealHello(uc *utls.UConn, cfg *ClientConfig) ([auth.KeyLen]byte, error) {
 	if err := uc.MarshalClientHello(); err != nil {
 		return key, fmt.Errorf("transport: marshalling ClientHello: %w", err)
 	}
-	aad := bytes.Clone(hs.Hello.Raw)
+	// The bridge reads the associated data off the hello it gets, so it
+	// is made the same way here: the session_id, and the binders of a
+	// resumption, zeroed (hello.ClientHello.AuthData).
+	own, err := hello.Parse(hs.Hello.Raw)
+	if err != nil {
+		return key, fmt.Errorf("transport: the ClientHello built does not parse: %w", err)
+	}
+	aad := own.AuthData()
 	random := hs.Hello.Random
 	key, err = auth.ClientKey(priv, cfg.PublicKey[:], random)
 	if err != nil {
@@ -254,6 +271,19 @@ func sealHello(uc *utls.UConn, cfg *ClientConfig) ([auth.KeyLen]byte, error) {
 	}
 	if len(hs.Hello.Raw) != len(aad) {
 		return key, errors.New("transport: ClientHello changed size when the tag was added")
+	}
+	// A PSK's binders are a MAC over the hello up to them, the tag
+	// included: computed by utls over the old session_id, they are
+	// computed again now.
+	if own.BindersOffset > 0 {
+		for _, ext := range uc.Extensions {
+			if psk, ok := ext.(*utls.UtlsPreSharedKeyExtension); ok {
+				if err := psk.PatchBuiltHello(hs.Hello); err != nil && !errors.Is(err, io.EOF) {
+					return key, fmt.Errorf("transport: PSK binders: %w", err)
+				}
+				hs.Hello.PskBinders = psk.Binders
+			}
+		}
 	}
 	return key, nil
 }

@@ -39,7 +39,7 @@ func TestHelloIsBuiltDuringTheConnect(t *testing.T) {
 	var builds []time.Duration
 	for range 5 {
 		start := time.Now()
-		if _, err := buildHello(cfg); err != nil {
+		if _, err := buildHello(cfg, nil); err != nil {
 			t.Fatal(err)
 		}
 		builds = append(builds, time.Since(start))

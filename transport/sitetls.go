@@ -51,6 +51,19 @@ func (st *siteTunnel) config(key [auth.KeyLen]byte) *tls.Config {
 		return st.site
 	}
 	cfg := st.site.Clone()
+	if cfg.WrapSession == nil && cfg.UnwrapSession == nil {
+		// Tickets under the site's own keys, which crypto/tls makes on
+		// the site's first ticket and turns over daily: a clone made
+		// before that would make keys of its own, and no carrier could
+		// resume the session of another (tickets.go). A site with its
+		// own ticket handling keeps it, cloned.
+		cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			return st.site.EncryptTicket(cs, ss)
+		}
+		cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			return st.site.DecryptTicket(identity, cs)
+		}
+	}
 	cfg.Certificates = nil // so that GetCertificate is always asked
 	cfg.GetCertificate = func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		sc, err := siteCertificateFor(st.site, chi)

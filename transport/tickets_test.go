@@ -1,0 +1,169 @@
+//go:build linux
+
+package transport
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	utls "github.com/refraction-networking/utls"
+
+	"github.com/mirage-pt/mirage/transport/hello"
+	"github.com/mirage-pt/mirage/transport/transporttest"
+)
+
+// helloRecorder is a ClientConfig.Dial that keeps the ClientHello each
+// connection sends, as the bridge (and a censor) reads it.
+type helloRecorder struct {
+	mu     sync.Mutex
+	hellos []*hello.ClientHello
+}
+
+func (h *helloRecorder) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return &firstWrite{Conn: c, rec: h}, nil
+}
+
+type firstWrite struct {
+	net.Conn
+	rec  *helloRecorder
+	once sync.Once
+}
+
+func (f *firstWrite) Write(p []byte) (int, error) {
+	f.once.Do(func() {
+		_, msg, err := hello.ReadClientHello(bytes.NewReader(p))
+		if err != nil {
+			return
+		}
+		if ch, err := hello.Parse(bytes.Clone(msg)); err == nil {
+			f.rec.mu.Lock()
+			f.rec.hellos = append(f.rec.hellos, ch)
+			f.rec.mu.Unlock()
+		}
+	})
+	return f.Conn.Write(p)
+}
+
+// pskIdentity returns the data of a hello's pre_shared_key, nil if none.
+func pskIdentity(ch *hello.ClientHello) []byte {
+	for _, e := range ch.Extensions {
+		if e.Type == 0x0029 {
+			return e.Data
+		}
+	}
+	return nil
+}
+
+// TestLaterCarriersResume: on a path that freezes every connection after
+// 16 KB, a session's carriers after the first resume the TLS session of
+// an earlier one, as a browser coming back to a site does. Each ticket is
+// offered once (Chrome never offers a TLS 1.3 ticket twice), the first
+// carrier offers none, and the tag still authenticates a hello with
+// binders. (What resumption leaves of a carrier's budget for data:
+// BenchmarkBudget.)
+func TestLaterCarriersResume(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
+	rec := &helloRecorder{}
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	cfg.Budget = 14 << 10
+	cfg.Dial = rec.dial
+	cfg.Logger = testLogger(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := transfer(ctx, sess, 'D', 256<<10, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	rec.mu.Lock()
+	hellos := rec.hellos
+	rec.mu.Unlock()
+	if len(hellos) < 4 {
+		t.Fatalf("%d carriers for 256 KiB through 16 KB freezes", len(hellos))
+	}
+	if pskIdentity(hellos[0]) != nil {
+		t.Error("the first carrier offered a ticket: it must send a full handshake (its bound certificate lets it send before the proof)")
+	}
+	seen := map[string]bool{}
+	offered := 0
+	for i, ch := range hellos {
+		id := pskIdentity(ch)
+		if id == nil {
+			continue
+		}
+		offered++
+		// The identities: everything before the binders.
+		key := string(id[:len(id)-(len(ch.Raw)-ch.BindersOffset)])
+		if seen[key] {
+			t.Errorf("carrier %d offered a ticket offered before", i)
+		}
+		seen[key] = true
+	}
+	resumed := sess.resumed.Load()
+	t.Logf("%d carriers, %d offered a ticket, %d resumed", len(hellos), offered, resumed)
+	// Carriers dialled side by side may find no ticket left; most find one.
+	if offered < len(hellos)/2 || resumed != int64(offered) {
+		t.Fatalf("%d of %d carriers offered a ticket and %d resumed: later carriers should resume", offered, len(hellos), resumed)
+	}
+
+}
+
+// TestTicketsOfferedOnceAndKeptOnlyWhenProven: a carrier takes the
+// newest ticket and nobody gets it again; the tickets a carrier receives
+// reach the session only when it keeps them (its proof checked out), so
+// a website a censor sent a carrier to cannot plant one; the session
+// keeps at most maxTickets.
+func TestTicketsOfferedOnceAndKeptOnlyWhenProven(t *testing.T) {
+	var session ticketCache
+	mk := func() *utls.ClientSessionState { return &utls.ClientSessionState{} }
+	a := &carrierTickets{session: &session, resume: true}
+	x, y := mk(), mk()
+	a.Put("", x)
+	a.Put("", nil) // utls forgetting an expired ticket
+	if _, ok := a.Get(""); ok || session.len() != 0 {
+		t.Fatal("a ticket reached the session before its carrier was proven")
+	}
+	a.keep()
+	b := &carrierTickets{session: &session, resume: true}
+	b.Put("", y)
+	b.keep()
+	c := &carrierTickets{session: &session, resume: true}
+	if got, ok := c.Get(""); !ok || got != y {
+		t.Fatal("the newest ticket was not offered")
+	}
+	if got, ok := c.Get(""); !ok || got != x {
+		t.Fatal("the older ticket was not offered next")
+	}
+	if _, ok := c.Get(""); ok {
+		t.Fatal("a ticket was offered twice")
+	}
+	first := &carrierTickets{session: &session, resume: false}
+	first.Put("", mk())
+	first.keep()
+	if _, ok := first.Get(""); ok {
+		t.Fatal("a carrier that may not resume was offered a ticket")
+	}
+	for range 2 * maxTickets {
+		d := &carrierTickets{session: &session}
+		d.Put("", mk())
+		d.keep()
+	}
+	if n := session.len(); n != maxTickets {
+		t.Fatalf("the session keeps %d tickets, want at most %d", n, maxTickets)
+	}
+}
