@@ -90,6 +90,9 @@ func TestLaterCarriersResume(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// In this order: a carrier dialled since may have sent its hello
+	// but not yet finished its handshake, never the other way round.
+	resumed := sess.resumed.Load()
 	rec.mu.Lock()
 	hellos := rec.hellos
 	rec.mu.Unlock()
@@ -114,10 +117,11 @@ func TestLaterCarriersResume(t *testing.T) {
 		}
 		seen[key] = true
 	}
-	resumed := sess.resumed.Load()
 	t.Logf("%d carriers, %d offered a ticket, %d resumed", len(hellos), offered, resumed)
-	// Carriers dialled side by side may find no ticket left; most find one.
-	if offered < len(hellos)/2 || resumed != int64(offered) {
+	// Carriers dialled side by side may find no ticket left; most find
+	// one, and the bridge resumes every one offered, but for the dials
+	// still in flight.
+	if offered < len(hellos)/2 || resumed > int64(offered) || int64(offered)-resumed > maxHandshakeBurst {
 		t.Fatalf("%d of %d carriers offered a ticket and %d resumed: later carriers should resume", offered, len(hellos), resumed)
 	}
 
