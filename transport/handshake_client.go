@@ -48,9 +48,6 @@ type clientHello struct {
 	ucfg  *utls.Config
 	key   [auth.KeyLen]byte
 	bound bool // set by the certificate check: the certificate was bound to key
-	// tickets is the handshake's session cache (nil: no resumption):
-	// its resumed reports whether it offered a ticket.
-	tickets *carrierTickets
 }
 
 // buildHello makes the sealed ClientHello of cfg's fingerprint, over a
@@ -65,7 +62,6 @@ func buildHello(cfg *ClientConfig, tickets *carrierTickets) (*clientHello, error
 	h := &clientHello{ac: &abortConn{}}
 	h.ucfg = certCheck{serverName: cfg.ServerName, pin: cfg.Pin, roots: cfg.RootCAs, key: &h.key, bound: &h.bound}.config(h.ac)
 	if tickets != nil {
-		h.tickets = tickets
 		h.ucfg.ClientSessionCache = tickets
 	}
 	uc, err := newUConn(h.ac, h.ucfg, cfg.Fingerprint)
