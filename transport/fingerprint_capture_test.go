@@ -476,39 +476,33 @@ func TestCapturedHelloRefusesWhatItCannotSend(t *testing.T) {
 		c[6], c[7], c[8] = byte(n>>16), byte(n>>8), byte(n)
 		return c
 	}
-	// huge returns chrome's hello grown past a record by an unknown
-	// extension of zeros, carried in records of 16 KiB: the client's
-	// own hello, larger again (its server name, the ECH payload), went
-	// past what a bridge reads, and every dial failed as a wrong key.
-	huge := func() []byte {
+	// withExtension returns chrome's hello with ext added last, carried
+	// in records of 16 KiB.
+	withExtension := func(ext []byte) []byte {
 		m := bytes.Clone(msg)
 		off := 4 + 2 + 32
 		off += 1 + int(m[off])
 		off += 2 + int(binary.BigEndian.Uint16(m[off:]))
 		off += 1 + int(m[off])
-		const extra = 20 << 10
-		binary.BigEndian.PutUint16(m[off:], binary.BigEndian.Uint16(m[off:])+4+extra)
-		m = append(m, 0x12, 0x34, extra>>8, extra&0xff)
-		m = append(m, make([]byte, extra)...)
-		n := len(m) - 4
-		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
-		return inRecords(m, hello.MaxRecordPayload)
-	}
-	// resumed returns chrome's hello as a browser sends it when it
-	// resumes: a pre_shared_key (one identity, one binder) last.
-	resumed := func() []byte {
-		m := bytes.Clone(msg)
-		off := 4 + 2 + 32
-		off += 1 + int(m[off])
-		off += 2 + int(binary.BigEndian.Uint16(m[off:]))
-		off += 1 + int(m[off])
-		ext := []byte{0x00, 0x29, 0, 47, 0, 10, 0, 4, 1, 2, 3, 4, 0, 0, 0, 9, 0, 33, 32}
-		ext = append(ext, bytes.Repeat([]byte{0xb1}, 32)...)
 		binary.BigEndian.PutUint16(m[off:], binary.BigEndian.Uint16(m[off:])+uint16(len(ext)))
 		m = append(m, ext...)
 		n := len(m) - 4
 		m[1], m[2], m[3] = byte(n>>16), byte(n>>8), byte(n)
 		return inRecords(m, hello.MaxRecordPayload)
+	}
+	// huge returns chrome's hello grown past a record by an unknown
+	// extension of zeros: the client's own hello, larger again (its
+	// server name, the ECH payload), went past what a bridge reads, and
+	// every dial failed as a wrong key.
+	huge := func() []byte {
+		const extra = 20 << 10
+		return withExtension(append([]byte{0x12, 0x34, extra >> 8, extra & 0xff}, make([]byte, extra)...))
+	}
+	// resumed returns chrome's hello as a browser sends it when it
+	// resumes: a pre_shared_key (one identity, one binder) last.
+	resumed := func() []byte {
+		ext := []byte{0x00, 0x29, 0, 47, 0, 10, 0, 4, 1, 2, 3, 4, 0, 0, 0, 9, 0, 33, 32}
+		return withExtension(append(ext, bytes.Repeat([]byte{0xb1}, 32)...))
 	}
 	for _, tc := range []struct {
 		name     string
