@@ -131,7 +131,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		// A copy: net/http adjusts the configuration it serves with, in
 		// its own goroutine, while tunnels clone theirs from tunnelTLS
 		// (siteTLSConfig already set what it would add).
-		s.site = startSiteServer(cfg.Site, s.tunnelTLS.Clone())
+		faceTLS := s.tunnelTLS.Clone()
+		shareTickets(faceTLS, s.tunnelTLS) // one ticket key set, as one website has
+		s.site = startSiteServer(cfg.Site, faceTLS)
 	} else {
 		s.wg.Add(2)
 		go s.watchCoverTLS()

@@ -51,19 +51,7 @@ func (st *siteTunnel) config(key [auth.KeyLen]byte) *tls.Config {
 		return st.site
 	}
 	cfg := st.site.Clone()
-	if cfg.WrapSession == nil && cfg.UnwrapSession == nil {
-		// Tickets under the site's own keys, which crypto/tls makes on
-		// the site's first ticket and turns over daily: a clone made
-		// before that would make keys of its own, and no carrier could
-		// resume the session of another (tickets.go). A site with its
-		// own ticket handling keeps it, cloned.
-		cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
-			return st.site.EncryptTicket(cs, ss)
-		}
-		cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
-			return st.site.DecryptTicket(identity, cs)
-		}
-	}
+	shareTickets(cfg, st.site)
 	cfg.Certificates = nil // so that GetCertificate is always asked
 	cfg.GetCertificate = func(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		sc, err := siteCertificateFor(st.site, chi)
@@ -82,6 +70,27 @@ func (st *siteTunnel) config(key [auth.KeyLen]byte) *tls.Config {
 		return &bound, nil
 	}
 	return cfg
+}
+
+// shareTickets makes c seal and open session tickets under the keys of
+// site, the configuration the face and every tunnel are cloned from. A
+// clone made before site's first ticket makes keys of its own, and each
+// turns its keys over daily on its own, so tickets sealed by one were
+// opened by no other: no carrier could resume the session of another
+// (tickets.go), and the face refused every client's ticket, so a censor
+// replaying a client's resuming hello met a full handshake where a
+// website, with one key set, resumes. A configuration with its own
+// ticket handling keeps it (the face and tunnels then share it, cloned).
+func shareTickets(c, site *tls.Config) {
+	if c.WrapSession != nil || c.UnwrapSession != nil {
+		return
+	}
+	c.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		return site.EncryptTicket(cs, ss)
+	}
+	c.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		return site.DecryptTicket(identity, cs)
+	}
 }
 
 // shape returns how to imitate sc (nil: it cannot be).

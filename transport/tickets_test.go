@@ -5,12 +5,17 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	utls "github.com/refraction-networking/utls"
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/mirage-pt/mirage/transport/hello"
 	"github.com/mirage-pt/mirage/transport/transporttest"
@@ -21,6 +26,7 @@ import (
 type helloRecorder struct {
 	mu     sync.Mutex
 	hellos []*hello.ClientHello
+	raw    [][]byte // the bytes of each hello's first write, as sent
 }
 
 func (h *helloRecorder) dial(ctx context.Context, network, address string) (net.Conn, error) {
@@ -47,6 +53,7 @@ func (f *firstWrite) Write(p []byte) (int, error) {
 		if ch, err := hello.Parse(bytes.Clone(msg)); err == nil {
 			f.rec.mu.Lock()
 			f.rec.hellos = append(f.rec.hellos, ch)
+			f.rec.raw = append(f.rec.raw, bytes.Clone(p))
 			f.rec.mu.Unlock()
 		}
 	})
@@ -170,4 +177,95 @@ func TestTicketsOfferedOnceAndKeptOnlyWhenProven(t *testing.T) {
 	if n := session.len(); n != maxTickets {
 		t.Fatalf("the session keeps %d tickets, want at most %d", n, maxTickets)
 	}
+}
+
+// TestReplayedResumingHelloResumesAtTheFace: a censor that replays a
+// carrier's resuming hello meets the face, which must answer it as the
+// one website it is: a website seals every ticket under one key set, so
+// it resumes a replayed hello (its binders are valid) and says so in its
+// ServerHello, which a censor reads in the clear. The face and the
+// tunnels once had key sets of their own, and the face refused every
+// client's ticket: an answer no website gives.
+func TestReplayedResumingHelloResumesAtTheFace(t *testing.T) {
+	t.Parallel()
+	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
+	rec := &helloRecorder{}
+	cfg := b.clientConfig()
+	cfg.Address = r.Addr()
+	cfg.Budget = 14 << 10
+	cfg.Dial = rec.dial
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sess, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := transfer(ctx, sess, 'D', 64<<10, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var replay []byte
+	rec.mu.Lock()
+	for i, ch := range rec.hellos {
+		if pskIdentity(ch) != nil {
+			replay = rec.raw[i]
+			break
+		}
+	}
+	rec.mu.Unlock()
+	if replay == nil {
+		t.Fatal("no carrier offered a ticket")
+	}
+	c, err := net.Dial("tcp", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(replay); err != nil {
+		t.Fatal(err)
+	}
+	exts, err := readServerHelloExtensions(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := exts[0x0029]; !ok {
+		t.Fatal("the face answered a replayed resuming hello with a full handshake: it cannot open the tickets the bridge gives clients, which no website does")
+	}
+}
+
+// readServerHelloExtensions reads the ServerHello off c (one handshake
+// record) and returns its extensions by type.
+func readServerHelloExtensions(c net.Conn) (map[uint16][]byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return nil, err
+	}
+	if hdr[0] != 0x16 {
+		return nil, fmt.Errorf("record type %d, want a handshake", hdr[0])
+	}
+	rec := make([]byte, binary.BigEndian.Uint16(hdr[3:]))
+	if _, err := io.ReadFull(c, rec); err != nil {
+		return nil, err
+	}
+	s := cryptobyte.String(rec)
+	var typ uint8
+	var body, sid, exts cryptobyte.String
+	var version, suite uint16
+	var comp uint8
+	if !s.ReadUint8(&typ) || typ != 2 || !s.ReadUint24LengthPrefixed(&body) ||
+		!body.ReadUint16(&version) || !body.Skip(32) || !body.ReadUint8LengthPrefixed(&sid) ||
+		!body.ReadUint16(&suite) || !body.ReadUint8(&comp) || !body.ReadUint16LengthPrefixed(&exts) {
+		return nil, errors.New("malformed ServerHello")
+	}
+	out := map[uint16][]byte{}
+	for !exts.Empty() {
+		var et uint16
+		var ed cryptobyte.String
+		if !exts.ReadUint16(&et) || !exts.ReadUint16LengthPrefixed(&ed) {
+			return nil, errors.New("malformed ServerHello extensions")
+		}
+		out[et] = ed
+	}
+	return out, nil
 }
