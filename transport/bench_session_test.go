@@ -332,17 +332,37 @@ func processCPU(b *testing.B) time.Duration {
 // less its handshake). Reported: KB/s, the bound, and their ratio, for
 // carriers that resume the TLS session of an earlier one (as they do) and
 // for carriers that each make a full handshake (the baseline: what
-// resumption leaves of each budget for data, and the CPU it saves).
+// resumption leaves of each budget for data, and the CPU it saves),
+// with the tests' self-signed RSA certificate and with a chain of a leaf
+// and its CA's certificate, as an ACME face sends.
 //
 //	go test -run XXX -bench Budget -benchtime 4x ./transport/
 func BenchmarkBudget(b *testing.B) {
-	for _, mode := range []string{"resumed", "full"} {
-		b.Run(mode, func(b *testing.B) { benchmarkBudget(b, mode == "full") })
+	chain := func(b *testing.B) tls.Certificate {
+		certFile, keyFile := coverChain(b, b.TempDir())
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	for _, cert := range []struct {
+		name string
+		make func(*testing.B) tls.Certificate
+	}{
+		{"self-signed", func(b *testing.B) tls.Certificate { return siteCertificate(b) }},
+		{"chain", chain},
+	} {
+		for _, mode := range []string{"resumed", "full"} {
+			b.Run(cert.name+"/"+mode, func(b *testing.B) { benchmarkBudget(b, cert.make(b), mode == "full") })
+		}
 	}
 }
 
-func benchmarkBudget(b *testing.B, noResumption bool) {
-	br := startBridge(b, newSiteFace(b), loadHandler, func(c *ServerConfig) { c.Logger = nil })
+func benchmarkBudget(b *testing.B, cert tls.Certificate, noResumption bool) {
+	face := newSiteFace(b)
+	face.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	br := startBridge(b, face, loadHandler, func(c *ServerConfig) { c.Logger = nil })
 	r, err := transporttest.NewRelay(br.addr, transporttest.RelayOptions{FreezeDown: freezeAt})
 	if err != nil {
 		b.Fatal(err)

@@ -30,7 +30,7 @@ import (
 // testSNI with names and extensions, issued by an ECDSA P-384
 // intermediate, issued by a root that is not sent. It returns the PEM
 // files nginx takes (leaf and intermediate in one file).
-func coverChain(t *testing.T, dir string) (certFile, keyFile string) {
+func coverChain(t testing.TB, dir string) (certFile, keyFile string) {
 	t.Helper()
 	rootKey, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
