@@ -338,20 +338,12 @@ func processCPU(b *testing.B) time.Duration {
 //
 //	go test -run XXX -bench Budget -benchtime 4x ./transport/
 func BenchmarkBudget(b *testing.B) {
-	chain := func(b *testing.B) tls.Certificate {
-		certFile, keyFile := coverChain(b, b.TempDir())
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return c
-	}
 	for _, cert := range []struct {
 		name string
 		make func(*testing.B) tls.Certificate
 	}{
 		{"self-signed", func(b *testing.B) tls.Certificate { return siteCertificate(b) }},
-		{"chain", chain},
+		{"chain", func(b *testing.B) tls.Certificate { return chainCertificate(b) }},
 	} {
 		for _, mode := range []string{"resumed", "full"} {
 			b.Run(cert.name+"/"+mode, func(b *testing.B) { benchmarkBudget(b, cert.make(b), mode == "full") })

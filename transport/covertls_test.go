@@ -26,6 +26,17 @@ import (
 	utls "github.com/refraction-networking/utls"
 )
 
+// chainCertificate returns a leaf and its CA's certificate (coverChain),
+// as a site with a CA's certificate sends them.
+func chainCertificate(t testing.TB) tls.Certificate {
+	certFile, keyFile := coverChain(t, t.TempDir())
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // coverChain writes a chain like a CA-issued site's: an RSA-2048 leaf for
 // testSNI with names and extensions, issued by an ECDSA P-384
 // intermediate, issued by a root that is not sent. It returns the PEM

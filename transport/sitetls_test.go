@@ -46,14 +46,6 @@ func ecdsaSiteCertificate(t *testing.T) tls.Certificate {
 // site and for a CA-issued chain; and that the client took the certificate
 // for bound (it then sends before the proof: TestFirstStreamLeavesWithTheOpening).
 func TestSiteTunnelHandshakeAsTheSite(t *testing.T) {
-	chainCert := func(t *testing.T) tls.Certificate {
-		certFile, keyFile := coverChain(t, t.TempDir())
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
 	for _, tc := range []struct {
 		name  string
 		cert  func(*testing.T) tls.Certificate
@@ -61,7 +53,7 @@ func TestSiteTunnelHandshakeAsTheSite(t *testing.T) {
 	}{
 		{"rsa-self-signed", func(t *testing.T) tls.Certificate { return siteCertificate(t) }, false},
 		{"ecdsa-self-signed", ecdsaSiteCertificate, true},
-		{"ca-chain", chainCert, false},
+		{"ca-chain", func(t *testing.T) tls.Certificate { return chainCertificate(t) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

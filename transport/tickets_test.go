@@ -70,15 +70,11 @@ func pskIdentity(ch *hello.ClientHello) []byte {
 	return nil
 }
 
-// TestLaterCarriersResume: on a path that freezes every connection after
-// 16 KB, a session's carriers after the first resume the TLS session of
-// an earlier one, as a browser coming back to a site does. Each ticket is
-// offered once (Chrome never offers a TLS 1.3 ticket twice), the first
-// carrier offers none, and the tag still authenticates a hello with
-// binders. (What resumption leaves of a carrier's budget for data:
-// BenchmarkBudget.)
-func TestLaterCarriersResume(t *testing.T) {
-	t.Parallel()
+// downloadThroughFreezes downloads size bytes through a bridge behind a
+// relay that freezes every connection after 16 KB, on a session with a
+// 14 KiB budget whose hellos rec records. The session closes with t.
+func downloadThroughFreezes(t *testing.T, size int) (*testBridge, *Session, *helloRecorder) {
+	t.Helper()
 	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
 	rec := &helloRecorder{}
 	cfg := b.clientConfig()
@@ -92,10 +88,23 @@ func TestLaterCarriersResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sess.Close()
-	if err := transfer(ctx, sess, 'D', 256<<10, 1, 10*time.Second); err != nil {
+	t.Cleanup(func() { sess.Close() })
+	if err := transfer(ctx, sess, 'D', size, 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	return b, sess, rec
+}
+
+// TestLaterCarriersResume: on a path that freezes every connection after
+// 16 KB, a session's carriers after the first resume the TLS session of
+// an earlier one, as a browser coming back to a site does. Each ticket is
+// offered once (Chrome never offers a TLS 1.3 ticket twice), the first
+// carrier offers none, and the tag still authenticates a hello with
+// binders. (What resumption leaves of a carrier's budget for data:
+// BenchmarkBudget.)
+func TestLaterCarriersResume(t *testing.T) {
+	t.Parallel()
+	_, sess, rec := downloadThroughFreezes(t, 256<<10)
 
 	// In this order: a carrier dialled since may have sent its hello
 	// but not yet finished its handshake, never the other way round.
@@ -188,22 +197,7 @@ func TestTicketsOfferedOnceAndKeptOnlyWhenProven(t *testing.T) {
 // client's ticket: an answer no website gives.
 func TestReplayedResumingHelloResumesAtTheFace(t *testing.T) {
 	t.Parallel()
-	b, r := relayedBridge(t, transporttest.RelayOptions{FreezeDown: freezeAt}, nil)
-	rec := &helloRecorder{}
-	cfg := b.clientConfig()
-	cfg.Address = r.Addr()
-	cfg.Budget = 14 << 10
-	cfg.Dial = rec.dial
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sess, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	if err := transfer(ctx, sess, 'D', 64<<10, 1, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	b, _, rec := downloadThroughFreezes(t, 64<<10)
 	var replay []byte
 	rec.mu.Lock()
 	for i, ch := range rec.hellos {
