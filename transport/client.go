@@ -251,10 +251,11 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 		s.resumed.Add(1)
 	}
 	c := &carrier{
-		seq:    op.Carrier,
-		conn:   o.conn,
-		raw:    cc,
-		budget: op.Budget,
+		seq:     op.Carrier,
+		conn:    o.conn,
+		raw:     cc,
+		budget:  op.Budget,
+		resumed: o.resumed,
 		// TLS and the openings take two round trips (one when the
 		// client did not wait for the proof).
 		rtt: time.Since(start) / 2,
@@ -400,7 +401,7 @@ func (s *Session) dialDone(r dialResult) {
 		r.c.raw.Close()
 		return
 	}
-	s.log.Debug("carrier joined", "carrier", r.c.seq, "rtt", r.c.rtt.Round(time.Millisecond))
+	s.log.Debug("carrier joined", "carrier", r.c.seq, "rtt", r.c.rtt.Round(time.Millisecond), "resumed", r.c.resumed)
 	go s.conn.readLoop(r.c)
 }
 

@@ -415,7 +415,10 @@ type carrier struct {
 	raw    *countingConn
 	budget int // bytes each way, handshake included; 0: none
 	rtt    time.Duration
-	joined int64 // monoNow when it joined the session
+	// resumed: its TLS handshake resumed an earlier carrier's session
+	// (the client's view; tickets.go).
+	resumed bool
+	joined  int64 // monoNow when it joined the session
 	// finish, when not nil, reads the rest of the server's opening
 	// (proof and status), which the client did not wait for before it
 	// sent (opened.finish); readLoop calls it first.

@@ -140,6 +140,15 @@ func TestLaterCarriersResume(t *testing.T) {
 	if offered < len(hellos)/2 || resumed > int64(offered) || int64(offered)-resumed > maxHandshakeBurst {
 		t.Fatalf("%d of %d carriers offered a ticket and %d resumed: later carriers should resume", offered, len(hellos), resumed)
 	}
+	// The session's carriers say so (its debug log's "carrier joined").
+	waitFor(t, sess.conn, "a carrier that resumed", func() bool {
+		for _, c := range sess.conn.carriers {
+			if c.resumed {
+				return true
+			}
+		}
+		return false
+	})
 
 }
 
