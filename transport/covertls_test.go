@@ -285,28 +285,46 @@ func splitHandshake(recs []wireRecord) (hs, clientHS []wireRecord, afterS, after
 	return hs, clientHS, afterS, afterC
 }
 
-// serverHelloFacts reads a ServerHello record's random (HRR or not),
-// suite and key_share group.
-func serverHelloFacts(r wireRecord) (hrr bool, suite, group uint16) {
-	b := r.head // handshake header 4, version 2, random 32, sid
+// serverHello reads a ServerHello handshake message (type 2, its 4-byte
+// header included), or its first bytes: whether it is a
+// HelloRetryRequest, its suite, and its extensions by type, each cut to
+// what b holds. ok is false when b is no ServerHello.
+func serverHello(b []byte) (hrr bool, suite uint16, exts map[uint16][]byte, ok bool) {
+	// handshake header 4, version 2, random 32, session_id, suite 2,
+	// compression 1, extensions length 2, extensions
 	if len(b) < 4+2+32+1 || b[0] != 2 {
-		return
+		return false, 0, nil, false
 	}
 	hrr = [32]byte(b[6:38]) == helloRetryRandom
 	p := 38 + 1 + int(b[38])
 	if len(b) < p+2 {
-		return
+		return hrr, 0, nil, false
 	}
 	suite = binary.BigEndian.Uint16(b[p:])
 	p += 2 + 1 + 2
-	for p+6 <= len(b) {
+	exts = map[uint16][]byte{}
+	for p+4 <= len(b) {
 		typ, n := binary.BigEndian.Uint16(b[p:]), int(binary.BigEndian.Uint16(b[p+2:]))
-		if typ == 0x0033 {
-			group = binary.BigEndian.Uint16(b[p+4:])
-		}
+		exts[typ] = b[p+4 : min(p+4+n, len(b))]
 		p += 4 + n
 	}
-	return
+	return hrr, suite, exts, true
+}
+
+// keyShareGroup returns the group of a ServerHello's key_share, 0 if it
+// has none.
+func keyShareGroup(exts map[uint16][]byte) uint16 {
+	if ks := exts[0x0033]; len(ks) >= 2 {
+		return binary.BigEndian.Uint16(ks)
+	}
+	return 0
+}
+
+// serverHelloFacts reads a ServerHello record's random (HRR or not),
+// suite and key_share group.
+func serverHelloFacts(r wireRecord) (hrr bool, suite, group uint16) {
+	hrr, suite, exts, _ := serverHello(r.head)
+	return hrr, suite, keyShareGroup(exts)
 }
 
 // handshakeFacts describes the server's handshake records.

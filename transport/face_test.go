@@ -395,19 +395,12 @@ func serverHelloGroup(t *testing.T, cfg *ClientConfig) uint16 {
 	}
 	sess.Close()
 	sh := <-first
-	// ServerHello: type(1) len(3) version(2) random(32) sid_len(1) sid cipher(2) comp(1) ext_len(2) exts
-	if len(sh) < 39 || sh[0] != 2 {
+	_, _, exts, ok := serverHello(sh)
+	if !ok {
 		t.Fatalf("not a ServerHello: % x", sh[:min(len(sh), 8)])
 	}
-	p := 4 + 2 + 32
-	p += 1 + int(sh[p])
-	p += 2 + 1 + 2
-	for p+4 <= len(sh) {
-		typ, n := int(sh[p])<<8|int(sh[p+1]), int(sh[p+2])<<8|int(sh[p+3])
-		if typ == 0x0033 {
-			return uint16(sh[p+4])<<8 | uint16(sh[p+5])
-		}
-		p += 4 + n
+	if g := keyShareGroup(exts); g != 0 {
+		return g
 	}
 	t.Fatal("ServerHello has no key_share")
 	return 0

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	utls "github.com/refraction-networking/utls"
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/mirage-pt/mirage/transport/hello"
 	"github.com/mirage-pt/mirage/transport/transporttest"
@@ -251,24 +250,9 @@ func readServerHelloExtensions(c net.Conn) (map[uint16][]byte, error) {
 	if _, err := io.ReadFull(c, rec); err != nil {
 		return nil, err
 	}
-	s := cryptobyte.String(rec)
-	var typ uint8
-	var body, sid, exts cryptobyte.String
-	var version, suite uint16
-	var comp uint8
-	if !s.ReadUint8(&typ) || typ != 2 || !s.ReadUint24LengthPrefixed(&body) ||
-		!body.ReadUint16(&version) || !body.Skip(32) || !body.ReadUint8LengthPrefixed(&sid) ||
-		!body.ReadUint16(&suite) || !body.ReadUint8(&comp) || !body.ReadUint16LengthPrefixed(&exts) {
+	_, _, exts, ok := serverHello(rec)
+	if !ok {
 		return nil, errors.New("malformed ServerHello")
 	}
-	out := map[uint16][]byte{}
-	for !exts.Empty() {
-		var et uint16
-		var ed cryptobyte.String
-		if !exts.ReadUint16(&et) || !exts.ReadUint16LengthPrefixed(&ed) {
-			return nil, errors.New("malformed ServerHello extensions")
-		}
-		out[et] = ed
-	}
-	return out, nil
+	return exts, nil
 }
