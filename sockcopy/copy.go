@@ -13,9 +13,9 @@ import (
 )
 
 // Chunk is the most one read moves: one smux frame of the largest size
-// (transport's maxFrameSize), so that each read becomes one frame and one
-// hand-off inside smux.
-const Chunk = 64<<10 - 1
+// (transport's maxFrameSize, which fits one loopback TCP segment), so that
+// each read becomes one frame and one hand-off inside smux.
+const Chunk = 64<<10 - 64
 
 // buffers pools Copy's buffers: each copy takes one only while it moves
 // bytes. Pointers to slices, so that Put does not allocate.

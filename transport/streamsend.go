@@ -454,7 +454,7 @@ func (s *sessionConn) writeStream(d *directStream, p []byte) (int, error) {
 func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)) (int, error) {
 	wait := s.beginWrite(d)
 	defer wait.end()
-	n, err := s.frameAndQueueRoom(d, sendChunk-smuxHeaderLen, wait)
+	n, err := s.frameAndQueueRoom(d, min(sendChunk-smuxHeaderLen, maxFrameSize), wait)
 	if err != nil {
 		return 0, err
 	}
