@@ -86,11 +86,13 @@ type sessionConn struct {
 	rbusy         bool  // a carrier reader is filling rbuf[len:] (readInto)
 	offered       offer // a DATA body Read may read from its carrier (readInto)
 	readWaiting   bool  // Read waits for bytes
+	readPaused    bool  // Read waits for the bridge's bound (acct)
 	recvd         uint64
 	ackSent       uint64
 	ackEvery      uint64
 	ackDue        bool
-	ackTimer      bool // an ACK is scheduled
+	heldAckAt     int64 // monoNow of the last ACK tellHeld sent
+	ackTimer      bool  // an ACK is scheduled
 	pingDue       bool
 	pongDue       bool      // the ACK due answers a PING: size it as h2's PING ACK
 	pingAt        time.Time // when the outstanding PING was queued
@@ -438,6 +440,7 @@ type carrier struct {
 	needSeek    bool // the next DATA we send on it needs a SEEK first
 	rpos        uint64
 	skipGap     bool     // a gap timed out: drop DATA beyond it until a SEEK
+	waitingRoom bool     // its reader waits for room (waitRoom)
 	rate        sendRate // how fast it sends (backlog.go)
 	// sentDrops are the carriers a client's DROPs on this one named
 	// (the last maxSentDrops): if it fails, they may not have arrived,
@@ -733,10 +736,19 @@ func (s *sessionConn) wake() {
 // else the body of a DATA frame on offer (readInto), read from its
 // carrier's TLS straight into p.
 func (s *sessionConn) Read(p []byte) (int, error) {
-	if s.acct != nil {
+	if s.acct != nil && !s.acct.mayGo() {
 		// The bridge holds more than its bound, and this session more
-		// than its share: smux waits, as at its own cap.
+		// than its share: smux waits, as at its own cap. A DATA body
+		// offered to Read goes back to its carrier's reader, which
+		// reads on into the receive buffer (offer).
+		s.mu.Lock()
+		s.readPaused = true
+		s.rspaceCond.Broadcast()
+		s.mu.Unlock()
 		s.acct.wait(s.done)
+		s.mu.Lock()
+		s.readPaused = false
+		s.mu.Unlock()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1373,7 +1385,7 @@ func (s *sessionConn) receive(c *carrier, data []byte, now int64) {
 	data = data[s.recvd-off:]
 	for len(data) > 0 {
 		for !c.dead && !s.closed && (s.rbusy || s.offered.c != nil || len(s.rbuf)-s.rstart >= recvLimit) {
-			s.rspaceCond.Wait()
+			s.waitRoom(c)
 		}
 		if c.dead || s.closed {
 			return
@@ -1390,6 +1402,18 @@ func (s *sessionConn) receive(c *carrier, data []byte, now int64) {
 	s.delivered(now)
 }
 
+// waitRoom waits, for c's reader, until the receive buffer may have room
+// (rspaceCond), and marks c meanwhile (waitingRoom): the frames behind
+// c's DATA then wait unread in its socket, and its peer, its socket's
+// buffers full, may be unable to send anything, an answer to a PING
+// too, so the freeze detector does not judge c (checkFrozen). Called
+// with mu held.
+func (s *sessionConn) waitRoom(c *carrier) {
+	c.waitingRoom = true
+	s.rspaceCond.Wait()
+	c.waitingRoom = false
+}
+
 // readInto reads the body of a DATA frame of n bytes that c carries, if
 // it is the next data in order (the common case), without the frame
 // buffer's copy: if Read is waiting for bytes, it offers the body to
@@ -1401,18 +1425,31 @@ func (s *sessionConn) receive(c *carrier, data []byte, now int64) {
 func (s *sessionConn) readInto(c *carrier, n int) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !c.dead && !s.closed && c.rpos == s.recvd &&
-		(s.rbusy || s.offered.c != nil || (!s.readWaiting && len(s.rbuf)-s.rstart+n > recvLimit)) {
-		s.rspaceCond.Wait()
-	}
-	if c.dead || s.closed || c.rpos != s.recvd || n == 0 {
-		return false, nil
-	}
-	if s.readWaiting && n >= minOffer {
+	taken := false // Read took part of the body, and n is the rest
+	for {
+		for !c.dead && !s.closed && c.rpos == s.recvd &&
+			(s.rbusy || s.offered.c != nil || (!s.readWaiting && len(s.rbuf)-s.rstart+n > recvLimit)) {
+			s.waitRoom(c)
+		}
+		if c.dead || s.closed || c.rpos != s.recvd || n == 0 {
+			if !taken {
+				return false, nil // the caller reads the body (receive)
+			}
+			return true, s.dropRest(c, n)
+		}
+		if !s.readWaiting || n < minOffer {
+			break
+		}
 		// (Only when Read waits: when smux does not read, because its
 		// buffers are full, the receive buffer still takes recvLimit
 		// bytes, and the frames after them, ACKs and all, are handled.)
-		return true, s.offer(c, n)
+		left, err := s.offer(c, n)
+		if err != nil || left == 0 {
+			return true, err
+		}
+		// Read paused (the bridge's bound) before it took it all: the
+		// rest goes to the receive buffer.
+		n, taken = left, true
 	}
 	s.rbufRoom(n)
 	start := len(s.rbuf)
@@ -1443,24 +1480,38 @@ func (s *sessionConn) readInto(c *carrier, n int) (bool, error) {
 	return true, nil
 }
 
+// dropRest reads the last n bytes of the DATA body c's reader is in, and
+// drops them: after Read took the body's start, c or the session ended,
+// or another carrier delivered the rest. Called with mu held.
+func (s *sessionConn) dropRest(c *carrier, n int) error {
+	s.mu.Unlock()
+	_, err := c.fr.readBody(n)
+	s.mu.Lock()
+	c.rpos += uint64(n)
+	return err
+}
+
 // offer offers the DATA body of n bytes c carries to Read, and returns
 // once Read has read it all, or failed to, or c or the session ended, and
-// Read no longer reads c: then c's reader may read c again. Called with
-// mu held.
-func (s *sessionConn) offer(c *carrier, n int) error {
+// Read no longer reads c: then c's reader may read c again. If Read
+// pauses for the bridge's bound (readPaused) before it has read it all,
+// offer returns how much is left, for c's reader to read: otherwise the
+// reader would wait for as long as the pause, and no frame behind the
+// body (a CLOSE, an ACK) would be read. Called with mu held.
+func (s *sessionConn) offer(c *carrier, n int) (int, error) {
 	o := &s.offered
 	*o = offer{c: c, left: n}
 	s.readCond.Signal()
-	for o.reading || (o.left > 0 && o.err == nil && !c.dead && !s.closed) {
+	for o.reading || (o.left > 0 && o.err == nil && !c.dead && !s.closed && !s.readPaused) {
 		s.rspaceCond.Wait()
 	}
-	err := o.err
-	if err == nil && o.left > 0 {
+	left, err := o.left, o.err
+	if err == nil && left > 0 && (c.dead || s.closed) {
 		err = net.ErrClosed // c or the session ended first
 	}
 	*o = offer{}
 	s.rspaceCond.Broadcast()
-	return err
+	return left, err
 }
 
 // rbufRoom makes room for n more bytes after the end of rbuf: it moves
@@ -1797,6 +1848,39 @@ func (s *sessionConn) unusedWithoutCarrier() bool {
 	return true
 }
 
+// heldAckEvery is how often a session whose reader holds a carrier's bytes
+// unread tells its peer it is there (tellHeld): within the second the
+// peer's freeze detector waits for an answer to its PING (freezeWait),
+// with a tick to spare.
+const heldAckEvery = 500 * time.Millisecond
+
+// holding reports whether a carrier's reader waits for room (waitRoom).
+// Called with mu held.
+func (s *sessionConn) holding() bool {
+	for _, c := range s.carriers {
+		if c.waitingRoom && !c.dead {
+			return true
+		}
+	}
+	return false
+}
+
+// tellHeld sends an ACK every heldAckEvery while a carrier's reader waits
+// for room (waitRoom): the peer's PINGs wait unread behind the bytes held,
+// and without an answer its freeze detector took the carrier for frozen,
+// ended it, and dialled another, to be held up the same way: a client
+// whose session its bridge held past the bridge's bound (its uploads'
+// destinations not reading) made a new connection every two seconds
+// (TestPausedSessionKeepsItsCarrier). Any frame that arrives answers a
+// PING. Called with mu held.
+func (s *sessionConn) tellHeld(now int64) {
+	if s.holding() && time.Duration(now-s.heldAckAt) >= heldAckEvery {
+		s.heldAckAt = now
+		s.ackDue = true
+		s.sendCond.Signal()
+	}
+}
+
 // checkFrozen is the client's freeze detector, run every tick. A carrier
 // the bridge sends on that owes bytes (we have unacknowledged bytes, or
 // it or we carried data lately) and has been silent for pingAfter gets a
@@ -1810,8 +1894,13 @@ func (s *sessionConn) checkFrozen(now time.Time, streams bool) []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.releaseIdle(now)
+	s.tellHeld(monoAt(now))
 	rc := s.watchedCarrier()
-	if rc == nil || s.closed {
+	if rc == nil || s.closed || rc.waitingRoom {
+		// (A carrier whose reader waits for room is held up by us: its
+		// peer may be unable to send even an answer to a PING, and
+		// ending the carrier would only make a client that is there
+		// dial another, to be held up the same way.)
 		s.pingAt = time.Time{}
 		return nil
 	}
@@ -1952,7 +2041,7 @@ const maxQuietWait = keepAliveIdle / 6
 func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer {
+	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer || s.holding() {
 		return 0
 	}
 	rc := s.watchedCarrier()
