@@ -134,21 +134,7 @@ func TestBridgeBuffersBounded(t *testing.T) {
 			}
 		}()
 	}
-	// Wait until what the bridge holds stops growing.
-	bb := b.server.buffers
-	last, still := int64(-1), 0
-	for still < 5 {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the bridge's buffers never settled")
-		case <-time.After(100 * time.Millisecond):
-		}
-		if h := bb.held.Load(); h == last {
-			still++
-		} else {
-			last, still = h, 0
-		}
-	}
+	last := waitHeldSettles(ctx, t, b.server.buffers)
 	// Two frames past the checks per session (target(): one as the
 	// bridge crossed its target, one as the session crossed its share).
 	// One frame each was allowed before windows were tuned; with eight
@@ -234,4 +220,24 @@ func TestAskedReadsListsEachStreamOnce(t *testing.T) {
 	if len(a.read) > 2*maxStreamsPerSession {
 		t.Errorf("the list of streams read grew to %d entries", len(a.read))
 	}
+}
+
+// waitHeldSettles waits until what the bridge holds for its streams has
+// stopped growing (the same for half a second), and returns it.
+func waitHeldSettles(ctx context.Context, t *testing.T, bb *bridgeBuffers) int64 {
+	t.Helper()
+	last, still := int64(-1), 0
+	for still < 5 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the bridge's buffers never settled")
+		case <-time.After(100 * time.Millisecond):
+		}
+		if h := bb.held.Load(); h == last {
+			still++
+		} else {
+			last, still = h, 0
+		}
+	}
+	return last
 }

@@ -112,20 +112,7 @@ func TestPausedSessionKeepsItsCarrier(t *testing.T) {
 		upDone <- err
 	}()
 	// Wait until the bridge holds past its target and stops reading.
-	bb := b.server.buffers
-	last, still := int64(-1), 0
-	for still < 5 {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the bridge's buffers never settled")
-		case <-time.After(100 * time.Millisecond):
-		}
-		if h := bb.held.Load(); h == last {
-			still++
-		} else {
-			last, still = h, 0
-		}
-	}
+	last := waitHeldSettles(ctx, t, b.server.buffers)
 	if last < limit/2 {
 		t.Fatalf("the bridge holds only %d bytes: the upload did not fill it (the test proves nothing)", last)
 	}
