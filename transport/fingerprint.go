@@ -100,8 +100,12 @@ var fingerprintAliases = map[string]string{
 func newUConn(raw net.Conn, cfg *utls.Config, fp string) (*utls.UConn, error) {
 	// With no ticket to offer (no ClientSessionCache, or nothing in it),
 	// the hello has no pre_shared_key, as a browser's first visit has
-	// none; utls would fail instead.
+	// none; utls would fail instead. A captured hello without one (a
+	// first visit's capture) makes full handshakes, tickets or not:
+	// utls panicked, taking the client down, on the first carrier that
+	// had a ticket (TestCapturedHelloCarriersFullHandshake).
 	cfg.OmitEmptyPsk = true
+	cfg.PreferSkipResumptionOnNilExtension = true
 	if fp == "" {
 		fp = link.DefaultFingerprint
 	}

@@ -256,3 +256,32 @@ func readServerHelloExtensions(c net.Conn) (map[uint16][]byte, error) {
 	}
 	return exts, nil
 }
+
+// TestCapturedHelloCarriersFullHandshake: a client sending a captured
+// hello (-hello-capture) whose capture has no pre_shared_key, a first
+// visit's, makes full handshakes on every carrier, tickets or not. utls
+// panicked instead, taking the client down, on the first carrier that had
+// a ticket to offer (CI caught it once, a capture set by one test while
+// another's carriers dialled).
+func TestCapturedHelloCarriersFullHandshake(t *testing.T) {
+	h, err := LoadCapturedHello(captureFiles(t, "chromium")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	useCaptured(t, "chrome", h)
+	_, sess, rec := downloadThroughFreezes(t, 64<<10)
+	rec.mu.Lock()
+	hellos := rec.hellos
+	rec.mu.Unlock()
+	if len(hellos) < 2 {
+		t.Fatalf("%d carriers for 64 KiB through 16 KB freezes: nothing had a ticket to offer (the test proves nothing)", len(hellos))
+	}
+	for i, ch := range hellos {
+		if pskIdentity(ch) != nil {
+			t.Errorf("carrier %d's captured hello offered a ticket", i)
+		}
+	}
+	if n := sess.resumed.Load(); n != 0 {
+		t.Errorf("%d carriers resumed with a captured hello that has no pre_shared_key", n)
+	}
+}
