@@ -261,8 +261,7 @@ func readServerHelloExtensions(c net.Conn) (map[uint16][]byte, error) {
 // hello (-hello-capture) whose capture has no pre_shared_key, a first
 // visit's, makes full handshakes on every carrier, tickets or not. utls
 // panicked instead, taking the client down, on the first carrier that had
-// a ticket to offer (CI caught it once, a capture set by one test while
-// another's carriers dialled).
+// a ticket to offer (CI caught it once, in the transport tests).
 func TestCapturedHelloCarriersFullHandshake(t *testing.T) {
 	h, err := LoadCapturedHello(captureFiles(t, "chromium")[0])
 	if err != nil {
