@@ -13,8 +13,10 @@ import (
 )
 
 // Chunk is the most one read moves: one smux frame of the largest size
-// (transport's maxFrameSize, which fits one loopback TCP segment), so that
-// each read becomes one frame and one hand-off inside smux.
+// Mirage sends (transport's maxFrameSize is this), so that each read
+// becomes one frame and one hand-off inside smux. 64 bytes short of
+// 64 KiB, so that a frame fits one loopback TCP segment (transport/mux.go
+// says why).
 const Chunk = 64<<10 - 64
 
 // buffers pools Copy's buffers: each copy takes one only while it moves

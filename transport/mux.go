@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/xtaci/smux"
 )
 
@@ -49,7 +50,9 @@ const (
 	// of the kernel's receive path for every 64 KiB
 	// (TestDownloadsReachAppsInWholeSegments). On loopback the client
 	// spent 11% less CPU per GiB of downloads without the runts.
-	maxFrameSize = 64<<10 - 64
+	// sockcopy reads sockets in chunks of exactly this (one read, one
+	// frame), so the value is its Chunk's, kept in one place.
+	maxFrameSize = sockcopy.Chunk
 	// smuxVersion is smux's protocol version: 2 has per-stream flow
 	// control.
 	smuxVersion = 2
