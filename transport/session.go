@@ -544,6 +544,9 @@ func (s *sessionConn) attach(c *carrier, peerRecvd uint64) bool {
 		s.lingerTimer = nil
 	}
 	s.wakeAll()
+	// A bridge's check of a session that lingered sleeps until a
+	// carrier joins (quietWait).
+	s.wake()
 	return true
 }
 
@@ -2041,14 +2044,23 @@ const maxQuietWait = keepAliveIdle / 6
 func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer || s.holding() {
+	if s.closed {
 		return 0
 	}
 	rc := s.watchedCarrier()
-	if rc == nil {
+	mono := monoAt(now)
+	if rc == nil && !s.client {
+		// A bridge's session with no carrier waits for its client to
+		// come back: nothing to watch, and nothing owed can go before a
+		// carrier joins, which wakes it (attach). Its linger ends on a
+		// timer of its own. It looked four times a second for the whole
+		// linger, two minutes after each client that vanished
+		// (TestLingeringSessionSleeps).
+		return s.sleepLocked(mono, maxQuietWait)
+	}
+	if rc == nil || !s.pingAt.IsZero() || s.written > s.acked || s.recvd > s.ackSent || s.ackTimer || s.holding() {
 		return 0
 	}
-	mono := monoAt(now)
 	wait := maxQuietWait
 	if idleClose > 0 {
 		for _, c := range s.carriers {
@@ -2079,6 +2091,13 @@ func (s *sessionConn) quietWait(now time.Time, streams bool, idleClose time.Dura
 			wait = min(wait, due)
 		}
 	}
+	return s.sleepLocked(mono, wait)
+}
+
+// sleepLocked returns wait, or less if the session's buffers are yet to be
+// let go, and marks the session quiet, so that its next write or DATA in
+// wakes the sleeper. Called with mu held.
+func (s *sessionConn) sleepLocked(mono int64, wait time.Duration) time.Duration {
 	if len(s.sendq.spare) > 0 || cap(s.rbuf) > 0 {
 		// releaseIdle lets them go a second after the last byte.
 		last := time.Duration(mono - max(s.lastSend, s.lastRecv))
