@@ -1,6 +1,9 @@
 package transport
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // sendChunk is the unit of the send queue's memory.
 const sendChunk = 64 << 10
@@ -45,12 +48,20 @@ type sendQueue struct {
 	// each frame walked every segment in front of it again (a long
 	// path's queue holds a hundred or more).
 	at, atOff int
+	// prio is the chunk that bytes put in front of others (insert) are
+	// copied to, from prioUsed on; nil when there is none.
+	prio     *[sendChunk]byte
+	prioUsed int
 }
 
 // segment is the part of a chunk that holds queued bytes: c[start:end].
+// A chunk may hold several segments (a segment split by insert, or the
+// priority chunk's): all but the last in the queue are shared, and only
+// the last frees the chunk when it is dropped.
 type segment struct {
 	c          *[sendChunk]byte
 	start, end int
+	shared     bool
 }
 
 // push appends p, copying it into the last chunk's room and new chunks.
@@ -120,7 +131,12 @@ func (q *sendQueue) drop(k int) {
 		done = len(q.segs)
 	}
 	for i := range done {
-		q.freeChunk(q.segs[i].c)
+		if sg := q.segs[i]; !sg.shared {
+			if sg.c == q.prio {
+				q.prio = nil
+			}
+			q.freeChunk(sg.c)
+		}
 		q.segs[i] = segment{}
 	}
 	q.segs = q.segs[done:]
@@ -128,6 +144,86 @@ func (q *sendQueue) drop(k int) {
 		q.segs = nil
 	}
 	q.at, q.atOff = 0, 0
+}
+
+// insert puts p at offset off of the queue (at most what it holds), in
+// front of the bytes from off on, by copying it to the priority chunk: a
+// young stream's frame goes ahead of bulk bytes not yet sent (prio.go).
+func (q *sendQueue) insert(off int, p []byte) {
+	if off >= q.n {
+		q.push(p)
+		return
+	}
+	i := q.splitAt(off)
+	for len(p) > 0 {
+		if q.prio == nil || q.prioUsed == sendChunk {
+			q.prio, q.prioUsed = q.newChunk(), 0
+		}
+		m := copy(q.prio[q.prioUsed:], p)
+		start := q.prioUsed
+		q.prioUsed += m
+		q.n += m
+		p = p[m:]
+		if i > 0 && q.segs[i-1].c == q.prio && q.segs[i-1].end == start {
+			q.segs[i-1].end += m
+			continue
+		}
+		q.segs = slices.Insert(q.segs, i, segment{c: q.prio, start: start, end: start + m})
+		q.ownLast(q.prio)
+		i++
+	}
+	q.at, q.atOff = 0, 0
+}
+
+// insertLinked is insert for the first n bytes of c, a chunk from
+// chunkPool or newChunk, which it takes, as link does.
+func (q *sendQueue) insertLinked(off int, c *[sendChunk]byte, n int) {
+	if off >= q.n {
+		q.link(c, n)
+		return
+	}
+	if n < minLinked {
+		q.insert(off, c[:n])
+		q.freeChunk(c)
+		return
+	}
+	i := q.splitAt(off)
+	q.segs = slices.Insert(q.segs, i, segment{c: c, end: n})
+	q.n += n
+	q.at, q.atOff = 0, 0
+}
+
+// splitAt returns the index of the segment that begins at offset off of
+// the queue (0 < off < what it holds), splitting the segment that holds
+// off in two if off falls inside it.
+func (q *sendQueue) splitAt(off int) int {
+	for i, sg := range q.segs {
+		if off == 0 {
+			return i
+		}
+		held := sg.end - sg.start
+		if off < held {
+			front := segment{c: sg.c, start: sg.start, end: sg.start + off}
+			q.segs[i].start += off
+			q.segs = slices.Insert(q.segs, i, front)
+			q.ownLast(sg.c)
+			return i + 1
+		}
+		off -= held
+	}
+	return len(q.segs)
+}
+
+// ownLast makes c's last segment in the queue the one that frees it,
+// and its others shared.
+func (q *sendQueue) ownLast(c *[sendChunk]byte) {
+	last := true
+	for j := len(q.segs) - 1; j >= 0; j-- {
+		if q.segs[j].c == c {
+			q.segs[j].shared = !last
+			last = false
+		}
+	}
 }
 
 // release returns the spare chunks to the pool, so that an idle session
