@@ -79,6 +79,20 @@ type sessionConn struct {
 	lastRecv      int64 // monoNow when DATA last arrived
 	pad           padPolicy
 
+	// sentMax is the end of what any carrier took (next only moves back
+	// for a resend); frontEnd, inserted and places say where frames
+	// went in the queue: in front of the bytes not yet sent, or at the
+	// back (prio.go).
+	sentMax  uint64
+	frontEnd uint64
+	inserted uint64
+	places   map[uint32]*streamPlace
+	// backEnds[backHead:] are the ends of frames appended to the
+	// queue and not yet all sent, less inserted then: the places frontAt
+	// may put a frame, past what carriers took.
+	backEnds []uint64
+	backHead int
+
 	// Receiving. rbuf[rstart:] are received bytes smux has not read;
 	// recvd is the offset of the end of them.
 	rbuf          []byte
@@ -566,6 +580,7 @@ func (s *sessionConn) ackedTo(off uint64) error {
 		// carrier delivered them before it died): skip them, and tell
 		// the receiver where the next DATA starts.
 		s.next = off
+		s.sentMax = max(s.sentMax, off)
 		for _, c := range s.carriers {
 			c.needSeek = true
 		}
@@ -647,13 +662,17 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 			s.padDue = true
 		}
 	}
-	for _, b := range v {
-		s.sendq.push(b)
-	}
 	if len(v) > 0 {
+		if off := s.placeFrame(v[0], total-smuxHeaderLen, total); off != s.written {
+			s.queueAt(off, v...)
+		} else {
+			for _, b := range v {
+				s.sendq.push(b)
+			}
+		}
 		s.queuedFrame(v[0], total-smuxHeaderLen)
 	}
-	queued := total
+	s.queued(total)
 	if s.client && len(v) > 0 && len(v[0]) >= smuxHeaderLen && v[0][1] == smuxCmdSYN {
 		// Announce the new stream's receive window at once: smux lets
 		// the bridge have only 256 KiB of it in flight until our first
@@ -675,8 +694,8 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		}
 		s.windows.opened(sid, win, monoNow())
 		upd := appendSmuxUPD(nil, v[0][0], v[0][4:8], 0, win)
-		s.sendq.push(upd)
-		queued += len(upd)
+		s.queueAt(s.placeFrame(upd, len(upd)-smuxHeaderLen, len(upd)), upd)
+		s.queued(len(upd))
 		// And the other way: tell our smux the bridge's window for the
 		// stream (every bridge of this protocol version grants at least
 		// initialWindow at once, PROTOCOL.md §6.5), as if the bridge had
@@ -690,7 +709,6 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 			s.readCond.Signal()
 		}
 	}
-	s.queued(queued)
 	return total, nil
 }
 
@@ -882,7 +900,7 @@ func (s *sessionConn) queueFrame(f []byte) {
 	if s.closed {
 		return
 	}
-	s.sendq.push(f)
+	s.queueAt(s.placeFrame(f, len(f)-smuxHeaderLen, len(f)), f)
 	s.queued(len(f))
 }
 
@@ -1192,6 +1210,7 @@ func (s *sessionConn) composeFrames(out []byte, c *carrier, room int) ([]byte, i
 	}
 	out = appendQueuedFrames(out, &s.sendq, int(s.next-s.acked), n, pad)
 	s.next += uint64(n)
+	s.sentMax = max(s.sentMax, s.next)
 	return out, fill
 }
 
