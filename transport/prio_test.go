@@ -22,34 +22,13 @@ func TestNewStreamGoesAheadOfQueuedBulk(t *testing.T) {
 	s := newSessionConn(false, time.Minute, testLogger(t))
 	defer s.Close()
 	c := &carrier{raw: &countingConn{}}
-	psh := func(sid uint32, n int, mark byte) {
-		t.Helper()
-		hdr := make([]byte, smuxHeaderLen)
-		hdr[0], hdr[1] = smuxVersion, smuxCmdPSH
-		binary.LittleEndian.PutUint16(hdr[2:], uint16(n))
-		binary.LittleEndian.PutUint32(hdr[4:], sid)
-		if _, err := s.WriteBuffers([][]byte{hdr, bytes.Repeat([]byte{mark}, n)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	psh := func(sid uint32, n int, mark byte) { queuePSH(t, s, sid, n, mark) }
 	var sent []byte
 	flush := func(all bool) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for s.next < s.written {
-			fr := &frameReader{r: bytes.NewReader(s.compose(nil, c))}
-			for {
-				typ, body, err := fr.next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if typ == frameData {
-					sent = append(sent, body...)
-				}
-			}
+			sent = append(sent, composeData(t, s, c)...)
 			if !all {
 				return
 			}
@@ -76,24 +55,15 @@ func TestNewStreamGoesAheadOfQueuedBulk(t *testing.T) {
 	flush(true)
 
 	var got []string
-	for len(sent) > 0 {
-		if len(sent) < smuxHeaderLen {
-			t.Fatalf("%d bytes left over after the last whole frame", len(sent))
-		}
-		cmd, n, sid := sent[1], int(binary.LittleEndian.Uint16(sent[2:])), binary.LittleEndian.Uint32(sent[4:])
-		if cmd == smuxCmdUPD {
-			n = 8
-		}
-		body := sent[smuxHeaderLen : smuxHeaderLen+n]
-		desc := fmt.Sprintf("UPD %d", sid)
-		if cmd == smuxCmdPSH {
-			desc = fmt.Sprintf("PSH %d:%d×%d", sid, n, body[0])
-			if bytes.Count(body, body[:1]) != n {
+	for _, f := range smuxFrames(t, sent) {
+		desc := fmt.Sprintf("UPD %d", f.sid)
+		if f.cmd == smuxCmdPSH {
+			desc = fmt.Sprintf("PSH %d:%d×%d", f.sid, len(f.body), f.body[0])
+			if bytes.Count(f.body, f.body[:1]) != len(f.body) {
 				t.Fatalf("%s: its bytes were mixed with others", desc)
 			}
 		}
 		got = append(got, desc)
-		sent = sent[smuxHeaderLen+n:]
 	}
 	want := []string{
 		"PSH 1:32768×0", "PSH 1:32768×1", // the second was partly sent
@@ -141,19 +111,7 @@ func TestPlacementKeepsEachStreamsOrder(t *testing.T) {
 				return
 			}
 			s.writeChunk = 1 + rng.IntN(96<<10)
-			fr := &frameReader{r: bytes.NewReader(s.compose(nil, c))}
-			for {
-				typ, body, err := fr.next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if typ == frameData {
-					sent = append(sent, body...)
-				}
-			}
+			sent = append(sent, composeData(t, s, c)...)
 			if rng.IntN(3) == 0 {
 				if err := s.ackedTo(s.acked + uint64(rng.IntN(int(s.next-s.acked)+1))); err != nil {
 					t.Fatal(err)
@@ -169,13 +127,7 @@ func TestPlacementKeepsEachStreamsOrder(t *testing.T) {
 					n = 1 + rng.IntN(2000)
 				}
 				mark++
-				hdr := make([]byte, smuxHeaderLen)
-				hdr[0], hdr[1] = smuxVersion, smuxCmdPSH
-				binary.LittleEndian.PutUint16(hdr[2:], uint16(n))
-				binary.LittleEndian.PutUint32(hdr[4:], sid)
-				if _, err := s.WriteBuffers([][]byte{hdr, bytes.Repeat([]byte{mark}, n)}); err != nil {
-					t.Fatal(err)
-				}
+				queuePSH(t, s, sid, n, mark)
 				queued = append(queued, frame{sid, smuxCmdPSH, seqs[sid], mark, n})
 				seqs[sid]++
 			case r < 7 && !finished[sid]:
@@ -212,39 +164,29 @@ func TestPlacementKeepsEachStreamsOrder(t *testing.T) {
 		s.Close()
 
 		next := map[uint32]int{}
-		count := 0
-		for len(sent) > 0 {
-			if len(sent) < smuxHeaderLen {
-				t.Fatalf("seed %d: %d bytes left over after the last whole frame", seed, len(sent))
-			}
-			cmd, n, sid := sent[1], int(binary.LittleEndian.Uint16(sent[2:])), binary.LittleEndian.Uint32(sent[4:])
-			if len(sent) < smuxHeaderLen+n {
-				t.Fatalf("seed %d: a frame of stream %d says %d bytes, %d are left", seed, sid, n, len(sent)-smuxHeaderLen)
-			}
-			body := sent[smuxHeaderLen : smuxHeaderLen+n]
-			sent = sent[smuxHeaderLen+n:]
-			count++
-			if cmd == smuxCmdUPD {
+		frames := smuxFrames(t, sent)
+		for _, f := range frames {
+			if f.cmd == smuxCmdUPD {
 				continue
 			}
-			want := next[sid]
-			var f *frame
+			want := next[f.sid]
+			var q *frame
 			for i := range queued {
-				if q := &queued[i]; q.sid == sid && q.seq == want {
-					f = q
+				if queued[i].sid == f.sid && queued[i].seq == want {
+					q = &queued[i]
 					break
 				}
 			}
-			if f == nil || f.cmd != cmd {
-				t.Fatalf("seed %d: stream %d's frame %d went out as command %d, not as queued", seed, sid, want, cmd)
+			if q == nil || q.cmd != f.cmd {
+				t.Fatalf("seed %d: stream %d's frame %d went out as command %d, not as queued", seed, f.sid, want, f.cmd)
 			}
-			if cmd == smuxCmdPSH && (n != f.n || bytes.Count(body, []byte{f.mark}) != n) {
-				t.Fatalf("seed %d: stream %d's frame %d went out changed (%d bytes, want %d of %d)", seed, sid, want, n, f.n, f.mark)
+			if f.cmd == smuxCmdPSH && (len(f.body) != q.n || bytes.Count(f.body, []byte{q.mark}) != q.n) {
+				t.Fatalf("seed %d: stream %d's frame %d went out changed (%d bytes, want %d of %d)", seed, f.sid, want, len(f.body), q.n, q.mark)
 			}
-			next[sid]++
+			next[f.sid]++
 		}
-		if count != len(queued) {
-			t.Fatalf("seed %d: %d frames went out, %d were queued", seed, count, len(queued))
+		if len(frames) != len(queued) {
+			t.Fatalf("seed %d: %d frames went out, %d were queued", seed, len(frames), len(queued))
 		}
 		for sid, n := range seqs {
 			if next[sid] != n {
@@ -252,4 +194,63 @@ func TestPlacementKeepsEachStreamsOrder(t *testing.T) {
 			}
 		}
 	}
+}
+
+// queuePSH queues, as smux writes, a PSH frame of stream sid with n bytes
+// of mark.
+func queuePSH(t *testing.T, s *sessionConn, sid uint32, n int, mark byte) {
+	t.Helper()
+	hdr := make([]byte, smuxHeaderLen)
+	hdr[0], hdr[1] = smuxVersion, smuxCmdPSH
+	binary.LittleEndian.PutUint16(hdr[2:], uint16(n))
+	binary.LittleEndian.PutUint32(hdr[4:], sid)
+	if _, err := s.WriteBuffers([][]byte{hdr, bytes.Repeat([]byte{mark}, n)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// composeData composes one write of s for carrier c and returns the
+// session bytes its DATA frames carry. Called with s.mu held.
+func composeData(t *testing.T, s *sessionConn, c *carrier) []byte {
+	t.Helper()
+	var data []byte
+	fr := &frameReader{r: bytes.NewReader(s.compose(nil, c))}
+	for {
+		typ, body, err := fr.next()
+		if err == io.EOF {
+			return data
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typ == frameData {
+			data = append(data, body...)
+		}
+	}
+}
+
+// smuxFrame is one smux frame of a session's bytes.
+type smuxFrame struct {
+	cmd  byte
+	sid  uint32
+	body []byte
+}
+
+// smuxFrames splits session bytes into whole smux frames, and fails the
+// test if any bytes are left over.
+func smuxFrames(t *testing.T, b []byte) []smuxFrame {
+	t.Helper()
+	var frames []smuxFrame
+	for len(b) > 0 {
+		if len(b) < smuxHeaderLen {
+			t.Fatalf("%d bytes left over after the last whole frame", len(b))
+		}
+		n := int(binary.LittleEndian.Uint16(b[2:]))
+		if len(b) < smuxHeaderLen+n {
+			t.Fatalf("a frame says %d bytes, %d are left", n, len(b)-smuxHeaderLen)
+		}
+		frames = append(frames, smuxFrame{b[1], binary.LittleEndian.Uint32(b[4:]), b[smuxHeaderLen : smuxHeaderLen+n]})
+		b = b[smuxHeaderLen+n:]
+	}
+	return frames
 }
