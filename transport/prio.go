@@ -79,7 +79,10 @@ func (s *sessionConn) placeFrame(hdr []byte, n, size int) uint64 {
 		// worth at most.
 		ahead = ahead && st.frontEnd <= s.sentMax && n <= maxFrameBody
 	}
-	if st == nil && cmd != smuxCmdFIN {
+	if st == nil && (cmd == smuxCmdSYN || cmd == smuxCmdPSH) {
+		// (A FIN or an UPD in front needs no record: what comes after
+		// it of the stream goes behind it anyway. An UPD may follow
+		// the stream's FIN, which forgot it.)
 		if s.places == nil {
 			s.places = make(map[uint32]*streamPlace)
 		}

@@ -254,3 +254,29 @@ func smuxFrames(t *testing.T, b []byte) []smuxFrame {
 	}
 	return frames
 }
+
+// TestPlacementForgetsFinishedStreams: what the placement keeps of a
+// stream goes with its FIN, even when an UPD of the stream comes after
+// (its reads go on after its writes end): a session that opens thousands
+// of streams over a day keeps nothing of those that ended.
+func TestPlacementForgetsFinishedStreams(t *testing.T) {
+	s := newSessionConn(false, time.Minute, testLogger(t))
+	defer s.Close()
+	for sid := uint32(1); sid < 200; sid += 2 {
+		queuePSH(t, s, sid, 100, 'x')
+		fin := make([]byte, smuxHeaderLen)
+		fin[0], fin[1] = smuxVersion, smuxCmdFIN
+		binary.LittleEndian.PutUint32(fin[4:], sid)
+		if _, err := s.WriteBuffers([][]byte{fin}); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		s.queueUPD(sid, 100, 1<<20)
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.places); n != 0 {
+		t.Errorf("the placement keeps %d streams of the 100 that ended", n)
+	}
+}
