@@ -352,7 +352,16 @@ func (s *Session) manage() {
 		// Tick while the session needs it, else sleep until it may
 		// (quietWait), unless a dial is in flight or waits its turn.
 		wait := managerTick
-		if len(s.dialing) == 0 && !now.Before(s.retryAt) {
+		switch {
+		case len(s.dialing) > 0:
+		case now.Before(s.retryAt):
+			if usable, _, _ := s.conn.carrierNeeds(); usable == 0 {
+				// Offline: no carrier to watch, and nothing to do
+				// before the next try. It ticked ten times a second
+				// through each backoff (TestOfflineClientWaitsOutItsBackoff).
+				wait = max(s.retryAt.Sub(now), managerTick)
+			}
+		default:
 			wait = max(s.conn.quietWait(now, streams, 0), managerTick)
 		}
 		timer.Reset(wait)
