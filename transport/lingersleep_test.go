@@ -3,11 +3,6 @@
 package transport
 
 import (
-	"context"
-	"errors"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,31 +17,7 @@ import (
 // the sleeping session takes the new carrier and carries on at once.
 func TestLingeringSessionSleeps(t *testing.T) {
 	t.Parallel()
-	b := startBridge(t, newSiteFace(t), loadHandler, nil)
-	// The client's connections, which the test cuts, and a switch that
-	// keeps it from reaching the bridge meanwhile.
-	var (
-		mu      sync.Mutex
-		conns   []net.Conn
-		blocked atomic.Bool
-	)
-	cfg := b.clientConfig()
-	cfg.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		if blocked.Load() {
-			return nil, errors.New("test: the network is gone")
-		}
-		c, err := (&net.Dialer{}).DialContext(ctx, network, b.addr)
-		if err == nil {
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-		return c, err
-	}
-	ctx, sess := dialForAMinute(t, cfg)
-	if err := transfer(ctx, sess, 'D', 64<<10, 1, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	b, nw, ctx, sess := switchedSession(t)
 	b.server.mu.Lock()
 	var bridge *sessionConn
 	for _, ss := range b.server.sessions {
@@ -59,13 +30,7 @@ func TestLingeringSessionSleeps(t *testing.T) {
 
 	// The client vanishes: its connection goes, and it cannot reach the
 	// bridge.
-	blocked.Store(true)
-	mu.Lock()
-	for _, c := range conns {
-		c.(*net.TCPConn).SetLinger(0) // a reset, as when the network drops
-		c.Close()
-	}
-	mu.Unlock()
+	nw.cut()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		bridge.mu.Lock()
@@ -96,7 +61,7 @@ func TestLingeringSessionSleeps(t *testing.T) {
 	}
 
 	// The client comes back: the same session carries a new stream.
-	blocked.Store(false)
+	nw.off.Store(false)
 	start := time.Now()
 	if err := transfer(ctx, sess, 'D', 64<<10, 2, 10*time.Second); err != nil {
 		t.Fatalf("a stream after the client came back: %v", err)

@@ -3,11 +3,6 @@
 package transport
 
 import (
-	"context"
-	"errors"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -20,31 +15,7 @@ import (
 // carries the session on.
 func TestOfflineClientWaitsOutItsBackoff(t *testing.T) {
 	t.Parallel()
-	b := startBridge(t, newSiteFace(t), loadHandler, nil)
-	var (
-		mu      sync.Mutex
-		conns   []net.Conn
-		blocked atomic.Bool
-		tries   atomic.Int64
-	)
-	cfg := b.clientConfig()
-	cfg.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		if blocked.Load() {
-			tries.Add(1)
-			return nil, errors.New("test: the network is gone")
-		}
-		c, err := (&net.Dialer{}).DialContext(ctx, network, b.addr)
-		if err == nil {
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-		return c, err
-	}
-	ctx, sess := dialForAMinute(t, cfg)
-	if err := transfer(ctx, sess, 'D', 64<<10, 1, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	_, nw, ctx, sess := switchedSession(t)
 	// An app's connection stays open through the outage.
 	st, err := sess.OpenStream(ctx, Request{Command: CmdDefault})
 	if err != nil {
@@ -52,18 +23,12 @@ func TestOfflineClientWaitsOutItsBackoff(t *testing.T) {
 	}
 	defer st.Close()
 
-	blocked.Store(true)
-	mu.Lock()
-	for _, c := range conns {
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}
-	mu.Unlock()
+	nw.cut()
 	// Past the first tries, whose backoff is short.
 	time.Sleep(1500 * time.Millisecond)
-	wakes0, tries0 := sess.conn.checks.Load(), tries.Load()
+	wakes0, tries0 := sess.conn.checks.Load(), nw.tries.Load()
 	time.Sleep(3 * time.Second)
-	wakes, tried := sess.conn.checks.Load()-wakes0, tries.Load()-tries0
+	wakes, tried := sess.conn.checks.Load()-wakes0, nw.tries.Load()-tries0
 	t.Logf("offline for 3 s: %d tries, %d wake-ups of the manager", tried, wakes)
 	if tried == 0 {
 		t.Fatal("the client stopped trying while it had a stream open")
@@ -72,7 +37,7 @@ func TestOfflineClientWaitsOutItsBackoff(t *testing.T) {
 		t.Errorf("offline for 3 s, the client's manager woke %d times for %d tries, want at most %d", wakes, tried, 3*tried+4)
 	}
 
-	blocked.Store(false)
+	nw.off.Store(false)
 	if err := transfer(ctx, sess, 'D', 64<<10, 2, 15*time.Second); err != nil {
 		t.Fatalf("a stream once the network was back: %v", err)
 	}
