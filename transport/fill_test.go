@@ -289,6 +289,7 @@ func testSendOnClosedWhileQueueFull(t *testing.T, send func(*directStream, *atom
 	sc.sendq.push(make([]byte, sendLimit))
 	sc.written += sendLimit
 	sc.next = sc.written
+	sc.sentMax = sc.written
 	written := sc.written
 	sc.mu.Unlock()
 	var read atomic.Bool

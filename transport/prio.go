@@ -26,8 +26,7 @@ import "encoding/binary"
 // streamPlace is where a stream's queued frames went.
 type streamPlace struct {
 	psh      int    // data bytes queued so far
-	back     bool   // a frame of it went to the back of the queue
-	backEnd  uint64 // the end of the last such, less s.inserted then
+	backEnd  uint64 // the end of its last frame at the back, less s.inserted then; 0: none
 	frontEnd uint64 // the end of the last that went in front
 }
 
@@ -37,11 +36,10 @@ type streamPlace struct {
 // may end inside one). Called with mu held.
 func (s *sessionConn) frontAt() uint64 {
 	at := s.frontEnd
-	// (next is never past sentMax, but where it is set by hand.)
-	if sent := max(s.sentMax, s.next, s.acked); sent > at {
+	if s.sentMax > at {
 		// Past the front frames: the end of the back frame that holds
 		// what was sent last, or that ends there.
-		for s.backHead < len(s.backEnds) && s.backEnds[s.backHead]+s.inserted < sent {
+		for s.backHead < len(s.backEnds) && s.backEnds[s.backHead]+s.inserted < s.sentMax {
 			s.backHead++
 		}
 		at = s.written
@@ -72,7 +70,7 @@ func (s *sessionConn) placeFrame(hdr []byte, n, size int) uint64 {
 	// Bytes of the stream at the back, still waiting: it waits too.
 	// (backEnd may be past where the frame is, never before: a frame in
 	// front of an insert does not move.)
-	waiting := st != nil && st.back && st.backEnd+s.inserted > front
+	waiting := st != nil && st.backEnd > 0 && st.backEnd+s.inserted > front
 	ahead := !waiting
 	if cmd == smuxCmdPSH && st != nil && st.psh >= youngStreamBytes {
 		// Past its start: one frame in front at a time, of a record's
@@ -106,7 +104,6 @@ func (s *sessionConn) placeFrame(hdr []byte, n, size int) uint64 {
 		}
 	} else {
 		s.atBack(size)
-		st.back = true
 		st.backEnd = back + uint64(size) - s.inserted
 	}
 	switch cmd {
@@ -130,8 +127,8 @@ func (s *sessionConn) atBack(size int) {
 	s.backEnds = append(s.backEnds, s.written+uint64(size)-s.inserted)
 }
 
-// queueAt queues the parts of one frame at offset off (placeFrame's).
-// Called with mu held.
+// queueAt queues the parts of one frame at offset off (placeFrame's): at
+// the back (a push) or inserted. Called with mu held.
 func (s *sessionConn) queueAt(off uint64, parts ...[]byte) {
 	at := int(off - s.acked)
 	for _, p := range parts {

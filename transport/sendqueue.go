@@ -149,6 +149,7 @@ func (q *sendQueue) drop(k int) {
 // insert puts p at offset off of the queue (at most what it holds), in
 // front of the bytes from off on, by copying it to the priority chunk: a
 // young stream's frame goes ahead of bulk bytes not yet sent (prio.go).
+// At the end of the queue it is push.
 func (q *sendQueue) insert(off int, p []byte) {
 	if off >= q.n {
 		q.push(p)
@@ -176,7 +177,8 @@ func (q *sendQueue) insert(off int, p []byte) {
 }
 
 // insertLinked is insert for the first n bytes of c, a chunk from
-// chunkPool or newChunk, which it takes, as link does.
+// chunkPool or newChunk, which it takes, as link does (and at the end of
+// the queue it is link).
 func (q *sendQueue) insertLinked(off int, c *[sendChunk]byte, n int) {
 	if off >= q.n {
 		q.link(c, n)

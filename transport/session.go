@@ -663,13 +663,7 @@ func (s *sessionConn) queueLocked(v [][]byte, abort func() error) (int, error) {
 		}
 	}
 	if len(v) > 0 {
-		if off := s.placeFrame(v[0], total-smuxHeaderLen, total); off != s.written {
-			s.queueAt(off, v...)
-		} else {
-			for _, b := range v {
-				s.sendq.push(b)
-			}
-		}
+		s.queueAt(s.placeFrame(v[0], total-smuxHeaderLen, total), v...)
 		s.queuedFrame(v[0], total-smuxHeaderLen)
 	}
 	s.queued(total)

@@ -498,11 +498,8 @@ func (s *sessionConn) fillStream(d *directStream, read func([]byte) (int, error)
 		if s.pad.young(hdr[:], m) {
 			s.padDue = true
 		}
-		if off := s.placeFrame(hdr[:], m, smuxHeaderLen+m); off != s.written {
-			s.sendq.insertLinked(int(off-s.acked), c, smuxHeaderLen+m)
-		} else {
-			s.sendq.link(c, smuxHeaderLen+m)
-		}
+		off := s.placeFrame(hdr[:], m, smuxHeaderLen+m)
+		s.sendq.insertLinked(int(off-s.acked), c, smuxHeaderLen+m)
 		s.queued(smuxHeaderLen + m)
 		return m, err
 	}

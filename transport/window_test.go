@@ -176,6 +176,7 @@ func TestUPDAfterAWaitKeepsACut(t *testing.T) {
 	s.sendq.push(make([]byte, sendLimit))
 	s.written += sendLimit
 	s.next = s.written
+	s.sentMax = s.written
 	full := s.written
 	s.mu.Unlock()
 	upd := appendSmuxUPD(nil, smuxVersion, binary.LittleEndian.AppendUint32(nil, sid), 1<<20, initialWindow/2)
