@@ -225,8 +225,11 @@ type result struct {
 	loaded50               float64 // ms: TTFB p50 while a download runs
 	cpuCli, cpuSrv         float64 // s/GiB, -1 when unknown
 	cpuMachine             float64 // the whole machine's busy s/GiB, -1 when unknown
-	rssCli, rssSrv         float64 // MiB, -1 when unknown
-	cold, coldReady        float64 // ms, -1 when not measured
+	// The cores the whole machine left unused during the N-stream
+	// transfers, down and up (-1 when unknown).
+	idleDown8, idleUp8 float64
+	rssCli, rssSrv     float64 // MiB, -1 when unknown
+	cold, coldReady    float64 // ms, -1 when not measured
 	// On the delay line: the bytes on the wire, both ways, per byte
 	// downloaded and uploaded in the bulk figures, and per new stream
 	// of the TTFB figure (-1 when not measured).
@@ -356,6 +359,7 @@ func ttfbLoaded(s *system, target string, samples int, settle time.Duration) (fl
 
 func (e *env) measure(s *system) result {
 	var r result
+	r.idleDown8, r.idleUp8 = -1, -1
 	limit := 10 * time.Minute
 	c0, s0, m0 := cpuSeconds(s.client), cpuSeconds(s.server), machineBusySeconds()
 	r.wireDown, r.wireUp, r.wireStream = -1, -1, -1
@@ -380,7 +384,9 @@ func (e *env) measure(s *system) result {
 	if r.down1, err = bulk(s, e.target, 1, e.o.size, true, limit); err != nil {
 		return result{err: fmt.Errorf("1 stream down: %w", err)}
 	}
-	if r.down8, err = bulk(s, e.target, e.o.streams, e.o.size, true, limit); err != nil {
+	if r.down8, r.idleDown8, err = idleDuring(func() (float64, error) {
+		return bulk(s, e.target, e.o.streams, e.o.size, true, limit)
+	}); err != nil {
 		return result{err: fmt.Errorf("%d streams down: %w", e.o.streams, err)}
 	}
 	moved += bulkBytes
@@ -390,7 +396,9 @@ func (e *env) measure(s *system) result {
 		if r.up1, err = bulk(s, e.target, 1, e.o.size, false, limit); err != nil {
 			return result{err: fmt.Errorf("1 stream up: %w", err)}
 		}
-		if r.up8, err = bulk(s, e.target, e.o.streams, e.o.size, false, limit); err != nil {
+		if r.up8, r.idleUp8, err = idleDuring(func() (float64, error) {
+			return bulk(s, e.target, e.o.streams, e.o.size, false, limit)
+		}); err != nil {
 			return result{err: fmt.Errorf("%d streams up: %w", e.o.streams, err)}
 		}
 		moved += bulkBytes
@@ -550,6 +558,7 @@ func run(o options) error {
 	fmt.Println("Notes:")
 	fmt.Println("- CPU is utime+stime from /proc/PID/stat over the bulk transfers, per GiB moved; peak RSS after bulk is VmHWM after the bulk transfers. The direct and Go TLS relays run as child processes of the harness (a copy of the bench binary), so their figures exclude the load generator; direct TCP has no server side.")
 	fmt.Println("- Machine CPU is the whole machine's busy time from /proc/stat (user, nice, system, irq, softirq) over the same transfers, per GiB: every process, the harness's own load generator (the same bytes for every system) and the kernel's packet work included. On loopback the kernel does a connection's receive work in whichever process is on the CPU when its packets arrive, so per-process figures can move cost from one process to another; the machine's cannot. Other work on the machine adds to it alike for every system, rounds being interleaved.")
+	fmt.Printf("- Idle cores during %d streams: the machine's cores less its busy time per second (the same /proc/stat figures) while the %d-stream transfers ran, median over rounds. A system whose transfer is limited by the CPU leaves about none; one that leaves cores idle while its streams still have bytes to move is held by its processes waiting on one another (windows, bounds, wake-ups), not by the CPU.\n", o.streams, o.streams)
 	fmt.Println("- Mirage and the relays are built from this module with CGO_ENABLED=0 (static binaries), as the README builds mirage-client; shadowsocks-libev and obfs4proxy are Debian's. Each runs with its own defaults: mirage-client on one core (its -procs 1), mirage-server on as many as its load needs (its -procs 0: one until that one is 90% busy, both above), the relays on every core.")
 	fmt.Println("- TTFB under load: TTFB's p50 (a fifth of its samples) while one download runs through the same system, started 2 s before (for Mirage, another stream of the same session; for the others, a connection of its own). On loopback the download fills mirage-client's one core (-procs 1), and a Go process whose cores always have work polls the network only every 10 ms (the runtime's sysmon), so each step of the new stream (accept, SOCKS greeting, CONNECT, request) may wait up to that; a link slower than a core (the delay line) shows what users feel.")
 	fmt.Println("- TTFB: SOCKS5 greeting + CONNECT (waiting for each answer, as applications do) + 1-byte request until the 1-byte answer, on a warm session (for systems with a connection per stream, a new connection and its handshake each time, as in use).")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -247,4 +248,19 @@ func machineBusySeconds() float64 {
 func pct(sorted []float64, p float64) float64 {
 	i := int(p*float64(len(sorted)-1) + 0.5)
 	return sorted[i]
+}
+
+// idleDuring runs f and returns its figure and error with the cores the
+// whole machine left unused while it ran: its cores less its busy time
+// (machineBusySeconds) per second, or -1 where /proc/stat is missing. A
+// transfer that leaves cores idle while every process of it has work
+// waits on itself (a stall between its processes), not on the CPU.
+func idleDuring(f func() (float64, error)) (float64, float64, error) {
+	m0, t0 := machineBusySeconds(), time.Now()
+	x, err := f()
+	m1, elapsed := machineBusySeconds(), time.Since(t0).Seconds()
+	if m0 < 0 || m1 < 0 || elapsed <= 0 {
+		return x, -1, err
+	}
+	return x, max(float64(runtime.NumCPU())-(m1-m0)/elapsed, 0), err
 }

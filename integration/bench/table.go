@@ -72,7 +72,8 @@ func summarize(title string, systems []*system, res [][]result, idle map[string]
 				loaded50: f(func(r result) float64 { return r.loaded50 }),
 				cpuCli:   f(func(r result) float64 { return r.cpuCli }), cpuSrv: f(func(r result) float64 { return r.cpuSrv }),
 				cpuMachine: f(func(r result) float64 { return r.cpuMachine }),
-				rssCli:     f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
+				idleDown8:  f(func(r result) float64 { return r.idleDown8 }), idleUp8: f(func(r result) float64 { return r.idleUp8 }),
+				rssCli: f(func(r result) float64 { return r.rssCli }), rssSrv: f(func(r result) float64 { return r.rssSrv }),
 				cold: f(func(r result) float64 { return r.cold }), coldReady: f(func(r result) float64 { return r.coldReady }),
 				wireDown: f(func(r result) float64 { return r.wireDown }), wireUp: f(func(r result) float64 { return r.wireUp }),
 				wireStream: f(func(r result) float64 { return r.wireStream }),
@@ -133,7 +134,7 @@ func (t table) markdown(o options) string {
 		cols = append(cols, "1 stream up MiB/s", fmt.Sprint(o.streams)+" streams up MiB/s")
 	}
 	cols = append(cols, "TTFB p50 ms", "TTFB p99 ms", "TTFB under load p50 ms", "cold start ms", "of which client ready ms",
-		"CPU s/GiB client + server = total", "machine CPU s/GiB", "peak RSS after bulk MiB client / server")
+		"CPU s/GiB client + server = total", "machine CPU s/GiB", fmt.Sprintf("idle cores during %d streams down / up", o.streams), "peak RSS after bulk MiB client / server")
 	if o.idle > 0 {
 		cols = append(cols, fmt.Sprintf("%d idle streams: peak RSS MiB client / server", o.idle), "KiB per idle stream client / server")
 	}
@@ -157,6 +158,7 @@ func (t table) markdown(o options) string {
 			ratio(r.cold, d.cold, tl.cold, okD, okT, 1), num(r.coldReady, 1),
 			fmt.Sprintf("%s + %s = %s", num(r.cpuCli, 2), num(r.cpuSrv, 2), ratio(cpuTotal(r), cpuTotal(d), cpuTotal(tl), okD, okT, 2)),
 			ratio(r.cpuMachine, d.cpuMachine, tl.cpuMachine, okD, okT, 2),
+			fmt.Sprintf("%s / %s", num(r.idleDown8, 2), num(r.idleUp8, 2)),
 			fmt.Sprintf("%s / %s", num(r.rssCli, 0), num(r.rssSrv, 0)))
 		if o.idle > 0 {
 			switch {
