@@ -2,10 +2,13 @@ package sockcopy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -204,5 +207,54 @@ func TestCopyFillerFromNonSocket(t *testing.T) {
 	}
 	if !bytes.Equal(f.got, data) || f.fills != 0 {
 		t.Fatalf("got %d bytes in %d fills, want %d written", len(f.got), f.fills, len(data))
+	}
+}
+
+// TestReadNowSaysWhatTheSocketHolds checks ReadNow's answers, which Copy
+// and the Fillers rely on, for each state of a socket: nothing queued
+// (0, nil: no wait), data, the peer's end (io.EOF), and a reset (an
+// error naming the read).
+func TestReadNowSaysWhatTheSocketHolds(t *testing.T) {
+	if !canReadNow(&net.TCPConn{}) {
+		t.Skip("no ReadNow on this system")
+	}
+	a, b := tcpPair(t)
+	p := make([]byte, 16)
+	if n, err := ReadNow(b, p); n != 0 || err != nil {
+		t.Fatalf("nothing queued: got %d, %v; want 0, nil", n, err)
+	}
+	if _, err := a.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitReadable(b); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ReadNow(b, p); n != 3 || err != nil || string(p[:n]) != "abc" {
+		t.Fatalf("3 bytes queued: got %d %q, %v", n, p[:max(n, 0)], err)
+	}
+	a.(*net.TCPConn).CloseWrite()
+	if err := WaitReadable(b); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ReadNow(b, p); n != 0 || err != io.EOF {
+		t.Fatalf("after the peer's end: got %d, %v; want 0, EOF", n, err)
+	}
+
+	c, d := tcpPair(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := ReadNow(d, p)
+		if err != nil {
+			if n != 0 || !strings.Contains(err.Error(), "read") || !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("after a reset: got %d, %v; want 0 and the read's ECONNRESET", n, err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no error 5 s after a reset (last: %d, %v)", n, err)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
