@@ -64,7 +64,7 @@ func ReadNow(c net.Conn, p []byte) (int, error) {
 	var n int
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
-		n, rerr = syscall.Read(int(fd), p)
+		n, rerr = readNonblocking(fd, p)
 		return true // never wait
 	})
 	switch {
