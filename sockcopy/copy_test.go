@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -256,5 +257,55 @@ func TestReadNowSaysWhatTheSocketHolds(t *testing.T) {
 			t.Fatalf("no error 5 s after a reset (last: %d, %v)", n, err)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestWriteWritesAllAndKeepsTheDeadline checks Write against what
+// c.Write promises: every byte, in order, through a socket whose reader
+// is slower than the writer (Write waits for room), and a write deadline
+// that ends a write its peer does not read, with c.Write's error.
+func TestWriteWritesAllAndKeepsTheDeadline(t *testing.T) {
+	a, b := tcpPair(t)
+	want := make([]byte, 8<<20)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := b.Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				got <- all
+				return
+			}
+			if len(all)%(1<<20) < n {
+				time.Sleep(5 * time.Millisecond) // slower than the writer
+			}
+		}
+	}()
+	if n, err := Write(a, want); n != len(want) || err != nil {
+		t.Fatalf("Write: %d of %d bytes, %v", n, len(want), err)
+	}
+	a.(*net.TCPConn).CloseWrite()
+	if all := <-got; !bytes.Equal(all, want) {
+		t.Fatalf("the reader got %d bytes, not the %d written (or not in order)", len(all), len(want))
+	}
+
+	c, _ := tcpPair(t) // its peer never reads
+	c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	start := time.Now()
+	n, err := Write(c, make([]byte, 64<<20))
+	var oe *net.OpError
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("past the deadline: got %v; want a write OpError that is os.ErrDeadlineExceeded", err)
+	}
+	if n <= 0 || n >= 64<<20 {
+		t.Fatalf("past the deadline: %d bytes written; want some, not all", n)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the write ended %v after a 200 ms deadline", d)
 	}
 }

@@ -1,0 +1,59 @@
+package sockcopy
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Write writes all of p to c, as c.Write does, but where c is a TCP
+// socket on Linux (outside race-detector builds) with raw system calls,
+// which the Go scheduler does not track: a write of a carrier's 256 KiB,
+// or of a 64 KiB frame to an app, takes long enough that the runtime
+// hands the writing thread's P to another thread meanwhile, and back
+// (rawread_linux.go says what that costs). The socket is non-blocking:
+// when it has no room, Write waits for it in the poller, as c.Write
+// does, and c's write deadline holds. Errors are c.Write's: *net.OpError
+// with Op "write".
+func Write(c net.Conn, p []byte) (int, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || !rawSyscalls {
+		return c.Write(p)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c.Write(p)
+	}
+	n := 0
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			k, e := writeNonblocking(fd, p[n:])
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				return false // no room: wait for it
+			case e != nil:
+				werr = e
+				return true
+			}
+			n += k
+		}
+		return true
+	})
+	if werr != nil {
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+	}
+	if err != nil {
+		// Closed, or the deadline passed: the poller's error, named as
+		// c.Write names it.
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			oe.Op = "write"
+		}
+		return n, err
+	}
+	return n, nil
+}
