@@ -389,6 +389,10 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
+// Write writes to the app with sockcopy.Write: a download's frames go to
+// the app's socket in raw writes (sockcopy/write.go).
+func (c *bufferedConn) Write(b []byte) (int, error) { return sockcopy.Write(c.Conn, b) }
+
 // NetConn returns the app's connection (transport.Abort resets it).
 func (c *bufferedConn) NetConn() net.Conn { return c.Conn }
 

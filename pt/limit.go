@@ -3,6 +3,8 @@ package pt
 import (
 	"net"
 	"sync"
+
+	"github.com/mirage-pt/mirage/sockcopy"
 )
 
 // limitListener lets at most cap(slots) connections be open at once, over
@@ -47,6 +49,10 @@ type limitConn struct {
 	once    sync.Once
 	release func()
 }
+
+// Write writes to the connection under the wrapper with sockcopy.Write,
+// so that a bridge's carriers keep its raw writes (sockcopy/write.go).
+func (c *limitConn) Write(p []byte) (int, error) { return sockcopy.Write(c.Conn, p) }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport/safelog"
 )
 
@@ -340,7 +341,7 @@ func (c *countingConn) writeLocked(p []byte) (int, error) {
 		}
 		return len(p), nil
 	}
-	n, err := c.Conn.Write(p)
+	n, err := sockcopy.Write(c.Conn, p)
 	c.written.Add(int64(n))
 	return n, err
 }
@@ -392,7 +393,7 @@ func (c *countingConn) writePendingLocked() error {
 	}
 	p := c.pending
 	c.pending = nil
-	_, err := c.Conn.Write(*p)
+	_, err := sockcopy.Write(c.Conn, *p)
 	putWriteBuf(p, *p)
 	return err
 }
