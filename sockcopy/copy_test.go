@@ -309,3 +309,38 @@ func TestWriteWritesAllAndKeepsTheDeadline(t *testing.T) {
 		t.Fatalf("the write ended %v after a 200 ms deadline", d)
 	}
 }
+
+// TestReadReadsAsConnReadDoes checks Read against what c.Read promises:
+// it waits for data, returns what came, ends a wait at the read deadline
+// with a read OpError that is os.ErrDeadlineExceeded, and returns io.EOF
+// at the peer's end and the read's ECONNRESET after a reset.
+func TestReadReadsAsConnReadDoes(t *testing.T) {
+	a, b := tcpPair(t)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		a.Write([]byte("late"))
+	}()
+	p := make([]byte, 16)
+	if n, err := Read(b, p); err != nil || string(p[:n]) != "late" {
+		t.Fatalf("waiting for data: got %q, %v", p[:max(n, 0)], err)
+	}
+	b.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	n, err := Read(b, p)
+	var oe *net.OpError
+	if n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("past the deadline: got %d, %v; want 0 and a read OpError that is os.ErrDeadlineExceeded", n, err)
+	}
+	b.SetReadDeadline(time.Time{})
+	a.(*net.TCPConn).CloseWrite()
+	if n, err := Read(b, p); n != 0 || err != io.EOF {
+		t.Fatalf("after the peer's end: got %d, %v; want 0, EOF", n, err)
+	}
+
+	c, d := tcpPair(t)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset
+	d.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := Read(d, p); n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after a reset: got %d, %v; want 0 and ECONNRESET", n, err)
+	}
+}

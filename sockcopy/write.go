@@ -2,6 +2,7 @@ package sockcopy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -54,6 +55,45 @@ func Write(c net.Conn, p []byte) (int, error) {
 			oe.Op = "write"
 		}
 		return n, err
+	}
+	return n, nil
+}
+
+// Read reads into p from c, as c.Read does (waiting in the poller until
+// the socket has something, within c's read deadline, with c.Read's
+// errors: *net.OpError with Op "read", io.EOF at the end), but where c
+// is a TCP socket on Linux outside race-detector builds with raw system
+// calls, as Write writes.
+func Read(c net.Conn, p []byte) (int, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || !rawSyscalls || len(p) == 0 {
+		return c.Read(p)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c.Read(p)
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = readNonblocking(fd, p)
+			if rerr != syscall.EINTR {
+				return rerr != syscall.EAGAIN // nothing yet: wait for it
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			oe.Op = "read"
+		}
+		return 0, err
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
 	}
 	return n, nil
 }
