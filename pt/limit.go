@@ -50,8 +50,11 @@ type limitConn struct {
 	release func()
 }
 
-// Write writes to the connection under the wrapper with sockcopy.Write,
-// so that a bridge's carriers keep its raw writes (sockcopy/write.go).
+// Read and Write go to the connection under the wrapper with sockcopy,
+// so that a bridge's carriers keep its raw system calls
+// (sockcopy/write.go).
+func (c *limitConn) Read(p []byte) (int, error) { return sockcopy.Read(c.Conn, p) }
+
 func (c *limitConn) Write(p []byte) (int, error) { return sockcopy.Write(c.Conn, p) }
 
 func (c *limitConn) Close() error {

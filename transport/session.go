@@ -298,7 +298,7 @@ func putWriteBuf(buf *[]byte, b []byte) {
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	n, err := sockcopy.Read(c.Conn, p)
 	c.read.Add(int64(n))
 	return n, err
 }
