@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mirage-pt/mirage/sockcopy"
 	"github.com/mirage-pt/mirage/transport/keys"
 )
 
@@ -97,14 +98,16 @@ type countingConn struct {
 // it).
 func (c *countingConn) NetConn() net.Conn { return c.Conn }
 
+// Read and Write go to the destination with sockcopy's raw system calls
+// (sockcopy/write.go says why).
 func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	n, err := sockcopy.Read(c.Conn, p)
 	c.u.AddDown(n)
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	n, err := sockcopy.Write(c.Conn, p)
 	c.u.AddUp(n)
 	return n, err
 }
