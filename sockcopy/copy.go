@@ -4,6 +4,11 @@
 // to streams with it, and the local proxy copies apps to streams: a
 // thousand idle connections then hold no buffer at all, where io.Copy
 // holds 32 KiB each for a connection's whole life.
+//
+// Read and Write read and write a socket as c.Read and c.Write do, but
+// with system calls the Go scheduler does not track (raw_linux.go says
+// why): the transport's carriers, the local proxy's apps and the bridge's
+// destinations go through them.
 package sockcopy
 
 import (

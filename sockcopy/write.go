@@ -13,7 +13,7 @@ import (
 // which the Go scheduler does not track: a write of a carrier's 256 KiB,
 // or of a 64 KiB frame to an app, takes long enough that the runtime
 // hands the writing thread's P to another thread meanwhile, and back
-// (rawread_linux.go says what that costs). The socket is non-blocking:
+// (raw_linux.go says what that costs). The socket is non-blocking:
 // when it has no room, Write waits for it in the poller, as c.Write
 // does, and c's write deadline holds. Errors are c.Write's: *net.OpError
 // with Op "write".

@@ -4,7 +4,7 @@ package sockcopy
 
 import "syscall"
 
-// rawSyscalls is false here: Write is c.Write (rawread_linux.go says
+// rawSyscalls is false here: Write is c.Write (raw_linux.go says
 // what Linux does outside race-detector builds).
 const rawSyscalls = false
 

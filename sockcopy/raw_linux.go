@@ -23,8 +23,10 @@ import (
 // client 4% less and 40% fewer (two builds side by side, interleaved
 // rounds; the closing note of issue 9 has the figures).
 //
-// Race-detector builds keep syscall.Read (rawread_other.go), which tells
-// the detector that the kernel wrote p.
+// The same holds for writes (writeNonblocking, used by Write), and for
+// reads that wait in the poller first (Read). Race-detector builds keep
+// syscall.Read and c.Read and c.Write (raw_unix_other.go, raw_other.go),
+// which tell the detector what the kernel read and wrote.
 func readNonblocking(fd uintptr, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
