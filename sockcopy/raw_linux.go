@@ -28,14 +28,7 @@ import (
 // syscall.Read and c.Read and c.Write (raw_unix_other.go, raw_other.go),
 // which tell the detector what the kernel read and wrote.
 func readNonblocking(fd uintptr, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(n), nil
+	return rawIO(syscall.SYS_READ, fd, p)
 }
 
 // rawSyscalls says that readNonblocking and writeNonblocking bypass the
@@ -44,10 +37,16 @@ const rawSyscalls = true
 
 // writeNonblocking writes p to the socket fd, as readNonblocking reads.
 func writeNonblocking(fd uintptr, p []byte) (int, error) {
+	return rawIO(syscall.SYS_WRITE, fd, p)
+}
+
+// rawIO makes the read or write system call trap on fd with p, as
+// syscall.Read and syscall.Write do, less the scheduler's bookkeeping.
+func rawIO(trap, fd uintptr, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if e != 0 {
 		return -1, e
 	}
