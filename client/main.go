@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mdp/qrterminal/v3"
 	"golang.org/x/term"
@@ -106,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
-	fs.IntVar(&c.procs, "procs", 1, "CPU cores the client may use at once (0: all of them; $GOMAXPROCS, if set, decides instead). One core carries more than a link needs, and more would cost CPU (and battery) in idle cores' scheduler wake-ups; a client shared by many users may want more")
+	fs.IntVar(&c.procs, "procs", 1, "CPU cores the client may use at once (0: all of them; $GOMAXPROCS, if set, decides instead), once its first session is up: it connects to the bridge on every core. One core carries more than a link needs, and more would cost CPU (and battery) in idle cores' scheduler wake-ups; a client shared by many users may want more")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -194,22 +195,26 @@ func main() {
 		fmt.Println("mirage-client", version)
 		return
 	}
-	cores.Use(c.procs)
 	logger, ownLog, closeLog, err := newLoggers(c, managed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mirage-client:", err)
 		os.Exit(1)
 	}
 	defer closeLog()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	switch {
 	case managed:
+		cores.Use(c.procs)
+		ctx, stop := stopSignals()
+		defer stop()
 		err = mpt.RunClient(ctx, mpt.ClientOptions{Version: version, Logger: logger, Stdin: os.Stdin, UnsafeLogging: c.unsafeLogging})
 	case c.check:
+		cores.Use(c.procs)
+		ctx, stop := stopSignals()
+		defer stop()
 		err = runCheck(ctx, c.link, c.target, os.Stdout)
 	default:
-		err = run(ctx, c, logger, ownLog, os.Stdout)
+		// run settles on -procs cores itself, once it has started.
+		err = run(c, logger, ownLog, os.Stdout)
 	}
 	if err != nil {
 		logger.Debug(err.Error())
@@ -219,6 +224,20 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// stopSignals returns a context that SIGTERM or SIGINT (Ctrl-C) ends.
+func stopSignals() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+}
+
+// coresSettleDelay is how long after its first session is up (or its
+// first dial failed) the local proxy settles on -procs cores. Until then
+// it runs on every core: the bridge's handshake (key generation for the
+// hello, the key agreement of its authentication) then runs beside the
+// proxy's own start, and an app that connects at once waits less for
+// it. Settling stops every goroutine for a moment (0.2-0.3 ms when
+// measured), which the first app's first stream should not wait for.
+const coresSettleDelay = time.Second
 
 // newLoggers returns the logger for everything (scrubbed unless
 // -unsafe-logging; to -log, stderr, or nowhere in managed mode) and one
@@ -268,7 +287,7 @@ func proxyCredentials(c *config, log *slog.Logger) (*localproxy.Credentials, err
 // run serves the local proxy (and the WhatsApp endpoint, if asked for)
 // until ctx ends. What to type into apps goes to stdout; own logs the
 // lines that name the proxy's own addresses.
-func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer) error {
+func run(c *config, log, own *slog.Logger, stdout io.Writer) error {
 	if c.helloCapture != "" {
 		h, err := transport.LoadCapturedHello(c.helloCapture)
 		if err != nil {
@@ -287,15 +306,16 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 		return err
 	}
 	defer client.Close()
-	// Dial first, before the proxy listens: the handshakes then run
-	// while the rest starts up, and an app's first connection finds the
-	// session (nearly) ready. It also shows a wrong link at start, not
-	// at the first app connection. The proxy runs either way, and
-	// retries.
+	// Dial first, before the rest starts (signals, the proxy's port): the
+	// handshakes then run while the rest starts up, and an app's first
+	// connection finds the session (nearly) ready. It also shows a wrong
+	// link at start, not at the first app connection. The proxy runs
+	// either way, and retries. Stopping (client.Close) ends the dial.
 	go func() {
-		_, err := client.Session(ctx)
+		_, err := client.Session(context.Background())
+		time.AfterFunc(coresSettleDelay, func() { cores.Use(c.procs) })
 		switch {
-		case errors.Is(err, transport.ErrClosed) || ctx.Err() != nil:
+		case errors.Is(err, transport.ErrClosed):
 			// The proxy did not start (its port was taken, say), or is
 			// stopping: run says why.
 		case err != nil:
@@ -304,6 +324,8 @@ func run(ctx context.Context, c *config, log, own *slog.Logger, stdout io.Writer
 			log.Info("connected to the bridge")
 		}
 	}()
+	ctx, stop := stopSignals()
+	defer stop()
 	creds, err := proxyCredentials(c, log)
 	if err != nil {
 		return err

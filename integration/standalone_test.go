@@ -347,8 +347,9 @@ func TestClientCheck(t *testing.T) {
 }
 
 // TestClientProcs: mirage-client runs on as many cores as -procs says
-// (one by default), not on every core as a Go program does unless told.
-// The Go runtime's scheduler trace says how many it uses.
+// (one by default), not on every core as a Go program does unless told,
+// once it has connected (it connects on every core). The Go runtime's
+// scheduler trace says how many it uses.
 func TestClientProcs(t *testing.T) {
 	if runtime.NumCPU() < 2 {
 		t.Skip("one core: -procs 1 cannot be told from the default")
