@@ -107,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer, managed bool) (*config, error) 
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFile, "log", "", "write logs to this file instead of stderr (in managed mode: the only way to get logs)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
-	fs.IntVar(&c.procs, "procs", 1, "CPU cores the client may use at once (0: all of them; $GOMAXPROCS, if set, decides instead), once its first session is up: it connects to the bridge on every core. One core carries more than a link needs, and more would cost CPU (and battery) in idle cores' scheduler wake-ups; a client shared by many users may want more")
+	fs.IntVar(&c.procs, "procs", 1, "CPU cores the client may use at once (0: all of them; $GOMAXPROCS, if set, decides instead); the local proxy first connects to the bridge on every core, and settles a second after. One core carries more than a link needs, and more would cost CPU (and battery) in idle cores' scheduler wake-ups; a client shared by many users may want more")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -285,7 +285,7 @@ func proxyCredentials(c *config, log *slog.Logger) (*localproxy.Credentials, err
 }
 
 // run serves the local proxy (and the WhatsApp endpoint, if asked for)
-// until ctx ends. What to type into apps goes to stdout; own logs the
+// until SIGTERM or SIGINT. What to type into apps goes to stdout; own logs the
 // lines that name the proxy's own addresses.
 func run(c *config, log, own *slog.Logger, stdout io.Writer) error {
 	if c.helloCapture != "" {
