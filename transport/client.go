@@ -130,6 +130,9 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	if _, err := rand.Read(s.id[:]); err != nil {
 		return nil, err
 	}
+	// The first hello's keys are made while the session is set up and
+	// TCP connects: they are most of the CPU before the first byte.
+	hello := s.startHello(true)
 	s.budget.Store(int64(cfg.Budget))
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.conn = newSessionConn(true, cfg.SessionLinger, s.log)
@@ -145,7 +148,7 @@ func Dial(ctx context.Context, cfg *ClientConfig) (*Session, error) {
 	s.conn.onEnd = func() { mux.Close() }
 	s.conn.pad.youngOnly = cfg.padYoungOnly
 	s.conn.mu.Unlock()
-	c, status, received, err := s.dialCarrier(ctx, true, s.pace(time.Now()))
+	c, status, received, err := s.dialCarrierWith(ctx, hello, true, s.pace(time.Now()))
 	if err == nil && status != statusResumed {
 		c.raw.Close()
 		err = errBridgeBusy
@@ -182,8 +185,35 @@ var (
 	errSessionUnknown = errors.New("transport: the bridge no longer knows this session (it restarted, or the session expired): a new one is needed")
 )
 
+// builtHello is a carrier's hello, built by startHello.
+type builtHello struct {
+	h       *clientHello
+	tickets *carrierTickets
+	err     error
+}
+
+// startHello builds a carrier's hello in a goroutine of its own: it needs
+// no connection, and its CPU (the key shares, the authentication's key
+// agreement) then costs no time on the way to the first byte. Carriers
+// after the first resume a TLS session of an earlier one (tickets.go).
+func (s *Session) startHello(first bool) <-chan builtHello {
+	tickets := &carrierTickets{session: &s.tickets, resume: !first && !s.cfg.noResumption}
+	hello := make(chan builtHello, 1)
+	go func() {
+		h, err := buildHello(&s.cfg, tickets)
+		hello <- builtHello{h, tickets, err}
+	}()
+	return hello
+}
+
 // dialCarrier opens one carrier: TCP, TLS with the tagged hello, openings.
 func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic.Int64) (*carrier, byte, uint64, error) {
+	return s.dialCarrierWith(ctx, s.startHello(first), first, connected)
+}
+
+// dialCarrierWith is dialCarrier with the hello from startHello(first),
+// which is built while TCP connects.
+func (s *Session) dialCarrierWith(ctx context.Context, hello <-chan builtHello, first bool, connected *atomic.Int64) (*carrier, byte, uint64, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadlineFrom(ctx, s.cfg.handshakeTimeout()))
 	defer cancel()
 	dial := s.cfg.Dial
@@ -192,25 +222,12 @@ func (s *Session) dialCarrier(ctx context.Context, first bool, connected *atomic
 			return dialCarrierTCP(ctx, address, s.cfg.Fingerprint)
 		}
 	}
-	// The hello is built while TCP connects: it needs no connection, and
-	// its CPU then costs no time on the way to the first byte.
-	type built struct {
-		h   *clientHello
-		err error
-	}
-	hello := make(chan built, 1)
-	// Carriers after the first resume a TLS session of an earlier one
-	// (tickets.go).
-	tickets := &carrierTickets{session: &s.tickets, resume: !first && !s.cfg.noResumption}
-	go func() {
-		h, err := buildHello(&s.cfg, tickets)
-		hello <- built{h, err}
-	}()
 	raw, err := dial(ctx, "tcp", s.cfg.Address)
 	if connected != nil {
 		connected.Store(time.Now().UnixNano())
 	}
 	b := <-hello
+	tickets := b.tickets
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("transport: cannot reach the bridge: %w", err)
 	}
