@@ -14,8 +14,9 @@ import "encoding/binary"
 // So a stream that is not itself waiting behind the queue puts its frames
 // in front of the bytes not yet sent, behind those that went in front
 // before it: its first youngStreamBytes of data, every smux frame but data
-// (SYN, FIN, UPD), and one frame of up to a record's worth of data at a
-// time (a reply on a long-lived connection, as a chat app keeps). A
+// (SYN, FIN, UPD, and the NOP of its abort), and one frame of up to a
+// record's worth of data at a time (a reply on a long-lived connection,
+// as a chat app keeps). A
 // stream with bytes at the back still waiting puts its own at the back
 // too, so each stream's frames keep their order, and a download, which
 // always has bytes waiting, never overtakes another. Only bytes not yet
@@ -61,7 +62,14 @@ func (s *sessionConn) placeFrame(hdr []byte, n, size int) uint64 {
 	if len(hdr) >= smuxHeaderLen {
 		sid, cmd = binary.LittleEndian.Uint32(hdr[4:8]), hdr[1]
 	}
-	if sid == 0 || (cmd != smuxCmdSYN && cmd != smuxCmdFIN && cmd != smuxCmdPSH && cmd != smuxCmdUPD) {
+	switch {
+	case cmd == smuxCmdNOP && sid&streamAbortFlag != 0:
+		// A stream's abort (abortStream) is a frame of the stream, placed
+		// as its FIN is: the FIN that follows it must not go in front
+		// of it, or the peer takes the stream for ended cleanly (and a
+		// download cut by its destination for a whole one).
+		sid &^= streamAbortFlag
+	case sid == 0 || (cmd != smuxCmdSYN && cmd != smuxCmdFIN && cmd != smuxCmdPSH && cmd != smuxCmdUPD):
 		s.atBack(size)
 		return back
 	}

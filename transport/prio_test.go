@@ -280,3 +280,81 @@ func TestPlacementForgetsFinishedStreams(t *testing.T) {
 		t.Errorf("the placement keeps %d streams of the 100 that ended", n)
 	}
 }
+
+// TestAbortGoesBeforeItsStreamsFIN: a stream ended abortively (a
+// destination's reset) sends its abort, then its FIN (abortStream, then
+// smux's Close), and they must reach the peer in that order: the peer takes
+// a FIN that comes first for a clean end, and closes its app's connection
+// as after a complete download (TestDestinationResetReachesTheApp failed
+// so when the FIN went in front of the abort, which waited at the back).
+// Whether or not a download has bytes waiting, and whether or not a
+// carrier took the stream's last bytes, the abort goes first, and in
+// front of the download's bytes when its stream has none of its own
+// waiting.
+func TestAbortGoesBeforeItsStreamsFIN(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		download bool // stream 1 has bytes queued that no carrier took
+		sentAll  bool // a carrier took stream 3's bytes before the abort
+	}{
+		{"alone, sent", false, true},
+		{"alone, unsent", false, false},
+		{"beside a download, sent", true, true},
+		{"beside a download, unsent", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSessionConn(false, time.Minute, testLogger(t))
+			defer s.Close()
+			c := &carrier{raw: &countingConn{}}
+			var sent []byte
+			flush := func() {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				for s.next < s.written {
+					sent = append(sent, composeData(t, s, c)...)
+				}
+			}
+			queuePSH(t, s, 3, 100, 'a')
+			if tc.sentAll {
+				flush()
+			}
+			if tc.download {
+				for k := range 4 {
+					queuePSH(t, s, 1, 32<<10, byte(k))
+				}
+			}
+			s.abortStream(3)
+			fin := make([]byte, smuxHeaderLen)
+			fin[0], fin[1] = smuxVersion, smuxCmdFIN
+			binary.LittleEndian.PutUint32(fin[4:], 3)
+			if _, err := s.WriteBuffers([][]byte{fin}); err != nil {
+				t.Fatal(err)
+			}
+			flush()
+			// Stream 3's frames in the order they went, and whether the
+			// download had frames left after its abort.
+			var got []string
+			downloadAfter := false
+			for _, f := range smuxFrames(t, sent) {
+				switch {
+				case f.cmd == smuxCmdNOP && f.sid == 3|streamAbortFlag:
+					got = append(got, "abort")
+				case f.sid == 3 && f.cmd == smuxCmdFIN:
+					got = append(got, "FIN")
+				case f.sid == 3 && f.cmd == smuxCmdPSH:
+					got = append(got, "PSH")
+				case f.sid == 1:
+					downloadAfter = slices.Contains(got, "abort")
+				default:
+					t.Fatalf("an unexpected frame: cmd %d of stream %#x", f.cmd, f.sid)
+				}
+			}
+			if want := []string{"PSH", "abort", "FIN"}; !slices.Equal(got, want) {
+				t.Errorf("stream 3's frames went out as %q, want %q", got, want)
+			}
+			if tc.download && !downloadAfter {
+				t.Errorf("the abort waited behind all of the download's bytes")
+			}
+		})
+	}
+}
