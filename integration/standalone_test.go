@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -521,4 +522,47 @@ func TestDestinationResetReachesTheApp(t *testing.T) {
 		t.Fatalf("curl took a download its origin reset for a whole one (%s bytes)", out)
 	}
 	t.Logf("curl: %v (%s bytes)", err, out)
+}
+
+// TestQuittingClientLetsGoOfItsStreams: a mirage-client stopped as users
+// stop it (Ctrl-C, SIGTERM), here in the middle of a download, tells the
+// bridge that its session is over, so the bridge closes the connections it
+// held to destinations for it at once. A bridge that only sees the
+// client's connections end keeps the session, and every destination
+// connection of it, for the session's linger time (2 min), in case the
+// client comes back: a user who restarts the client would find the
+// streams of the old session still counted against their link's stream
+// limit.
+func TestQuittingClientLetsGoOfItsStreams(t *testing.T) {
+	ended := make(chan error, 1)
+	origin := serveEach(t, func(c net.Conn) {
+		// A download that goes on until the bridge closes its side.
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				ended <- err
+				return
+			}
+		}
+	})
+	b := startServer(t, "", "-allow-private")
+	p, proxy := startClient(t, b.link)
+	c := socksDial(t, proxy, origin)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("the download through the tunnel: %v", err)
+	}
+	start := time.Now()
+	p.stop() // SIGINT, as Ctrl-C
+	select {
+	case err := <-ended:
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("the bridge held the destination connection until the test's deadline")
+		}
+		t.Logf("the destination connection ended %v after the client was stopped: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("10 s after its client quit, the bridge still holds the destination connection of the client's stream")
+	}
 }
