@@ -16,13 +16,13 @@ import "encoding/binary"
 // before it: its first youngStreamBytes of data, every smux frame but data
 // (SYN, FIN, UPD, and the NOP of its abort), and one frame of up to a
 // record's worth of data at a time (a reply on a long-lived connection,
-// as a chat app keeps). A
-// stream with bytes at the back still waiting puts its own at the back
-// too, so each stream's frames keep their order, and a download, which
-// always has bytes waiting, never overtakes another. Only bytes not yet
-// sent on any carrier move: what a carrier took keeps its offset, so a
-// resend after a freeze sends the same bytes again. The peer sees smux
-// frames of different streams in another order, which smux allows.
+// as a chat app keeps). A stream with bytes at the back still waiting
+// puts its own at the back too, so each stream's frames keep their
+// order, and a download, which always has bytes waiting, never overtakes
+// another. Only bytes not yet sent on any carrier move: what a carrier
+// took keeps its offset, so a resend after a freeze sends the same bytes
+// again. The peer sees smux frames of different streams in another order,
+// which smux allows.
 
 // streamPlace is where a stream's queued frames went.
 type streamPlace struct {
