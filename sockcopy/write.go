@@ -45,18 +45,9 @@ func Write(c net.Conn, p []byte) (int, error) {
 		return true
 	})
 	if werr != nil {
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+		return n, syscallError("write", c, werr)
 	}
-	if err != nil {
-		// Closed, or the deadline passed: the poller's error, named as
-		// c.Write names it.
-		var oe *net.OpError
-		if errors.As(err, &oe) {
-			oe.Op = "write"
-		}
-		return n, err
-	}
-	return n, nil
+	return n, pollerError("write", err)
 }
 
 // Read reads into p from c, as c.Read does (waiting in the poller until
@@ -85,15 +76,27 @@ func Read(c net.Conn, p []byte) (int, error) {
 	})
 	switch {
 	case err != nil:
-		var oe *net.OpError
-		if errors.As(err, &oe) {
-			oe.Op = "read"
-		}
-		return 0, err
+		return 0, pollerError("read", err)
 	case rerr != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		return 0, syscallError("read", c, rerr)
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// syscallError is the error c.Read or c.Write (op) returns for the
+// system call's error errno.
+func syscallError(op string, c net.Conn, errno error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// pollerError names err, the poller's (c closed, or its deadline
+// passed), as c.Read or c.Write (op) names it; nil stays nil.
+func pollerError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		oe.Op = op
+	}
+	return err
 }
